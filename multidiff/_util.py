@@ -1,0 +1,42 @@
+"""Small tensor helpers shared by the whole core. Nothing here knows a rank."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """View a per-sample tensor ``(B,)`` as ``(B, 1, ..., 1)`` with ``ndim`` axes in all.
+
+    >>> append_dims(torch.ones(4), 5).shape
+    torch.Size([4, 1, 1, 1, 1])
+    """
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a tensor of rank {v.ndim} to rank {ndim}")
+    return v.reshape(*v.shape, *([1] * (ndim - v.ndim)))
+
+
+def per_sample(s: Tensor | float, x: Tensor) -> Tensor:
+    """A scalar or ``(B,)`` noise level as a ``(B,)`` tensor on ``x``'s device and dtype."""
+    s = torch.as_tensor(s, device=x.device, dtype=x.dtype)
+    if s.ndim == 0:
+        s = s.expand(x.shape[0])
+    if s.shape != (x.shape[0],):
+        raise ValueError(f"sigma must be a scalar or of shape ({x.shape[0]},), got {tuple(s.shape)}")
+    return s
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Standard normal noise shaped like ``x``, drawn from ``generator`` when given.
+
+    The generator may live on another device than ``x`` (a CPU generator for a CUDA run
+    keeps results identical across devices); the draw happens on the generator's device.
+    """
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
+def mean_flat(x: Tensor) -> Tensor:
+    """Mean over every axis but the first: ``(B, ...) -> (B,)``."""
+    return x.reshape(x.shape[0], -1).mean(dim=1)

@@ -1,0 +1,136 @@
+"""The one contract every sampler, guidance rule and loss depends on.
+
+A *denoiser* is any callable ``denoiser(x, sigma, **cond) -> x0_hat`` where ``x`` is a noisy
+sample of any rank ``(B, C, *spatial)`` in the variance-exploding view ``x = x0 + sigma * eps``
+and ``sigma`` has shape ``(B,)``. :class:`Denoiser` wraps a network trained under any schedule
+and parameterization into that contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor, nn
+
+from . import schedules as S
+from ._util import append_dims, per_sample
+from .parameterization import PARAMETERIZATIONS, Scalings, scalings
+
+NoiseCond = Literal["t", "timestep", "logsnr", "log_sigma"]
+NOISE_CONDS: tuple[str, ...] = ("t", "timestep", "logsnr", "log_sigma")
+
+__all__ = ["Denoiser", "NoiseCond", "noise_condition"]
+
+
+def noise_condition(kind: str, sigma: Tensor, schedule: S.Schedule | None) -> Tensor:
+    """The scalar a network is conditioned on at VE noise ``sigma``, shape ``(B,)``.
+
+    ``t``: schedule time in [0, 1]; ``timestep``: the discrete index ``t * (T - 1)`` for a
+    :class:`~multidiff.schedules.DiscreteSchedule` (``1000 t`` otherwise); ``logsnr``:
+    ``-2 log sigma``; ``log_sigma``: EDM's ``ln(sigma) / 4`` (Karras et al. 2022, table 1).
+    """
+    if kind == "log_sigma":
+        return sigma.log() / 4
+    if kind == "logsnr":
+        return S.sigma_to_logsnr(sigma)
+    if schedule is None:
+        raise ValueError(f"noise_cond={kind!r} needs a schedule to map sigma to time")
+    t = S.t_from_sigma(schedule, sigma)
+    if kind == "t":
+        return t
+    if kind == "timestep":
+        return schedule.timestep(t) if isinstance(schedule, S.DiscreteSchedule) else 1000 * t
+    raise ValueError(f"noise_cond must be one of {NOISE_CONDS}, got {kind!r}")
+
+
+class Denoiser(nn.Module):
+    """Wrap ``net(x_in, c_noise, **cond)`` into ``D(x, sigma, **cond) -> x0_hat``.
+
+    ``D(x, sigma) = c_skip x + c_out F(c_in x, c_noise)`` (Karras et al. 2022, eq. 7) with the
+    scalings of ``parameterization`` (see :func:`multidiff.parameterization.scalings`).
+
+    Args:
+        net: the network; called with the scaled input, the noise condition ``(B,)`` and ``cond``.
+        schedule: the training schedule; decides VP or VE input scaling and maps sigma to time.
+            May be ``None`` for EDM models conditioned on ``log_sigma`` (VE).
+        parameterization: ``eps``, ``x0``, ``v`` or ``edm``.
+        sigma_data: data standard deviation for ``edm``.
+        noise_cond: what the network is conditioned on; defaults to ``log_sigma`` for ``edm``,
+            ``timestep`` for a discrete schedule and ``t`` otherwise.
+        learned_variance: the network returns twice the channels; the second half is the
+            improved-DDPM variance interpolation (Nichol & Dhariwal 2021, eq. 15).
+        clip_x0: clamp the x0 estimate to ``(-clip_x0, clip_x0)``; off by default, since it
+            wrecks data outside [-1, 1].
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: S.Schedule | None = None,
+        parameterization: str = "eps",
+        *,
+        sigma_data: float = 1.0,
+        noise_cond: str | None = None,
+        learned_variance: bool = False,
+        clip_x0: float | None = None,
+    ) -> None:
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        if noise_cond is None:
+            if parameterization == "edm":
+                noise_cond = "log_sigma"
+            elif isinstance(schedule, S.DiscreteSchedule):
+                noise_cond = "timestep"
+            else:
+                noise_cond = "t"
+        if noise_cond not in NOISE_CONDS:
+            raise ValueError(f"noise_cond must be one of {NOISE_CONDS}, got {noise_cond!r}")
+        if schedule is None and noise_cond in ("t", "timestep"):
+            raise ValueError(f"noise_cond={noise_cond!r} needs a schedule")
+        if sigma_data <= 0:
+            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        self.net = net
+        self.schedule = schedule
+        self.parameterization = parameterization
+        self.sigma_data = sigma_data
+        self.noise_cond = noise_cond
+        self.learned_variance = learned_variance
+        self.clip_x0 = clip_x0
+
+    @property
+    def vp(self) -> bool:
+        return bool(self.schedule.vp) if self.schedule is not None else False
+
+    def scalings(self, sigma: Tensor) -> Scalings:
+        return scalings(self.parameterization, sigma, vp=self.vp, sigma_data=self.sigma_data)
+
+    def raw(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor | None, Scalings]:
+        """The network's output ``F`` (and variance channels) with the scalings used, for losses."""
+        sigma = per_sample(sigma, x)
+        sc = self.scalings(sigma)
+        # Conditioning is computed in float64 for precision, then cast to the input dtype.
+        c_noise = noise_condition(self.noise_cond, sigma.double(), self.schedule).to(x.dtype)
+        out = self.net(append_dims(sc.c_in, x.ndim) * x, c_noise, **cond)
+        var = None
+        if self.learned_variance:
+            out, var = out.chunk(2, dim=1)
+        return out, var, sc
+
+    def _x0(self, x: Tensor, out: Tensor, sc: Scalings) -> Tensor:
+        x0 = append_dims(sc.c_skip, x.ndim) * x + append_dims(sc.c_out, x.ndim) * out.to(x.dtype)
+        if self.clip_x0 is not None:
+            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
+        return x0
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        out, _, sc = self.raw(x, sigma, **cond)
+        return self._x0(x, out, sc)
+
+    def with_variance(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor]:
+        """``(x0_hat, v)`` with ``v`` in [0, 1] the log-variance interpolation weight."""
+        if not self.learned_variance:
+            raise ValueError("with_variance needs a Denoiser built with learned_variance=True")
+        out, var, sc = self.raw(x, sigma, **cond)
+        assert var is not None
+        return self._x0(x, out, sc), (var.to(x.dtype) + 1) / 2

@@ -1,0 +1,678 @@
+"""Samplers: plain functions from noise to data, for any denoiser and any rank.
+
+Every sampler has the signature::
+
+    sampler(denoiser, x, sigmas, *, cond=None, generator=None, callback=None, **options) -> x0
+
+* ``denoiser(x, sigma, **cond) -> x0_hat`` is the contract of :mod:`multidiff.denoiser`;
+* ``x`` is the starting sample at ``sigmas[0]`` (for example ``sigmas[0] * randn``);
+* ``sigmas`` is a 1-D grid, strictly decreasing and ending in 0 (see :mod:`multidiff.grids`);
+* ``generator`` makes stochastic samplers deterministic; deterministic samplers draw nothing;
+* ``callback(info)`` is called after each step with a dict (``i``, ``x``, ``sigma``,
+  ``sigma_next``, ``denoised``).
+
+The caller's ``x`` is never modified. The step coefficients are computed on the host from the
+grid once, in float64, so the loop does not synchronize with the device.
+
+The multistep solvers (DPM-Solver++ 2M/3M, their SDE form, UniPC) share one idea: in
+``lambda = -log sigma`` the probability-flow ODE is ``dx/dlambda = D - x``, so over a step of
+length ``h`` ``x_next = e^{-h} x + int_0^h e^{-(h-u)} D(u) du`` exactly (Lu et al. 2022,
+DPM-Solver++, eq. 9). They differ only in which past (or, for a corrector, future)
+evaluations of ``D`` the polynomial through ``D(u)`` uses; :func:`exp_integrator_weights` turns
+those nodes into weights. The last step, to ``sigma = 0`` (``lambda = inf``), instead
+extrapolates ``D`` linearly in ``sigma``, which the exact solution
+``x(0) = D(0)`` of ``dx/dsigma = (x - D)/sigma`` needs; a plain jump to ``D(sigma_min)`` leaves an
+error floor that does not fall with the number of steps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._util import randn_like
+
+__all__ = [
+    "SamplerSpec",
+    "NFECounter",
+    "check_sigmas",
+    "exp_integrator_weights",
+    "get_sampler",
+    "available_samplers",
+    "register_sampler",
+    "sample",
+    "sample_ddpm",
+    "sample_ddpm_learned_variance",
+    "sample_ddim",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
+    "sample_dpmpp_2m_sde",
+    "sample_unipc",
+    "sample_adaptive",
+]
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation, registry and bookkeeping
+
+
+def check_sigmas(sigmas: Tensor | list[float], name: str = "sigmas") -> list[float]:
+    """Validate a sampling grid and return it as Python floats (one host copy, before the loop)."""
+    s = torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu()
+    if s.ndim != 1 or s.numel() < 2:
+        raise ValueError(f"{name} must be a 1-D grid of at least 2 values (1 step), got shape {tuple(s.shape)}")
+    if not torch.isfinite(s).all():
+        raise ValueError(f"{name} must be finite, got {s.tolist()}")
+    if s[-1] != 0:
+        raise ValueError(f"{name} must end in 0, got last value {s[-1].item()}")
+    if (s[:-1] <= 0).any():
+        raise ValueError(f"{name} must be positive before the final 0, got {s.tolist()}")
+    if (s[1:] >= s[:-1]).any():
+        i = int(torch.nonzero(s[1:] >= s[:-1])[0])
+        raise ValueError(f"{name} must be strictly decreasing; {name}[{i + 1}]={s[i + 1].item()} >= {name}[{i}]={s[i].item()}")
+    return s.tolist()
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: the function and what is known about it.
+
+    ``nfe(steps)`` is the number of network evaluations for a grid of ``steps`` steps
+    (``None`` when adaptive); ``order`` the order of convergence of its deterministic form.
+    """
+
+    name: str
+    fn: Callable[..., Tensor]
+    stochastic: bool
+    order: int
+    nfe: Callable[[int], int] | None
+    summary: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
+        return self.fn(*args, **kwargs)
+
+
+_REGISTRY: dict[str, SamplerSpec] = {}
+
+
+def register_sampler(
+    name: str,
+    *,
+    stochastic: bool,
+    order: int,
+    nfe: Callable[[int], int] | None = lambda n: n,
+) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
+    """Decorator adding a sampler to the registry under ``name``."""
+
+    def deco(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else name
+        _REGISTRY[name] = SamplerSpec(name, fn, stochastic, order, nfe, summary)
+        return fn
+
+    return deco
+
+
+def available_samplers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_sampler(name: str) -> SamplerSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(available_samplers())}") from None
+
+
+def sample(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", **kwargs: Any) -> Tensor:
+    """Run the sampler called ``sampler`` (see :func:`available_samplers`)."""
+    return get_sampler(sampler).fn(denoiser, x, sigmas, **kwargs)
+
+
+class NFECounter:
+    """Wrap a denoiser and count its calls: ``c = NFECounter(d); sampler(c, ...); c.nfe``."""
+
+    def __init__(self, denoiser: Callable[..., Tensor]) -> None:
+        self.denoiser = denoiser
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        self.nfe += 1
+        return self.denoiser(x, sigma, **cond)
+
+
+class _Model:
+    """The denoiser bound to the batch: called with a Python float sigma."""
+
+    def __init__(self, denoiser: Callable[..., Tensor], x: Tensor, cond: Mapping[str, Any] | None) -> None:
+        self.denoiser = denoiser
+        self.cond = dict(cond or {})
+        self.batch = x.shape[0]
+        self.like = x
+
+    def sigma(self, s: float) -> Tensor:
+        return torch.full((self.batch,), s, dtype=self.like.dtype, device=self.like.device)
+
+    def __call__(self, x: Tensor, s: float) -> Tensor:
+        return self.denoiser(x, self.sigma(s), **self.cond)
+
+
+def _report(callback: Callback | None, i: int, x: Tensor, s: float, s_next: float, denoised: Tensor) -> None:
+    if callback is not None:
+        callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": denoised})
+
+
+def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tensor | None) -> Tensor:
+    """Exact ``x(0)`` of ``dx/dsigma = (x - D)/sigma`` for ``D`` linear in sigma through two points.
+
+    With ``D(sigma) = a + b sigma`` the solution from any ``x(s)`` ends at ``x(0) = a``: the
+    denoised estimate extrapolated to ``sigma = 0``. Without a previous point it is ``D(s)``.
+    """
+    if d_prev is None or s_prev is None:
+        return d
+    return d + (d - d_prev) * (s / (s_prev - s))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exponential-integrator weights (shared by DPM-Solver++ and UniPC)
+
+
+def _psi(m: int, z: float) -> float:
+    """``psi_m(z) = int_0^z e^{-(z-u)} u^m / m! du`` (so ``psi_0 = 1 - e^{-z}``).
+
+    A series for small ``z`` avoids the cancellation of the recurrence
+    ``psi_m = z^m / m! - psi_{m-1}``.
+    """
+    if z < 1.0:
+        total, term, j = 0.0, z ** (m + 1) / math.factorial(m + 1), 0
+        while abs(term) > 1e-18 * max(abs(total), 1e-300) and j < 60:
+            total += term
+            j += 1
+            term = -term * z / (m + 1 + j)
+        return total
+    p = -math.expm1(-z)
+    for k in range(1, m + 1):
+        p = z**k / math.factorial(k) - p
+    return p
+
+
+def exp_integrator_weights(nodes: list[float], h: float, k: float = 1.0) -> list[float]:
+    """Weights ``w_j`` so that ``int_0^h k e^{-k(h-u)} P(u) du = sum_j w_j D_j``.
+
+    ``P`` is the polynomial through ``(nodes[j], D_j)`` (``u = lambda - lambda_now``; past
+    evaluations have ``u < 0``, a corrector's new one ``u = h``). ``k = 1`` is the
+    probability-flow ODE; ``k = 1 + eta`` the SDE of DPM-Solver++ (Lu et al. 2022, sec. 5).
+    """
+    n = len(nodes)
+    # Integrals of the monomials (u/h)^m: int_0^h k e^{-k(h-u)} (u/h)^m du = m! psi_m(k h) / (k h)^m.
+    kh = k * h
+    moments = [math.factorial(m) * _psi(m, kh) / kh**m for m in range(n)]
+    vander = torch.tensor([[(u / h) ** m for m in range(n)] for u in nodes], dtype=torch.float64)
+    # P(u) = sum_m c_m (u/h)^m with V c = D  =>  integral = moments . V^{-1} D.
+    w = torch.linalg.solve(vander.T, torch.tensor(moments, dtype=torch.float64))
+    return w.tolist()
+
+
+def _combine(x: Tensor, cx: float, ds: list[Tensor], ws: list[float]) -> Tensor:
+    out = x * cx
+    for d, w in zip(ds, ws):
+        out = out + w * d
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Ancestral and DDIM samplers (Ho et al. 2020; Song et al. 2021)
+
+
+def _posterior(s: float, s_next: float) -> tuple[float, float]:
+    """DDPM posterior ``q(x_next | x, x0)`` in the VE view: weight on ``x - x0`` and variance.
+
+    Mean ``x0 + (s_next^2 / s^2)(x - x0)``, variance ``s_next^2 (s^2 - s_next^2) / s^2``
+    (Ho et al. 2020, eq. 7, divided by ``alpha_next``).
+    """
+    r = (s_next / s) ** 2
+    return r, s_next**2 * (1 - r)
+
+
+@register_sampler("ddpm", stochastic=True, order=1)
+def sample_ddpm(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Ancestral DDPM: draw from the posterior ``q(x_next | x, x0_hat)`` (Ho et al. 2020, alg. 2)."""
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        d = model(x, s)
+        r, var = _posterior(s, s_next)
+        x = d + r * (x - d)
+        if s_next > 0:
+            x = x + math.sqrt(var) * randn_like(x, generator)
+        _report(callback, i, x, s, s_next, d)
+    return x
+
+
+def _learned_log_variance(s: float, s_next: float, v: Tensor) -> Tensor:
+    """Improved DDPM's interpolated log-variance (Nichol & Dhariwal 2021, eq. 15), VE view.
+
+    ``log var = v log beta + (1 - v) log beta_tilde``: ``beta_tilde`` the posterior variance and
+    ``beta`` the forward variance of a VP process over the step, both divided by
+    ``alpha_next^2``: ``beta = (s^2 - s_next^2)(1 + s_next^2) / (1 + s^2)``.
+    """
+    _, beta_tilde = _posterior(s, s_next)
+    beta = (s * s - s_next * s_next) * (1 + s_next * s_next) / (1 + s * s)
+    return v * math.log(beta) + (1 - v) * math.log(beta_tilde)
+
+
+@register_sampler("ddpm_learned_variance", stochastic=True, order=1)
+def sample_ddpm_learned_variance(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Ancestral DDPM with the network's learned variance (Nichol & Dhariwal 2021, sec. 3.1).
+
+    Needs ``denoiser.with_variance(x, sigma, **cond) -> (x0_hat, v)``; with ``v = 0`` it is
+    exactly :func:`sample_ddpm`. On a respaced grid the variance interpolates the respaced
+    betas, as in the paper's sec. 4.
+    """
+    with_variance = getattr(denoiser, "with_variance", None)
+    if with_variance is None:
+        raise ValueError("ddpm_learned_variance needs a denoiser with a with_variance(x, sigma, **cond) method")
+    grid = check_sigmas(sigmas)
+    model = _Model(with_variance, x, cond)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        d, v = model(x, s)
+        r, _ = _posterior(s, s_next)
+        x = d + r * (x - d)
+        if s_next > 0:
+            x = x + torch.exp(0.5 * _learned_log_variance(s, s_next, v)) * randn_like(x, generator)
+        _report(callback, i, x, s, s_next, d)
+    return x
+
+
+@register_sampler("ddim", stochastic=False, order=1)
+def sample_ddim(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 0.0,
+) -> Tensor:
+    """DDIM (Song et al. 2021, eq. 12): ``eta = 0`` deterministic, ``eta = 1`` equals DDPM.
+
+    VE view: ``x_next = x0 + sqrt(s_next^2 - c^2) eps_hat + c z`` with
+    ``c^2 = eta^2 s_next^2 (s^2 - s_next^2) / s^2``.
+    """
+    if eta < 0:
+        raise ValueError(f"eta must be non-negative, got {eta}")
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        d = model(x, s)
+        _, var = _posterior(s, s_next)
+        c2 = eta * eta * var
+        eps = (x - d) / s
+        x = d + math.sqrt(max(s_next * s_next - c2, 0.0)) * eps
+        if c2 > 0:
+            x = x + math.sqrt(c2) * randn_like(x, generator)
+        _report(callback, i, x, s, s_next, d)
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Karras-style ODE/SDE samplers (Karras et al. 2022)
+
+
+@register_sampler("euler", stochastic=False, order=1)
+def sample_euler(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Euler on the probability-flow ODE ``dx/dsigma = (x - D)/sigma`` (Karras et al. 2022, eq. 4)."""
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        d = model(x, s)
+        x = d + (s_next / s) * (x - d)  # x + (s_next - s)(x - d)/s
+        _report(callback, i, x, s, s_next, d)
+    return x
+
+
+def _ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]:
+    """Split a step into a deterministic move to ``s_down`` and fresh noise ``s_up`` with
+    ``s_down^2 + s_up^2 = s_next^2``; ``eta = 1`` injects the DDPM posterior's noise."""
+    _, var = _posterior(s, s_next)
+    s_up = min(s_next, eta * math.sqrt(var))
+    return math.sqrt(max(s_next * s_next - s_up * s_up, 0.0)), s_up
+
+
+@register_sampler("euler_ancestral", stochastic=True, order=1)
+def sample_euler_ancestral(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Euler ancestral: an Euler step to ``s_down`` then noise up to ``s_next``."""
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        d = model(x, s)
+        s_down, s_up = _ancestral_split(s, s_next, eta)
+        x = d + (s_down / s) * (x - d)
+        if s_up > 0:
+            x = x + s_up * s_noise * randn_like(x, generator)
+        _report(callback, i, x, s, s_next, d)
+    return x
+
+
+@register_sampler("heun", stochastic=False, order=2, nfe=lambda n: 2 * n - 1)
+def sample_heun(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+    final_step: str = "extrapolate",
+) -> Tensor:
+    """Heun's 2nd-order method with optional churn (Karras et al. 2022, alg. 2).
+
+    ``s_churn > 0`` adds noise (stochastic). The last step to 0 is the paper's Euler jump when
+    ``final_step="jump"``; by default (``"extrapolate"``) it extrapolates the denoised estimate
+    linearly in sigma from the last two points, which costs no evaluation and removes the error
+    floor of the jump.
+    """
+    if final_step not in ("jump", "extrapolate"):
+        raise ValueError(f"final_step must be 'jump' or 'extrapolate', got {final_step!r}")
+    grid = check_sigmas(sigmas)
+    n = len(grid) - 1
+    model = _Model(denoiser, x, cond)
+    s_prev, d_prev = None, None
+    for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+        gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            x = x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator)
+        d = model(x, s_hat)
+        if s_next == 0:
+            x = _extrapolate_to_zero(s_hat, d, s_prev, d_prev) if final_step == "extrapolate" else d
+        else:
+            x_euler = d + (s_next / s_hat) * (x - d)
+            d2 = model(x_euler, s_next)
+            # Trapezoid in sigma: slopes (x - d)/s_hat and (x_euler - d2)/s_next.
+            slope = 0.5 * ((x - d) / s_hat + (x_euler - d2) / s_next)
+            x = x + (s_next - s_hat) * slope
+        _report(callback, i, x, s, s_next, d)
+        s_prev, d_prev = s_hat, d
+    return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Exponential multistep solvers (DPM-Solver++, UniPC)
+
+
+def _multistep(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    order: int,
+    cond: Mapping[str, Any] | None,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    eta: float = 0.0,
+    s_noise: float = 1.0,
+    corrector: bool = False,
+    final_step: str = "extrapolate",
+) -> Tensor:
+    """Shared loop: an exponential Adams-Bashforth predictor of ``order`` over past ``D`` values,
+    optionally an Adams-Moulton corrector of ``order + 1`` using the new evaluation (UniPC),
+    and ``eta > 0`` for the SDE form."""
+    if order < 1 or order > 4:
+        raise ValueError(f"order must be between 1 and 4, got {order}")
+    if eta < 0:
+        raise ValueError(f"eta must be non-negative, got {eta}")
+    if final_step not in ("jump", "extrapolate"):
+        raise ValueError(f"final_step must be 'jump' or 'extrapolate', got {final_step!r}")
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    lams: list[float] = []  # lambda = -log sigma of the stored evaluations
+    ds: list[Tensor] = []
+    sig: list[float] = []
+    d = model(x, grid[0])
+    k = 1.0 + eta
+    n = len(grid) - 1
+    for i in range(n):
+        s, s_next = grid[i], grid[i + 1]
+        lams.append(-math.log(s))
+        ds.append(d)
+        sig.append(s)
+        if s_next == 0:
+            if final_step == "extrapolate" and len(ds) > 1:
+                x = _extrapolate_to_zero(s, d, sig[-2], ds[-2])
+            else:
+                x = d
+            _report(callback, i, x, s, s_next, d)
+            break
+        h = -math.log(s_next) - lams[-1]
+        # Lower the order over the first steps, where fewer past values exist.
+        p = min(order, len(ds))
+        nodes = [lam - lams[-1] for lam in lams[-p:]][::-1]
+        past = ds[-p:][::-1]
+        cx = math.exp(-k * h)
+        x_pred = _combine(x, cx, past, exp_integrator_weights(nodes, h, k))
+        noise = None
+        if eta > 0:
+            noise = randn_like(x, generator) * (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise)
+            x_pred = x_pred + noise
+        d_new = model(x_pred, s_next)
+        if corrector and eta == 0:
+            # UniC (Zhao et al. 2023, sec. 3.2): refit with the new evaluation at u = h, one order
+            # higher, at no extra cost: d_new is needed for the next step anyway.
+            pc = min(order, len(ds))
+            c_nodes = [h] + nodes[:pc]
+            c_vals = [d_new] + past[:pc]
+            x = _combine(x, cx, c_vals, exp_integrator_weights(c_nodes, h, k))
+        else:
+            x = x_pred
+        _report(callback, i, x, s, s_next, ds[-1])
+        d = d_new
+        # Keep only what the highest order needs.
+        if len(ds) > order:
+            lams.pop(0), ds.pop(0), sig.pop(0)
+    return x
+
+
+@register_sampler("dpmpp_2m", stochastic=False, order=2)
+def sample_dpmpp_2m(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    final_step: str = "extrapolate",
+) -> Tensor:
+    """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022, alg. 2)."""
+    return _multistep(denoiser, x, sigmas, order=2, cond=cond, generator=generator, callback=callback, final_step=final_step)
+
+
+@register_sampler("dpmpp_3m", stochastic=False, order=3)
+def sample_dpmpp_3m(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    final_step: str = "extrapolate",
+) -> Tensor:
+    """DPM-Solver++(3M): third-order multistep (Lu et al. 2022, sec. 4 and app. B)."""
+    return _multistep(denoiser, x, sigmas, order=3, cond=cond, generator=generator, callback=callback, final_step=final_step)
+
+
+@register_sampler("dpmpp_2m_sde", stochastic=True, order=2)
+def sample_dpmpp_2m_sde(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, sec. 5): ``dx = (1+eta)(D - x) dlambda + noise``.
+
+    The linear part and the noise are integrated exactly; ``D`` is linear through the last two
+    evaluations. ``eta = 0`` is the ODE solver.
+    """
+    return _multistep(
+        denoiser, x, sigmas, order=2, cond=cond, generator=generator, callback=callback, eta=eta, s_noise=s_noise
+    )
+
+
+@register_sampler("unipc", stochastic=False, order=3)
+def sample_unipc(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    order: int = 2,
+    final_step: str = "extrapolate",
+) -> Tensor:
+    """UniPC (Zhao et al. 2023): UniP-``order`` predictor and UniC corrector of one order more.
+
+    Weights are the exact exponential integrals of the interpolating polynomial (the variant of
+    UniPC whose ``B(h)`` makes the order conditions hold exactly), data prediction.
+    """
+    return _multistep(
+        denoiser, x, sigmas, order=order, cond=cond, generator=generator, callback=callback, corrector=True,
+        final_step=final_step,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive step size
+
+
+# Dormand & Prince 1980, RK5(4)7M tableau.
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DP_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+
+
+@register_sampler("adaptive", stochastic=False, order=5, nfe=None)
+def sample_adaptive(
+    denoiser: Callable[..., Tensor],
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    cond: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-3,
+    max_nfe: int = 10_000,
+    h_init: float = 0.5,
+) -> Tensor:
+    """Adaptive Dormand-Prince 5(4) on the PF-ODE in ``u = log sigma``: ``dx/du = x - D``.
+
+    Integrates from ``sigmas[0]`` to the smallest positive sigma of the grid with steps chosen so
+    that each step's local error estimate stays below ``atol + rtol |x|`` (RMS over each
+    sample, worst sample of the batch), then extrapolates to 0. Only the end points of
+    ``sigmas`` are used. Raises ``RuntimeError`` if ``max_nfe`` is exceeded.
+    """
+    if rtol <= 0 or atol <= 0:
+        raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
+    grid = check_sigmas(sigmas)
+    model = _Model(denoiser, x, cond)
+    u, u_end = math.log(grid[0]), math.log(grid[-2])
+    nfe = 0
+
+    def f(y: Tensor, uu: float) -> tuple[Tensor, Tensor]:
+        nonlocal nfe
+        nfe += 1
+        d = model(y, math.exp(uu))
+        return y - d, d
+
+    k1, d = f(x, u)
+    s_prev, d_prev = None, None
+    h = -min(h_init, u - u_end) if u > u_end else 0.0
+    i = 0
+    while u > u_end + 1e-12:
+        h = max(h, u_end - u)  # h < 0: u decreases
+        ks = [k1]
+        for j in range(1, 7):
+            y = x
+            for a, kk in zip(_DP_A[j], ks):
+                if a != 0.0:
+                    y = y + (h * a) * kk
+            kj, dj = f(y, u + _DP_C[j] * h)
+            ks.append(kj)
+        x5 = y  # stage 7 is evaluated at the 5th-order solution (FSAL)
+        err = sum(((b5 - b4) * h) * kk for b5, b4, kk in zip(_DP_B5, _DP_B4, ks) if b5 != b4)
+        scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
+        ratio = (err / scale).pow(2).reshape(x.shape[0], -1).mean(dim=1).sqrt().max().item()
+        if ratio <= 1.0:
+            s_prev, d_prev = math.exp(u), d
+            x, u, k1, d = x5, u + h, ks[6], dj
+            _report(callback, i, x, s_prev, math.exp(u), d)
+            i += 1
+        h = h * min(5.0, max(0.2, 0.9 * ratio ** (-0.2))) if ratio > 0 else h * 5.0
+        if nfe > max_nfe:
+            raise RuntimeError(f"adaptive sampler exceeded max_nfe={max_nfe}; loosen rtol/atol")
+    return _extrapolate_to_zero(math.exp(u), d, s_prev, d_prev)
