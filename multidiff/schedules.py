@@ -233,11 +233,13 @@ class LinearBetaSchedule:
     """The continuous limit of DDPM's linear betas, the VP-SDE of Song et al. 2021 (eq. 33).
 
     ``log alpha_bar(t) = -(beta_min t + (beta_max - beta_min) t^2 / 2)``; defaults match
-    DDPM's 1e-4 .. 0.02 over 1000 steps (``beta * T``).
+    DDPM's 1e-4 .. 0.02 over 1000 steps (``beta * T``). Time is floored at ``t_eps`` (Song et
+    al.'s 1e-5), where the SNR would otherwise be infinite.
     """
 
     beta_min: float = 0.1
     beta_max: float = 20.0
+    t_eps: float = 1e-5
     vp: bool = True
 
     def __post_init__(self) -> None:
@@ -248,14 +250,14 @@ class LinearBetaSchedule:
         return -(self.beta_min * t + 0.5 * (self.beta_max - self.beta_min) * t**2)
 
     def logsnr(self, t: Tensor) -> Tensor:
-        la = self._log_alpha_bar(_as_tensor(t))
+        la = self._log_alpha_bar(_as_tensor(t).clamp(min=self.t_eps))
         return la - torch.log(-torch.expm1(la))  # log(ab / (1 - ab))
 
     def t_from_logsnr(self, lam: Tensor) -> Tensor:
         lam = _as_tensor(lam)
         c = -torch.nn.functional.logsigmoid(lam)  # -log alpha_bar, solve a t^2 / 2 + b t = c
         a, b = self.beta_max - self.beta_min, self.beta_min
-        return (2 * c / (b + torch.sqrt(b * b + 2 * a * c))).clamp(0, 1)
+        return (2 * c / (b + torch.sqrt(b * b + 2 * a * c))).clamp(self.t_eps, 1)
 
 
 @dataclass(frozen=True)
