@@ -20,9 +20,9 @@ length ``h`` ``x_next = e^{-h} x + int_0^h e^{-(h-u)} D(u) du`` exactly (Lu et a
 DPM-Solver++, eq. 9). They differ only in which past (or, for a corrector, future)
 evaluations of ``D`` the polynomial through ``D(u)`` uses; :func:`exp_integrator_weights` turns
 those nodes into weights. The last step, to ``sigma = 0`` (``lambda = inf``), instead
-extrapolates ``D`` linearly in ``sigma``, which the exact solution
-``x(0) = D(0)`` of ``dx/dsigma = (x - D)/sigma`` needs; a plain jump to ``D(sigma_min)`` leaves an
-error floor that does not fall with the number of steps.
+extrapolates ``D`` to ``sigma = 0``, linearly in ``sigma^2``: the exact solution of
+``dx/dsigma = (x - D)/sigma`` ends at ``x(0) = D(0)``, and a plain jump to ``D(sigma_min)``
+leaves an error floor set by ``sigma_min`` that does not fall with the number of steps.
 """
 
 from __future__ import annotations
@@ -149,6 +149,14 @@ class NFECounter:
         self.nfe += 1
         return self.denoiser(x, sigma, **cond)
 
+    def with_variance(self, x: Tensor, sigma: Tensor, **cond: Any) -> tuple[Tensor, Tensor]:
+        """Forwarded (and counted) for denoisers with a learned variance."""
+        fn = getattr(self.denoiser, "with_variance", None)
+        if fn is None:
+            raise ValueError("the wrapped denoiser has no with_variance(x, sigma, **cond) method")
+        self.nfe += 1
+        return fn(x, sigma, **cond)
+
 
 class _Model:
     """The denoiser bound to the batch: called with a Python float sigma."""
@@ -172,14 +180,18 @@ def _report(callback: Callback | None, i: int, x: Tensor, s: float, s_next: floa
 
 
 def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tensor | None) -> Tensor:
-    """Exact ``x(0)`` of ``dx/dsigma = (x - D)/sigma`` for ``D`` linear in sigma through two points.
+    """``x(0)`` from the last two denoised estimates along the trajectory, linear in ``sigma^2``.
 
-    With ``D(sigma) = a + b sigma`` the solution from any ``x(s)`` ends at ``x(0) = a``: the
-    denoised estimate extrapolated to ``sigma = 0``. Without a previous point it is ``D(s)``.
+    The ODE ``dx/dsigma = (x - D)/sigma`` ends at ``x(0) = lim D(x(sigma), sigma)``. For data with a
+    smooth density, ``D`` along the trajectory is ``D(0) + O(sigma^2)``
+    (``dx/dsigma = -sigma * score``), so the plain jump ``x(0) ~ D(s)`` leaves an ``O(s^2)`` error
+    fixed by the grid's last sigma, whatever the number of steps. Extrapolating linearly in
+    ``sigma^2`` through ``(s_prev, d_prev)`` and ``(s, d)`` cancels that term. Without a previous
+    point it is the jump.
     """
     if d_prev is None or s_prev is None:
         return d
-    return d + (d - d_prev) * (s / (s_prev - s))
+    return d + (d - d_prev) * (s * s / (s_prev * s_prev - s * s))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,10 +306,10 @@ def sample_ddpm_learned_variance(
     exactly :func:`sample_ddpm`. On a respaced grid the variance interpolates the respaced
     betas, as in the paper's sec. 4.
     """
+    grid = check_sigmas(sigmas)
     with_variance = getattr(denoiser, "with_variance", None)
     if with_variance is None:
         raise ValueError("ddpm_learned_variance needs a denoiser with a with_variance(x, sigma, **cond) method")
-    grid = check_sigmas(sigmas)
     model = _Model(with_variance, x, cond)
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         d, v = model(x, s)
@@ -417,7 +429,7 @@ def sample_heun(
 
     ``s_churn > 0`` adds noise (stochastic). The last step to 0 is the paper's Euler jump when
     ``final_step="jump"``; by default (``"extrapolate"``) it extrapolates the denoised estimate
-    linearly in sigma from the last two points, which costs no evaluation and removes the error
+    to sigma 0 from the last two points (linear in sigma^2), which costs no evaluation and removes the error
     floor of the jump.
     """
     if final_step not in ("jump", "extrapolate"):

@@ -1,0 +1,722 @@
+"""Sampler benchmark: multidiff's samplers against k-diffusion and diffusers on exact denoisers.
+
+Run from the repository root::
+
+    PYTHONPATH=. python benchmarks/samplers.py            # full run (a few minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/samplers.py --quick    # smoke run (NFE 10 and 20, few samples)
+    PYTHONPATH=. python benchmarks/samplers.py --out results.md
+
+Problems
+    Two Gaussian mixtures from :mod:`multidiff.testing` whose denoiser is known in closed form, so
+    every error below is the sampler's own (no network error): a 2-D ring of 8 modes and a 64-D
+    mixture of 10 diagonal components. The noise range is that of DDPM's 1000-step linear-beta
+    schedule (:meth:`multidiff.schedules.DiscreteSchedule.linear`), the common ground of all three
+    libraries: ``sigma_max`` = its largest VE sigma (about 157), ``sigma_min`` = its smallest
+    (about 0.01). Every sampler starts from the same ``x_T = sigma_max * z`` (VE view, fixed seed).
+
+Metrics (at NFE 5, 10, 20, 50, 100, i.e. network evaluations, counted by wrapping the denoiser)
+    ODE error    deterministic samplers only: mean over samples of the L2 distance between the
+                 sampler's output and the exact endpoint of the probability-flow ODE from the same
+                 ``x_T`` (:meth:`GaussianMixture.ode_solution`, RK4 with 2000 steps, float64).
+    LL gap       ``E_true[log p] - mean log p(samples)`` with the exact density; 0 for a perfect
+                 sampler (up to Monte-Carlo noise), positive when samples lie off the data,
+                 negative when they collapse onto the modes' centres.
+    mode TV      total variation ``0.5 * sum_k |w_hat_k - w_k|`` between the fraction of samples
+                 whose most likely component is ``k`` (:meth:`GaussianMixture.mode_weights`) and
+                 the true weights.
+    SW           sliced 1-Wasserstein distance to an equally large set of true samples.
+    us/step      the sampler's own cost: wall time per step (a step is one grid interval; Heun
+                 makes 2 evaluations per step) on a (16, 3, 64, 64) float32 tensor with the trivial
+                 denoiser ``x * 0.5``, at 20 NFE, minus the time of the trivial denoiser calls
+                 themselves; median of several runs, grid or ``set_timesteps`` included.
+    The stochastic metrics of a perfect sampler are not 0: each table has a "true samples" row,
+    the metrics of a second independent set of true samples, which is their noise floor.
+
+How the peers are run
+    k-diffusion (``k_diffusion.sampling``): called with the exact denoiser as its model (the same
+        ``D(x, sigma)`` contract), on ``get_sigmas_karras`` over the same sigma range, in float64.
+        ``sample_dpmpp_3m_sde`` with ``eta=0`` is its DPM-Solver++(3M) ODE solver. Stochastic
+        samplers get a plain Gaussian ``noise_sampler`` from a seeded generator.
+        ``sample_dpm_adaptive`` stops at ``sigma_min``; one extra denoiser call (counted) takes its
+        result to sigma 0.
+    diffusers (schedulers only; ``beta_schedule='linear'``, 1000 training steps, betas 1e-4..0.02,
+        ``prediction_type='epsilon'``): the documented loop ``for t in scheduler.timesteps:
+        inp = scale_model_input(x, t); eps = model(inp, t); x = step(eps, t, x).prev_sample``. The
+        eps model is built from the exact mixture at the call: ``t`` -> VE ``sigma_t`` (the table's
+        sigma at integer ``t``, log-sigma interpolated in between), ``alpha_t = 1/sqrt(1 + sigma_t^2)``,
+        ``eps = gm.eps(inp / alpha_t, sigma_t)``. The starting sample is the same ``x_T`` in the
+        scheduler's own space: ``alpha_T * x_T`` for the VP schedulers (``init_noise_sigma == 1``)
+        and ``x_T`` itself for those that scale their input (Euler, Euler ancestral, Heun). The
+        final sample is used as is. Samples are float64; several schedulers compute their update in
+        float32 internally (``sample.to(torch.float32)``), which we leave alone.
+        Each scheduler runs in its default configuration and in a tuned one taken from its
+        documentation (Karras sigmas, ``clip_sample=False``, ``timestep_spacing='trailing'``,
+        ``solver_order=3`` for UniPC's unconditional case, ...); see ``DIFFUSERS`` below.
+    multidiff: every registered sampler on the Karras (rho = 7) grid and on the grid uniform in
+        log-SNR; for a budget of N evaluations the largest number of steps with ``nfe(steps) <= N``.
+        ``adaptive`` (tolerance-driven) and k-diffusion's adaptive solver are reported separately
+        at a few tolerances, with the evaluations they used. ``ddpm_learned_variance`` needs a
+        network that predicts a variance and is skipped.
+
+Ratios
+    Each multidiff sampler is matched with its peers' counterpart (euler ~ Euler, heun ~ Heun,
+    dpmpp_2m ~ DPM-Solver++ 2M, dpmpp_3m ~ 3M, dpmpp_2m_sde ~ 2M SDE, unipc ~ UniPC, ddim ~ DDIM,
+    ddpm ~ DDPM, euler_ancestral ~ Euler ancestral). Ours runs on one fixed grid per sampler
+    (``OUR_GRID``); the peer on its best configuration at each NFE (the lower error of default and
+    tuned). The ratio is our error / their error: ODE error for deterministic pairs, SW and mode TV
+    for stochastic ones. Targets: no ratio above 1, and at 10 NFE our best deterministic sampler's
+    ODE error at most half of the best peer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib
+import importlib.util
+import logging
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from multidiff import grids
+from multidiff.samplers import NFECounter, available_samplers, get_sampler
+from multidiff.schedules import DiscreteSchedule
+from multidiff.testing import GaussianMixture, sliced_wasserstein
+
+NFES = (5, 10, 20, 50, 100)
+QUICK_NFES = (10, 20)
+ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-4)
+SKIPPED = ("ddpm_learned_variance",)  # needs denoiser.with_variance
+
+# The grid each of our samplers uses in the ratio table (both grids are reported in full).
+OUR_GRID = {
+    "ddim": "logsnr",
+    "ddpm": "karras",
+    "dpmpp_2m": "logsnr",
+    "dpmpp_2m_sde": "karras",
+    "dpmpp_3m": "logsnr",
+    "euler": "karras",
+    "euler_ancestral": "karras",
+    "heun": "karras",
+    "unipc": "logsnr",
+}
+
+# Matched pairs: our sampler -> the peers' counterparts (implementation, sampler name).
+PAIRS: dict[str, list[tuple[str, str]]] = {
+    "euler": [("k-diffusion", "sample_euler"), ("diffusers", "EulerDiscrete")],
+    "heun": [("k-diffusion", "sample_heun"), ("diffusers", "HeunDiscrete")],
+    "dpmpp_2m": [("k-diffusion", "sample_dpmpp_2m"), ("diffusers", "DPMSolverMultistep 2M")],
+    "dpmpp_3m": [("k-diffusion", "sample_dpmpp_3m_sde eta=0"), ("diffusers", "DPMSolverMultistep 3M")],
+    "unipc": [("diffusers", "UniPCMultistep")],
+    "ddim": [("diffusers", "DDIM")],
+    "dpmpp_2m_sde": [("k-diffusion", "sample_dpmpp_2m_sde"), ("diffusers", "DPMSolverMultistep 2M SDE")],
+    "ddpm": [("diffusers", "DDPM")],
+    "euler_ancestral": [("k-diffusion", "sample_euler_ancestral"), ("diffusers", "EulerAncestralDiscrete")],
+}
+
+# The schedule all three libraries share.
+TABLE = DiscreteSchedule.linear()
+TABLE_SIGMAS = TABLE.sigmas()  # increasing, float64
+SIGMA_MIN = float(TABLE_SIGMAS[0])
+SIGMA_MAX = float(TABLE_SIGMAS[-1])
+LOG_TABLE_SIGMAS = TABLE_SIGMAS.log()
+
+
+def vp_alpha(sigma: float) -> float:
+    """VP signal scale of VE noise level ``sigma``: ``x_vp = alpha * x_ve``."""
+    return 1.0 / math.sqrt(1.0 + sigma * sigma)
+
+
+def table_sigma(t: float) -> float:
+    """VE sigma of the DDPM table at timestep ``t``: exact at integers, log-linear in between."""
+    t = min(max(t, 0.0), TABLE_SIGMAS.numel() - 1.0)
+    lo = min(int(math.floor(t)), TABLE_SIGMAS.numel() - 2)
+    w = t - lo
+    return math.exp(float(LOG_TABLE_SIGMAS[lo]) * (1 - w) + float(LOG_TABLE_SIGMAS[lo + 1]) * w)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a sampler is run against: the exact mixture, or a trivial model for timing
+
+
+class ExactTarget:
+    """The exact mixture, as a denoiser ``D(x, sigma)`` and as diffusers' eps model ``eps(x_vp, t)``."""
+
+    def __init__(self, gm: GaussianMixture) -> None:
+        self.gm = gm
+        self.denoiser = gm.denoiser()
+
+    def eps_vp(self, x_vp: Tensor, t: Tensor | float) -> Tensor:
+        sigma = table_sigma(float(t))
+        x_ve = x_vp / vp_alpha(sigma)
+        return self.gm.eps(x_ve, sigma).to(x_vp.dtype)
+
+
+class TrivialTarget:
+    """A model that costs next to nothing, to time the samplers' own work."""
+
+    @staticmethod
+    def denoiser(x: Tensor, sigma: Tensor, **_: Any) -> Tensor:
+        return x * 0.5
+
+    @staticmethod
+    def eps_vp(x: Tensor, t: Tensor | float) -> Tensor:
+        return x * 0.5
+
+
+Target = ExactTarget | TrivialTarget
+
+
+class _Counter:
+    """Counts the calls of any callable (diffusers' eps model)."""
+
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
+        self.fn, self.nfe = fn, 0
+
+    def __call__(self, *args: Any) -> Tensor:
+        self.nfe += 1
+        return self.fn(*args)
+
+
+def steps_for_budget(nfe_of_steps: Callable[[int], int], budget: int) -> int:
+    """The largest number of steps whose evaluation count fits in ``budget`` (at least 1)."""
+    steps = 1
+    while nfe_of_steps(steps + 1) <= budget:
+        steps += 1
+    return steps
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# Methods: one sampler in one configuration
+
+
+RunFn = Callable[[Target, Tensor, int, torch.Generator], tuple[Tensor, int]]
+
+
+@dataclass
+class Method:
+    impl: str  # "multidiff", "k-diffusion" or "diffusers"
+    name: str  # the sampler as its library calls it
+    config: str  # grid or configuration, for the tables
+    family: str  # our sampler it matches (PAIRS)
+    stochastic: bool
+    run: RunFn  # (target, x_T in VE, NFE budget, generator) -> (x0, NFE used)
+    steps: Callable[[int], int] = lambda n: n  # grid steps used for an NFE budget
+
+    @property
+    def label(self) -> str:
+        return f"{self.impl} | {self.name} | {self.config}"
+
+
+def our_methods() -> list[Method]:
+    makers = {
+        "karras": lambda n: grids.karras_sigmas(n, SIGMA_MIN, SIGMA_MAX),
+        "logsnr": lambda n: grids.logsnr_uniform_sigmas(n, SIGMA_MIN, SIGMA_MAX),
+    }
+    out = []
+    for name in available_samplers():
+        if name in SKIPPED or name == "adaptive":
+            continue
+        spec = get_sampler(name)
+        for grid, make in makers.items():
+
+            def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, spec=spec, make=make) -> tuple[Tensor, int]:
+                counter = NFECounter(target.denoiser)
+                sigmas = make(steps_for_budget(spec.nfe, nfe))
+                x0 = spec.fn(counter, x, sigmas, generator=gen if spec.stochastic else None)
+                return x0, counter.nfe
+
+            out.append(
+                Method("multidiff", name, f"{grid} grid", name, spec.stochastic, run,
+                       steps=lambda n, spec=spec: steps_for_budget(spec.nfe, n))
+            )
+    return out
+
+
+# --- k-diffusion ---------------------------------------------------------------------------------
+
+
+def load_kdiffusion_sampling() -> types.ModuleType | None:
+    """``k_diffusion.sampling`` without the package ``__init__`` (which imports models, CLIP, ...);
+    the full import as a fallback; ``None`` if k-diffusion is not installed or fails to import."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        return None
+    if "k_diffusion" not in sys.modules and spec.submodule_search_locations:
+        pkg = types.ModuleType("k_diffusion")
+        pkg.__path__ = list(spec.submodule_search_locations)
+        sys.modules["k_diffusion"] = pkg
+        try:
+            return importlib.import_module("k_diffusion.sampling")
+        except Exception:
+            for mod in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
+                del sys.modules[mod]
+    try:
+        return importlib.import_module("k_diffusion.sampling")
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        print(f"# k-diffusion not usable: {exc!r}", file=sys.stderr)
+        return None
+
+
+KDIFFUSION = (
+    # (function, our family, stochastic, options, NFE of n steps)
+    ("sample_euler", "euler", False, {}, lambda n: n),
+    ("sample_heun", "heun", False, {}, lambda n: 2 * n - 1),
+    ("sample_dpmpp_2m", "dpmpp_2m", False, {}, lambda n: n),
+    ("sample_dpmpp_3m_sde", "dpmpp_3m", False, {"eta": 0.0}, lambda n: n),
+    ("sample_euler_ancestral", "euler_ancestral", True, {}, lambda n: n),
+    ("sample_dpmpp_2m_sde", "dpmpp_2m_sde", True, {}, lambda n: n),
+)
+
+
+def kdiffusion_methods(kds: types.ModuleType) -> list[Method]:
+    out = []
+    for fn_name, family, stochastic, options, nfe_of in KDIFFUSION:
+        fn = getattr(kds, fn_name)
+
+        def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, fn=fn, options=options, nfe_of=nfe_of,
+                stochastic=stochastic) -> tuple[Tensor, int]:
+            counter = NFECounter(target.denoiser)
+            with default_dtype(x.dtype):
+                sigmas = kds.get_sigmas_karras(steps_for_budget(nfe_of, nfe), SIGMA_MIN, SIGMA_MAX, device=x.device)
+            extra = dict(options)
+            if stochastic:
+                extra["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+            elif "eta" in options:  # sample_dpmpp_3m_sde would otherwise build a Brownian tree it never uses
+                extra["noise_sampler"] = lambda s, s_next: torch.zeros_like(x)
+            x0 = fn(counter, x.clone(), sigmas, disable=True, **extra)
+            return x0, counter.nfe
+
+        name = fn_name + (" eta=0" if options.get("eta") == 0.0 else "")
+        out.append(Method("k-diffusion", name, "karras grid", family, stochastic, run,
+                          steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n)))
+    return out
+
+
+# --- diffusers -----------------------------------------------------------------------------------
+
+
+COMMON = dict(
+    num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon"
+)
+
+DIFFUSERS = (
+    # (display name, scheduler class, our family, stochastic, base options, tuned options from the docs)
+    ("DDIM", "DDIMScheduler", "ddim", False, {},
+     {"clip_sample": False, "timestep_spacing": "trailing", "set_alpha_to_one": True}),
+    ("EulerDiscrete", "EulerDiscreteScheduler", "euler", False, {},
+     {"use_karras_sigmas": True, "final_sigmas_type": "zero"}),
+    ("HeunDiscrete", "HeunDiscreteScheduler", "heun", False, {}, {"use_karras_sigmas": True}),
+    ("DPMSolverMultistep 2M", "DPMSolverMultistepScheduler", "dpmpp_2m", False, {"solver_order": 2},
+     {"use_karras_sigmas": True, "final_sigmas_type": "zero", "lower_order_final": True}),
+    ("DPMSolverMultistep 3M", "DPMSolverMultistepScheduler", "dpmpp_3m", False, {"solver_order": 3},
+     {"use_karras_sigmas": True, "final_sigmas_type": "zero", "lower_order_final": True}),
+    ("UniPCMultistep", "UniPCMultistepScheduler", "unipc", False, {},
+     {"solver_order": 3, "use_karras_sigmas": True, "final_sigmas_type": "zero"}),
+    ("DDPM", "DDPMScheduler", "ddpm", True, {}, {"clip_sample": False, "timestep_spacing": "trailing"}),
+    ("EulerAncestralDiscrete", "EulerAncestralDiscreteScheduler", "euler_ancestral", True, {},
+     {"timestep_spacing": "trailing"}),
+    ("DPMSolverMultistep 2M SDE", "DPMSolverMultistepScheduler", "dpmpp_2m_sde", True,
+     {"algorithm_type": "sde-dpmsolver++"}, {"use_karras_sigmas": True, "final_sigmas_type": "zero"}),
+)
+
+
+def load_diffusers() -> types.ModuleType | None:
+    try:
+        import diffusers
+    except Exception as exc:  # pragma: no cover - depends on the environment
+        print(f"# diffusers not usable: {exc!r}", file=sys.stderr)
+        return None
+    logging.getLogger("diffusers").setLevel(logging.ERROR)
+    try:
+        diffusers.utils.logging.set_verbosity_error()
+    except Exception:
+        pass
+    return diffusers
+
+
+def _options_text(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "default"
+
+
+def diffusers_methods(diffusers: types.ModuleType) -> list[Method]:
+    out = []
+    for display, cls_name, family, stochastic, base, tuned in DIFFUSERS:
+        cls = getattr(diffusers, cls_name)
+        heun = cls_name == "HeunDiscreteScheduler"
+        nfe_of = (lambda n: 2 * n - 1) if heun else (lambda n: n)
+        for kind, options in (("default", base), ("tuned", {**base, **tuned})):
+
+            def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, cls=cls, options=options,
+                    nfe_of=nfe_of, stochastic=stochastic) -> tuple[Tensor, int]:
+                scheduler = cls(**COMMON, **options)
+                scheduler.set_timesteps(steps_for_budget(nfe_of, nfe), device=x.device)
+                # The same x_T in the scheduler's own space.
+                if float(scheduler.init_noise_sigma) > 1.0:
+                    sample = x.clone()
+                else:
+                    sample = x * vp_alpha(SIGMA_MAX)
+                model = _Counter(target.eps_vp)
+                step_kwargs = {"generator": gen} if stochastic else {}
+                for t in scheduler.timesteps:
+                    eps = model(scheduler.scale_model_input(sample, t), t)
+                    sample = scheduler.step(eps, t, sample, **step_kwargs).prev_sample
+                return sample, model.nfe
+
+            extra = _options_text({k: v for k, v in options.items() if k not in base}) if kind == "tuned" else "default"
+            out.append(Method("diffusers", display, extra, family, stochastic, run,
+                              steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n)))
+    return out
+
+
+# --- adaptive solvers ----------------------------------------------------------------------------
+
+
+def adaptive_methods(kds: types.ModuleType | None, tols: tuple[float, ...]) -> list[tuple[str, float, Callable]]:
+    """(label, tolerance, run(target, x) -> (x0, NFE)) for the tolerance-driven solvers."""
+    out = []
+    spec = get_sampler("adaptive")
+    for tol in tols:
+
+        def run(target: Target, x: Tensor, tol=tol) -> tuple[Tensor, int]:
+            counter = NFECounter(target.denoiser)
+            sigmas = torch.tensor([SIGMA_MAX, SIGMA_MIN, 0.0], dtype=torch.float64)
+            return spec.fn(counter, x, sigmas, rtol=tol, atol=tol), counter.nfe
+
+        out.append(("multidiff | adaptive (rtol=atol)", tol, run))
+    if kds is not None:
+        for tol in tols:
+
+            def run_kd(target: Target, x: Tensor, tol=tol) -> tuple[Tensor, int]:
+                counter = NFECounter(target.denoiser)
+                xs = kds.sample_dpm_adaptive(counter, x.clone(), SIGMA_MIN, SIGMA_MAX, rtol=tol, atol=tol, disable=True)
+                # It stops at sigma_min: one more evaluation takes it to sigma 0.
+                x0 = counter(xs, torch.full((x.shape[0],), SIGMA_MIN, dtype=x.dtype, device=x.device))
+                return x0, counter.nfe
+
+            out.append(("k-diffusion | sample_dpm_adaptive (rtol=atol) + final denoise", tol, run_kd))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Problems and metrics
+
+
+@dataclass
+class Problem:
+    name: str
+    gm: GaussianMixture
+    x_T: Tensor  # (N, *shape), VE, at SIGMA_MAX
+    x_ref: Tensor  # exact ODE endpoint from x_T
+    true: Tensor  # true samples for SW
+    expected_log_prob: float
+    floor: dict[str, float] = field(default_factory=dict)
+
+
+def make_problem(name: str, gm: GaussianMixture, n: int, ode_steps: int, seed: int) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    x_T = SIGMA_MAX * torch.randn((n, *gm.shape), generator=g, dtype=torch.float64)
+    x_ref = gm.ode_solution(x_T, SIGMA_MAX, steps=ode_steps)
+    true, _ = gm.sample(n, generator=torch.Generator().manual_seed(seed + 1))
+    p = Problem(name, gm, x_T, x_ref, true, gm.expected_log_prob())
+    other, _ = gm.sample(n, generator=torch.Generator().manual_seed(seed + 2))
+    p.floor = evaluate(p, other, stochastic=True)
+    return p
+
+
+def evaluate(p: Problem, x0: Tensor, stochastic: bool) -> dict[str, float]:
+    x0 = x0.to(torch.float64)
+    if not torch.isfinite(x0).all():
+        nan = float("nan")
+        return {"ode": nan, "ll": nan, "tv": nan, "sw": nan}
+    ode = float("nan") if stochastic else float((x0 - p.x_ref).reshape(x0.shape[0], -1).norm(dim=1).mean())
+    return {
+        "ode": ode,
+        "ll": p.expected_log_prob - float(p.gm.log_prob(x0).mean()),
+        "tv": 0.5 * float((p.gm.mode_weights(x0) - p.gm.weights).abs().sum()),
+        "sw": sliced_wasserstein(x0, p.true),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def time_method(method: Method, shape: tuple[int, ...], nfe: int, repeats: int, denoiser_us: float) -> float:
+    """Microseconds per step of the sampler's own work (trivial denoiser's time subtracted)."""
+    target = TrivialTarget()
+    x = SIGMA_MAX * torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    method.run(target, x, nfe, gen)  # warm-up
+    times = []
+    used = nfe
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, used = method.run(target, x, nfe, gen)
+        times.append(time.perf_counter() - t0)
+    steps = method.steps(nfe)
+    return (statistics.median(times) * 1e6 - used * denoiser_us) / steps
+
+
+def trivial_denoiser_us(shape: tuple[int, ...], repeats: int = 200) -> float:
+    x = torch.randn(shape)
+    s = torch.ones(shape[0])
+    for _ in range(10):
+        TrivialTarget.denoiser(x, s)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        TrivialTarget.denoiser(x, s)
+    return (time.perf_counter() - t0) / repeats * 1e6
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+def fmt(v: float | None, kind: str) -> str:
+    if v is None:
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf"
+    if kind == "ode":
+        return f"{v:.2e}"
+    if kind == "ratio":
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+METRICS = (
+    ("ode", "ODE error (mean L2 to the exact PF-ODE endpoint; deterministic samplers)"),
+    ("ll", "LL gap (E_true[log p] - mean log p(samples))"),
+    ("tv", "mode TV (total variation of the mode weights)"),
+    ("sw", "SW (sliced Wasserstein to true samples)"),
+)
+
+
+def problem_section(p: Problem, methods: list[Method], results: dict, nfes: tuple[int, ...],
+                    adaptive: list[tuple[str, float, dict]]) -> str:
+    out = [f"### {p.name}", ""]
+    nfe_head = [f"NFE {n}" for n in nfes]
+    for key, title in METRICS:
+        rows = []
+        for m in methods:
+            if key == "ode" and m.stochastic:
+                continue
+            cells = []
+            for n in nfes:
+                r = results[(p.name, m.label, n)]
+                cell = fmt(r[key], key)
+                if r["nfe"] != n:
+                    cell += f" ({r['nfe']})"
+                cells.append(cell)
+            rows.append([m.impl, m.name + (" (SDE)" if m.stochastic else ""), m.config, *cells])
+        if key != "ode":
+            rows.append(["-", "true samples (noise floor)", "-", *[fmt(p.floor[key], key)] * len(nfes)])
+        out += [f"**{title}**", "", md_table(["impl", "sampler", "grid / config", *nfe_head], rows), ""]
+    if adaptive:
+        rows = [
+            [label, f"{tol:g}", str(r["nfe"]), fmt(r["ode"], "ode"), fmt(r["ll"], "ll"), fmt(r["tv"], "tv"),
+             fmt(r["sw"], "sw")]
+            for label, tol, r in adaptive
+        ]
+        out += ["**Adaptive solvers** (NFE is what the tolerance cost)", "",
+                md_table(["solver", "tol", "NFE", "ODE error", "LL gap", "mode TV", "SW"], rows), ""]
+    out.append("A cell `x (n)` was run with n evaluations instead of the column's (Heun: 2 steps - 1).")
+    out.append("")
+    return "\n".join(out)
+
+
+def ratio_section(problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]) -> tuple[str, list[str]]:
+    """The ratio tables, and a list of the misses as text."""
+    by_key = {(m.impl, m.name, m.config): m for m in methods}
+    ours = {m.name: m for m in methods if m.impl == "multidiff" and m.config == f"{OUR_GRID.get(m.name, 'karras')} grid"}
+    misses: list[str] = []
+    out = ["### Ratios: ours / peer's best configuration (lower is better; target <= 1)", ""]
+    for p in problems:
+        rows = []
+        for family, peers in PAIRS.items():
+            if family not in ours:
+                continue
+            mine = ours[family]
+            for impl, peer_name in peers:
+                cands = [m for (i, n, _), m in by_key.items() if i == impl and n == peer_name]
+                if not cands:
+                    continue
+                keys = ("sw", "tv") if mine.stochastic else ("ode",)
+                for key in keys:
+                    cells = []
+                    for n in nfes:
+                        a = results[(p.name, mine.label, n)][key]
+                        b = min(results[(p.name, c.label, n)][key] for c in cands)
+                        ratio = a / b if b > 0 else float("inf")
+                        cell = fmt(ratio, "ratio")
+                        if not ratio <= 1.0:
+                            floor = p.floor.get(key)
+                            noise = floor is not None and max(a, b) <= 1.5 * floor
+                            cell = f"**{cell}** x" + (" (noise)" if noise else "")
+                            misses.append(f"{p.name}: {family} vs {impl} {peer_name}, {key} at NFE {n}: "
+                                          f"{fmt(a, key)} / {fmt(b, key)} = {fmt(ratio, 'ratio')}"
+                                          + (" (both within 1.5x the noise floor)" if noise else ""))
+                        cells.append(cell)
+                    rows.append([f"{family} ({OUR_GRID.get(family, 'karras')})", f"{impl} {peer_name}", key, *cells])
+        out += [f"**{p.name}**", "",
+                md_table(["ours (grid)", "peer", "metric", *[f"NFE {n}" for n in nfes]], rows), ""]
+        # The headline target: best deterministic at 10 NFE (or the smallest budget run).
+        n10 = 10 if 10 in nfes else nfes[0]
+        det = [m for m in methods if not m.stochastic]
+        best = {}
+        for side in ("multidiff", "peers"):
+            cands = [m for m in det if (m.impl == "multidiff") == (side == "multidiff")]
+            if cands:
+                m = min(cands, key=lambda m: results[(p.name, m.label, n10)]["ode"])
+                best[side] = (m, results[(p.name, m.label, n10)]["ode"])
+        if len(best) == 2:
+            (mo, eo), (mp, ep) = best["multidiff"], best["peers"]
+            ok = eo <= 0.5 * ep
+            line = (f"At NFE {n10}: our best {mo.name} ({mo.config}) {fmt(eo, 'ode')} vs the best peer "
+                    f"{mp.impl} {mp.name} ({mp.config}) {fmt(ep, 'ode')}: ratio {eo / ep:.3f} "
+                    f"(target <= 0.5: {'met' if ok else 'MISSED'}).")
+            out += [line, ""]
+            if not ok:
+                misses.append(f"{p.name}: 10-NFE target: {line}")
+    marks = "Cells marked **x** miss the target; (noise) marks misses where both values are within 1.5x the noise floor of the metric."
+    out += [marks, ""]
+    return "\n".join(out), misses
+
+
+def timing_section(methods: list[Method], timings: dict[str, float], shape: tuple[int, ...], denoiser_us: float, nfe: int) -> str:
+    rows = [[m.impl, m.name, m.config, str(m.steps(nfe)), f"{timings[m.label]:.0f}"] for m in methods]
+    head = (f"### Sampler overhead\n\nMicroseconds per step on a {tuple(shape)} float32 tensor with the trivial denoiser "
+            f"`x * 0.5` at {nfe} NFE, minus the denoiser's own {denoiser_us:.0f} us per call; median of runs.\n")
+    return head + "\n" + md_table(["impl", "sampler", "grid / config", "steps", "us/step"], rows) + "\n"
+
+
+def environment() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except Exception:
+        pass
+    versions = [f"torch {torch.__version__}"]
+    for mod, dist in (("diffusers", "diffusers"), ("k_diffusion", "k-diffusion")):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{dist} {version(dist)}")
+        except Exception:
+            versions.append(f"{dist} not installed")
+    return (f"Machine: {cpu}, {torch.get_num_threads()} torch threads, CPU only. "
+            f"Date: {datetime.date.today().isoformat()}. Versions: {', '.join(versions)}, Python {platform.python_version()}.")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="NFE 10 and 20, few samples (under a minute)")
+    ap.add_argument("--out", help="also write the markdown to this file")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--no-peers", action="store_true", help="only multidiff's samplers")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    t_start = time.perf_counter()
+    nfes = QUICK_NFES if args.quick else NFES
+    n_ring, n_mix = (400, 200) if args.quick else (2000, 1000)
+    ode_steps = 500 if args.quick else 2000
+    tols = ADAPTIVE_TOLS[:2] if args.quick else ADAPTIVE_TOLS
+
+    kds = None if args.no_peers else load_kdiffusion_sampling()
+    diffusers = None if args.no_peers else load_diffusers()
+    methods = our_methods()
+    if kds is not None:
+        methods += kdiffusion_methods(kds)
+    if diffusers is not None:
+        methods += diffusers_methods(diffusers)
+
+    problems = [
+        make_problem("2-D ring, 8 modes", GaussianMixture.ring(n_modes=8), n_ring, ode_steps, args.seed),
+        make_problem("64-D mixture, 10 components", GaussianMixture.random(64, 10, seed=args.seed), n_mix, ode_steps,
+                     args.seed),
+    ]
+
+    results: dict[tuple[str, str, int], dict[str, float]] = {}
+    adaptive_results: dict[str, list[tuple[str, float, dict]]] = {}
+    for p in problems:
+        target = ExactTarget(p.gm)
+        for m in methods:
+            for n in nfes:
+                gen = torch.Generator().manual_seed(args.seed + 3)
+                x0, used = m.run(target, p.x_T, n, gen)
+                results[(p.name, m.label, n)] = {**evaluate(p, x0, m.stochastic), "nfe": used}
+        adaptive_results[p.name] = []
+        for label, tol, run in adaptive_methods(kds, tols):
+            x0, used = run(target, p.x_T)
+            adaptive_results[p.name].append((label, tol, {**evaluate(p, x0, False), "nfe": used}))
+        print(f"# {p.name}: done at {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+
+    shape = (16, 3, 64, 64)
+    t_nfe = 20
+    d_us = trivial_denoiser_us(shape)
+    timings = {m.label: time_method(m, shape, t_nfe, 3 if args.quick else 7, d_us) for m in methods}
+
+    parts = ["## Samplers", "", environment(), "",
+             f"Command: `PYTHONPATH=. python benchmarks/samplers.py{' --quick' if args.quick else ''}`; "
+             f"samples: {n_ring} (ring), {n_mix} (64-D); reference ODE: RK4, {ode_steps} steps; "
+             f"sigma in [{SIGMA_MIN:.4g}, {SIGMA_MAX:.4g}] (DDPM linear betas). `ddpm_learned_variance` is skipped "
+             "(it needs a variance-predicting network). See the module docstring for definitions.", ""]
+    for p in problems:
+        parts.append(problem_section(p, methods, results, nfes, adaptive_results[p.name]))
+    ratios, misses = ratio_section(problems, methods, results, nfes)
+    parts.append(ratios)
+    parts.append(timing_section(methods, timings, shape, d_us, t_nfe))
+    elapsed = time.perf_counter() - t_start
+    parts.append(f"Total benchmark time: {elapsed:.0f} s.\n")
+    text = "\n".join(parts)
+    print(text)
+    if misses:
+        print("# Misses:\n" + "\n".join(f"#   {m}" for m in misses), file=sys.stderr)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

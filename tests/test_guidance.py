@@ -1,0 +1,128 @@
+"""Guidance as composition, checked against the exact Gaussian mixture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multidiff import grids as G
+from multidiff import samplers as SM
+from multidiff.guidance import classifier_free_guidance, classifier_guidance
+from multidiff.testing import GaussianMixture
+
+NULL = -1
+
+
+@pytest.fixture()
+def case(rank_shape):
+    shape = rank_shape if rank_shape else (1,)
+    gm = GaussianMixture.random(shape, 6, seed=1, n_classes=3)
+    g = torch.Generator().manual_seed(0)
+    b = 5
+    sigma = torch.tensor([0.05, 0.3, 1.0, 3.0, 20.0], dtype=torch.float64)
+    x = gm.sample(b, generator=g)[0] + sigma.view(-1, *([1] * len(shape))) * torch.randn((b, *shape), generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    return gm, x, sigma, y
+
+
+def test_scale_one_is_the_conditional_denoiser(case) -> None:
+    gm, x, sigma, y = case
+    d = gm.denoiser()
+    cfg = classifier_free_guidance(d, 1.0, negative={"class_labels": torch.full_like(y, NULL)})
+    assert torch.allclose(cfg(x, sigma, class_labels=y), d(x, sigma, class_labels=y), atol=1e-12)
+
+
+def test_scale_zero_is_the_negative_and_scale_w_extrapolates(case) -> None:
+    gm, x, sigma, y = case
+    d = gm.denoiser()
+    neg = {"class_labels": torch.full_like(y, NULL)}
+    uncond = d(x, sigma, class_labels=neg["class_labels"])
+    cond = d(x, sigma, class_labels=y)
+    assert torch.allclose(classifier_free_guidance(d, 0.0, negative=neg)(x, sigma, class_labels=y), uncond, atol=1e-12)
+    got = classifier_free_guidance(d, 3.0, negative=neg)(x, sigma, class_labels=y)
+    assert torch.allclose(got, uncond + 3.0 * (cond - uncond), atol=1e-10)
+
+
+def test_negative_condition_equal_to_the_condition_changes_nothing(case) -> None:
+    gm, x, sigma, y = case
+    d = gm.denoiser()
+    cfg = classifier_free_guidance(d, 7.5, negative=lambda cond: cond)
+    assert torch.allclose(cfg(x, sigma, class_labels=y), d(x, sigma, class_labels=y), atol=1e-12)
+
+
+def test_batched_and_separate_calls_agree(case) -> None:
+    gm, x, sigma, y = case
+    calls: list[int] = []
+
+    def d(x, s, class_labels):
+        calls.append(x.shape[0])
+        return gm.denoise(x, s, class_labels)
+
+    neg_t = {"class_labels": torch.full_like(y, NULL)}
+    batched = classifier_free_guidance(d, 2.0, negative=neg_t)(x, sigma, class_labels=y)
+    assert calls == [2 * x.shape[0]]  # one network call on the doubled batch
+    calls.clear()
+    separate = classifier_free_guidance(d, 2.0, negative={"class_labels": None})(x, sigma, class_labels=y)
+    assert calls == [x.shape[0], x.shape[0]]
+    assert torch.allclose(batched, separate, atol=1e-12)
+
+
+def test_guidance_interval(case) -> None:
+    gm, x, sigma, y = case
+    d = gm.denoiser()
+    neg = {"class_labels": torch.full_like(y, NULL)}
+    full = classifier_free_guidance(d, 4.0, negative=neg)(x, sigma, class_labels=y)
+    windowed = classifier_free_guidance(d, 4.0, negative=neg, interval=(0.2, 2.0))(x, sigma, class_labels=y)
+    cond = d(x, sigma, class_labels=y)
+    inside = (sigma > 0.2) & (sigma <= 2.0)
+    assert torch.allclose(windowed[inside], full[inside]) and torch.allclose(windowed[~inside], cond[~inside])
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5), (2, 3, 3), (1, 2, 2, 3)], ids=["rank2", "rank3", "rank4", "rank5"])
+def test_guidance_rescale_matches_the_conditional_std(shape) -> None:
+    # Rank 1 has one value per sample, which has no standard deviation: ranks 2 to 5 here.
+    gm = GaussianMixture.random(shape, 6, seed=1, n_classes=3)
+    sigma = torch.tensor([0.05, 0.3, 1.0, 3.0, 20.0], dtype=torch.float64)
+    x = gm.sample(5, generator=torch.Generator().manual_seed(0))[0] + sigma.view(-1, *([1] * len(shape)))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    d = gm.denoiser()
+    neg = {"class_labels": torch.full_like(y, NULL)}
+    plain = classifier_free_guidance(d, 5.0, negative=neg)(x, sigma, class_labels=y)
+    full = classifier_free_guidance(d, 5.0, negative=neg, rescale=1.0)(x, sigma, class_labels=y)
+    half = classifier_free_guidance(d, 5.0, negative=neg, rescale=0.5)(x, sigma, class_labels=y)
+    cond = d(x, sigma, class_labels=y)
+    std = lambda t: t.flatten(1).std(dim=1)  # noqa: E731
+    assert torch.allclose(std(full), std(cond), rtol=1e-9)
+    assert torch.allclose(half, 0.5 * full + 0.5 * plain, atol=1e-12)
+
+
+def test_exact_classifier_guidance_is_the_exact_conditional_denoiser(case) -> None:
+    # Bayes: grad log p(x|y) = grad log p(x) + grad log p(y|x), so with the exact noisy
+    # classifier and scale 1, D + sigma^2 grad log p(y|x) = E[x0 | x, y].
+    gm, x, sigma, y = case
+    unconditional = lambda x, s, class_labels: gm.denoise(x, s).to(x.dtype)  # noqa: E731 - ignores the label
+    guided = classifier_guidance(unconditional, lambda x, s, class_labels: gm.class_log_prob(x, s, class_labels), 1.0)
+    assert torch.allclose(guided(x, sigma, class_labels=y), gm.denoise(x, sigma, y), atol=1e-8)
+    assert not torch.allclose(unconditional(x, sigma, y), gm.denoise(x, sigma, y), atol=1e-3)
+
+
+def test_guided_denoisers_work_in_every_sampler() -> None:
+    gm = GaussianMixture.ring(8)
+    y = torch.arange(8).repeat(4)
+    x = 20 * torch.randn(32, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sig = G.karras_sigmas(30, 0.002, 20.0)
+    cfg = classifier_free_guidance(gm.denoiser(), 1.0, negative={"class_labels": torch.full_like(y, NULL)})
+    for name in ("euler", "dpmpp_2m", "unipc"):
+        a = SM.sample(cfg, x, sig, name, cond={"class_labels": y})
+        b = SM.sample(gm.denoiser(), x, sig, name, cond={"class_labels": y})
+        assert torch.allclose(a, b, atol=1e-10)
+        # Each sample lands on the mode of its class.
+        assert (gm.posterior(a, 0.0).argmax(1) == y).all()
+
+
+def test_bad_guidance_arguments() -> None:
+    d = GaussianMixture.ring().denoiser()
+    with pytest.raises(ValueError, match="rescale"):
+        classifier_free_guidance(d, 2.0, negative={}, rescale=1.5)
+    with pytest.raises(ValueError, match="interval"):
+        classifier_free_guidance(d, 2.0, negative={}, interval=(3.0, 1.0))
