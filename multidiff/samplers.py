@@ -41,6 +41,7 @@ __all__ = [
     "SamplerSpec",
     "NFECounter",
     "check_sigmas",
+    "prior_sample",
     "exp_integrator_weights",
     "get_sampler",
     "available_samplers",
@@ -192,6 +193,29 @@ def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tens
     if d_prev is None or s_prev is None:
         return d
     return d + (d - d_prev) * (s * s / (s_prev * s_prev - s * s))
+
+
+def prior_sample(
+    like: Tensor,
+    sigma_max: float,
+    *,
+    generator: torch.Generator | None = None,
+    data_mean: Tensor | float = 0.0,
+    data_std: float = 0.0,
+) -> Tensor:
+    """A starting sample at ``sigma_max`` shaped like ``like``: ``data_mean + sqrt(sigma_max^2 + data_std^2) * z``.
+
+    The true marginal at ``sigma_max`` is the data convolved with ``N(0, sigma_max^2)``. Pure
+    noise ``sigma_max * z`` ignores the signal a schedule leaves at its largest noise level
+    (non-zero terminal SNR, Lin et al. 2024, sec. 3.1) and biases what the sampler produces when
+    the data's mean is not 0 or ``sigma_max`` is not large. Matching the data's first two moments
+    (``data_mean`` of the data's shape or a scalar, ``data_std`` a scalar) removes that bias to
+    first order; with the defaults it is pure noise.
+    """
+    if sigma_max <= 0 or data_std < 0:
+        raise ValueError(f"need sigma_max > 0 and data_std >= 0, got sigma_max={sigma_max}, data_std={data_std}")
+    z = randn_like(like, generator)
+    return torch.as_tensor(data_mean, dtype=like.dtype, device=like.device) + math.sqrt(sigma_max**2 + data_std**2) * z
 
 
 # ---------------------------------------------------------------------------------------------

@@ -275,3 +275,21 @@ def test_exp_integrator_weights_integrate_polynomials_exactly() -> None:
     i1 = h - i0
     i2 = h * h - 2 * i1
     assert approx == pytest.approx(i0 + 2 * i1 - i2, rel=1e-12)
+
+
+def test_moment_matched_start_removes_the_terminal_snr_bias() -> None:
+    # A schedule that stops at sigma_max = 3 leaves signal in x_T. Data centred away from 0:
+    # pure noise at sigma_max skews the mode weights; matching the data's mean and std does not.
+    gm = GaussianMixture(torch.tensor([[2.0, 2.0], [3.5, 2.0], [2.0, 3.5]]), 0.2, torch.tensor([1.0, 2.0, 1.0]))
+    like = torch.zeros(4000, 2, dtype=torch.float64)
+    sig = G.karras_sigmas(40, 0.002, 3.0)
+
+    def tv(x: torch.Tensor) -> float:
+        out = SM.sample_dpmpp_2m(gm.denoiser(), x, sig)
+        return (gm.mode_weights(out) - gm.weights).abs().sum().item() / 2
+
+    g = torch.Generator().manual_seed(0)
+    pure = tv(SM.prior_sample(like, 3.0, generator=g))
+    matched = tv(SM.prior_sample(like, 3.0, generator=g, data_mean=gm.mean(), data_std=gm.std()))
+    exact = tv(gm.sample(4000, generator=g, sigma=3.0)[0])
+    assert pure > 0.2 and matched < 0.03 and exact < 0.03
