@@ -30,7 +30,10 @@ def _try_batched(
     pass on a doubled batch is faster than two), else two calls."""
     b = x.shape[0]
     if cond.keys() == neg.keys() and all(
-        isinstance(cond[k], Tensor) and isinstance(neg[k], Tensor) and cond[k].shape == neg[k].shape and cond[k].shape[:1] == (b,)
+        isinstance(cond[k], Tensor)
+        and isinstance(neg[k], Tensor)
+        and cond[k].shape == neg[k].shape
+        and cond[k].shape[:1] == (b,)
         for k in cond
     ):
         both = {k: torch.cat([cond[k], neg[k]]) for k in cond}

@@ -111,9 +111,7 @@ class Scalings:
     c_in: Tensor
 
 
-def scalings(
-    parameterization: str, sigma: Tensor, *, vp: bool, sigma_data: float = 1.0
-) -> Scalings:
+def scalings(parameterization: str, sigma: Tensor, *, vp: bool, sigma_data: float = 1.0) -> Scalings:
     """The scalings for a network trained to predict ``parameterization`` at VE noise ``sigma``.
 
     ``vp`` says whether the network was fed ``a x0 + s eps`` with ``a = 1 / sqrt(1 + sigma^2)``,

@@ -80,7 +80,9 @@ def check_sigmas(sigmas: Tensor | list[float], name: str = "sigmas") -> list[flo
         raise ValueError(f"{name} must be positive before the final 0, got {s.tolist()}")
     if (s[1:] >= s[:-1]).any():
         i = int(torch.nonzero(s[1:] >= s[:-1])[0])
-        raise ValueError(f"{name} must be strictly decreasing; {name}[{i + 1}]={s[i + 1].item()} >= {name}[{i}]={s[i].item()}")
+        raise ValueError(
+            f"{name} must be strictly decreasing; {name}[{i + 1}]={s[i + 1].item()} >= {name}[{i}]={s[i].item()}"
+        )
     return s.tolist()
 
 
@@ -134,7 +136,9 @@ def get_sampler(name: str) -> SamplerSpec:
         raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(available_samplers())}") from None
 
 
-def sample(denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", **kwargs: Any) -> Tensor:
+def sample(
+    denoiser: Callable[..., Tensor], x: Tensor, sigmas: Tensor, sampler: str = "dpmpp_2m", **kwargs: Any
+) -> Tensor:
     """Run the sampler called ``sampler`` (see :func:`available_samplers`)."""
     return get_sampler(sampler).fn(denoiser, x, sigmas, **kwargs)
 
@@ -569,7 +573,9 @@ def sample_dpmpp_2m(
     final_step: str = "extrapolate",
 ) -> Tensor:
     """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022, alg. 2)."""
-    return _multistep(denoiser, x, sigmas, order=2, cond=cond, generator=generator, callback=callback, final_step=final_step)
+    return _multistep(
+        denoiser, x, sigmas, order=2, cond=cond, generator=generator, callback=callback, final_step=final_step
+    )
 
 
 @register_sampler("dpmpp_3m", stochastic=False, order=3)
@@ -584,7 +590,9 @@ def sample_dpmpp_3m(
     final_step: str = "extrapolate",
 ) -> Tensor:
     """DPM-Solver++(3M): third-order multistep (Lu et al. 2022, sec. 4 and app. B)."""
-    return _multistep(denoiser, x, sigmas, order=3, cond=cond, generator=generator, callback=callback, final_step=final_step)
+    return _multistep(
+        denoiser, x, sigmas, order=3, cond=cond, generator=generator, callback=callback, final_step=final_step
+    )
 
 
 @register_sampler("dpmpp_2m_sde", stochastic=True, order=2)
@@ -627,7 +635,14 @@ def sample_unipc(
     UniPC whose ``B(h)`` makes the order conditions hold exactly), data prediction.
     """
     return _multistep(
-        denoiser, x, sigmas, order=order, cond=cond, generator=generator, callback=callback, corrector=True,
+        denoiser,
+        x,
+        sigmas,
+        order=order,
+        cond=cond,
+        generator=generator,
+        callback=callback,
+        corrector=True,
         final_step=final_step,
     )
 

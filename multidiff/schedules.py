@@ -134,9 +134,7 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
     return torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
 
 
-def scaled_linear_betas(
-    num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012
-) -> Tensor:
+def scaled_linear_betas(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> Tensor:
     """Betas linear in sqrt(beta), as in latent diffusion / Stable Diffusion, float64."""
     _check_beta_range(beta_start, beta_end, num_steps)
     return torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
@@ -406,7 +404,10 @@ class ZeroTerminalSNR:
     vp: bool = True
 
     def _ends(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        zero, one = torch.zeros((), dtype=like.dtype, device=like.device), torch.ones((), dtype=like.dtype, device=like.device)
+        zero, one = (
+            torch.zeros((), dtype=like.dtype, device=like.device),
+            torch.ones((), dtype=like.dtype, device=like.device),
+        )
         return torch.sigmoid(self.base.logsnr(zero)).sqrt(), torch.sigmoid(self.base.logsnr(one)).sqrt()
 
     def _floor(self) -> float:
@@ -439,7 +440,9 @@ def zero_terminal_snr(schedule: Schedule) -> Schedule:
     :class:`ZeroTerminalSNR`.
     """
     if not schedule.vp:
-        raise ValueError("zero_terminal_snr needs a VP schedule (vp=True); a VE schedule has no terminal SNR to rescale")
+        raise ValueError(
+            "zero_terminal_snr needs a VP schedule (vp=True); a VE schedule has no terminal SNR to rescale"
+        )
     if isinstance(schedule, DiscreteSchedule):
         a = schedule.alphas_cumprod.sqrt()
         a = (a - a[-1]) * a[0] / (a[0] - a[-1])

@@ -61,7 +61,9 @@ class GaussianMixture:
     # --- construction -------------------------------------------------------------------
 
     @classmethod
-    def ring(cls, n_modes: int = 8, radius: float = 2.0, std: float = 0.1, weights: Tensor | None = None) -> GaussianMixture:
+    def ring(
+        cls, n_modes: int = 8, radius: float = 2.0, std: float = 0.1, weights: Tensor | None = None
+    ) -> GaussianMixture:
         """``n_modes`` isotropic 2-D Gaussians evenly on a circle; component ``k`` has class ``k``."""
         ang = torch.arange(n_modes, dtype=torch.float64) * (2 * math.pi / n_modes)
         means = radius * torch.stack([ang.cos(), ang.sin()], dim=1)
@@ -118,9 +120,7 @@ class GaussianMixture:
 
     # --- sampling -----------------------------------------------------------------------
 
-    def sample(
-        self, n: int, *, generator: torch.Generator | None = None, sigma: float = 0.0
-    ) -> tuple[Tensor, Tensor]:
+    def sample(self, n: int, *, generator: torch.Generator | None = None, sigma: float = 0.0) -> tuple[Tensor, Tensor]:
         """``n`` draws of ``x0 + sigma * eps`` (float64) and their component indices."""
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn((n, *self.shape), generator=generator, dtype=torch.float64)

@@ -20,7 +20,9 @@ def case(rank_shape):
     g = torch.Generator().manual_seed(0)
     b = 5
     sigma = torch.tensor([0.05, 0.3, 1.0, 3.0, 20.0], dtype=torch.float64)
-    x = gm.sample(b, generator=g)[0] + sigma.view(-1, *([1] * len(shape))) * torch.randn((b, *shape), generator=g, dtype=torch.float64)
+    x = gm.sample(b, generator=g)[0] + sigma.view(-1, *([1] * len(shape))) * torch.randn(
+        (b, *shape), generator=g, dtype=torch.float64
+    )
     y = torch.tensor([0, 1, 2, 0, 1])
     return gm, x, sigma, y
 

@@ -51,7 +51,10 @@ def test_loss_equals_weighted_x0_error(rank_shape, param: str, weighting: str) -
 def test_uniform_weighting_is_plain_mse_on_the_target() -> None:
     den = Denoiser(_Affine(3), S.CosineSchedule(), "eps")
     g = torch.Generator().manual_seed(1)
-    x0, noise = torch.randn(4, 3, 8, generator=g, dtype=torch.float64), torch.randn(4, 3, 8, generator=g, dtype=torch.float64)
+    x0, noise = (
+        torch.randn(4, 3, 8, generator=g, dtype=torch.float64),
+        torch.randn(4, 3, 8, generator=g, dtype=torch.float64),
+    )
     sigma = torch.tensor([0.1, 1.0, 2.0, 9.0], dtype=torch.float64)
     out, _, _ = den.raw(x0 + sigma.view(-1, 1, 1) * noise, sigma)
     assert torch.allclose(L.diffusion_loss(den, x0, sigma, noise=noise), (out - noise).pow(2).mean((1, 2)))

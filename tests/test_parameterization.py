@@ -14,7 +14,9 @@ from multidiff.testing import GaussianMixture
 
 def _batch(shape: tuple[int, ...], b: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn((b, *shape), generator=g, dtype=torch.float64), torch.randn((b, *shape), generator=g, dtype=torch.float64)
+    return torch.randn((b, *shape), generator=g, dtype=torch.float64), torch.randn(
+        (b, *shape), generator=g, dtype=torch.float64
+    )
 
 
 @pytest.mark.parametrize("vp", [True, False])
@@ -123,7 +125,9 @@ def test_denoiser_around_an_exact_network_is_exact(schedule, param: str, noise_c
     den = Denoiser(_ExactNet(gm, schedule, param, noise_cond), schedule, param, noise_cond=noise_cond)
     g = torch.Generator().manual_seed(1)
     sigma = torch.tensor([0.05, 0.7, 5.0], dtype=torch.float64)
-    x = gm.sample(3, generator=g)[0] + sigma.view(-1, *([1] * len(shape))) * torch.randn((3, *shape), generator=g, dtype=torch.float64)
+    x = gm.sample(3, generator=g)[0] + sigma.view(-1, *([1] * len(shape))) * torch.randn(
+        (3, *shape), generator=g, dtype=torch.float64
+    )
     assert torch.allclose(den(x, sigma), gm.denoise(x, sigma), atol=1e-7)
 
 

@@ -36,7 +36,19 @@ ALL = SM.available_samplers()
 
 
 def test_registry_lists_every_sampler_the_issue_names() -> None:
-    expected = {"ddpm", "ddim", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "adaptive", "ddpm_learned_variance"}
+    expected = {
+        "ddpm",
+        "ddim",
+        "euler",
+        "euler_ancestral",
+        "heun",
+        "dpmpp_2m",
+        "dpmpp_3m",
+        "dpmpp_2m_sde",
+        "unipc",
+        "adaptive",
+        "ddpm_learned_variance",
+    }
     assert expected <= set(ALL)
 
 

@@ -23,7 +23,9 @@ def test_tweedie_denoiser_equals_x_plus_sigma2_autograd_score(rank_shape) -> Non
 
 
 def test_density_integrates_to_one() -> None:
-    gm = GaussianMixture(torch.tensor([[-1.0], [0.5], [2.0]]), torch.tensor([0.3, 0.2, 0.5]), torch.tensor([1.0, 2.0, 1.0]))
+    gm = GaussianMixture(
+        torch.tensor([[-1.0], [0.5], [2.0]]), torch.tensor([0.3, 0.2, 0.5]), torch.tensor([1.0, 2.0, 1.0])
+    )
     grid = torch.linspace(-8, 8, 20001, dtype=torch.float64).unsqueeze(1)
     for sigma in (0.0, 0.7):
         mass = torch.trapezoid(gm.log_prob(grid, sigma).exp(), grid[:, 0])
