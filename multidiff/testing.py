@@ -90,6 +90,13 @@ class GaussianMixture:
         labels = None if n_classes is None else torch.arange(n_components) % n_classes
         return cls(means, stds, weights, labels)
 
+    def to(self, device: torch.device | str) -> GaussianMixture:
+        """The same mixture with its tensors on ``device`` (computations stay float64)."""
+        out = GaussianMixture.__new__(GaussianMixture)
+        out.means, out.vars, out.weights = self.means.to(device), self.vars.to(device), self.weights.to(device)
+        out.labels = None if self.labels is None else self.labels.to(device)
+        return out
+
     # --- basic properties ---------------------------------------------------------------
 
     @property
