@@ -256,10 +256,28 @@ def exp_integrator_weights(nodes: list[float], h: float, k: float = 1.0) -> list
     # Integrals of the monomials (u/h)^m: int_0^h k e^{-k(h-u)} (u/h)^m du = m! psi_m(k h) / (k h)^m.
     kh = k * h
     moments = [math.factorial(m) * _psi(m, kh) / kh**m for m in range(n)]
-    vander = torch.tensor([[(u / h) ** m for m in range(n)] for u in nodes], dtype=torch.float64)
-    # P(u) = sum_m c_m (u/h)^m with V c = D  =>  integral = moments . V^{-1} D.
-    w = torch.linalg.solve(vander.T, torch.tensor(moments, dtype=torch.float64))
-    return w.tolist()
+    # P(u) = sum_m c_m (u/h)^m with V c = D  =>  integral = moments . V^{-1} D, so w solves V^T w = moments.
+    return _solve([[(u / h) ** m for u in nodes] for m in range(n)], moments)
+
+
+def _solve(a: list[list[float]], b: list[float]) -> list[float]:
+    """Gaussian elimination with partial pivoting for the tiny (at most 5x5) systems above, in
+    Python floats: cheaper per step than a round trip through a tensor library."""
+    n = len(b)
+    m = [row[:] + [rhs] for row, rhs in zip(a, b)]
+    for col in range(n):
+        piv = max(range(col, n), key=lambda r: abs(m[r][col]))
+        if m[piv][col] == 0.0:
+            raise ValueError("exp_integrator_weights: nodes must be distinct")
+        m[col], m[piv] = m[piv], m[col]
+        for r in range(col + 1, n):
+            f = m[r][col] / m[col][col]
+            for c in range(col, n + 1):
+                m[r][c] -= f * m[col][c]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (m[r][n] - sum(m[r][c] * x[c] for c in range(r + 1, n))) / m[r][r]
+    return x
 
 
 def _combine(x: Tensor, cx: float, ds: list[Tensor], ws: list[float]) -> Tensor:
