@@ -28,9 +28,11 @@ Metrics (at NFE 5, 10, 20, 50, 100, i.e. network evaluations, counted by wrappin
     us/step      the sampler's own cost: wall time per step (a step is one grid interval; Heun
                  makes 2 evaluations per step) on a (16, 3, 64, 64) float32 tensor with the trivial
                  denoiser ``x * 0.5``, at 20 NFE, minus the time of the trivial denoiser calls
-                 themselves; median of several runs, grid or ``set_timesteps`` included.
+                 themselves; fastest of several runs (the least disturbed by other load), grid
+                 construction or ``set_timesteps`` included.
     The stochastic metrics of a perfect sampler are not 0: each table has a "true samples" row,
-    the metrics of a second independent set of true samples, which is their noise floor.
+    the mean metrics of 8 further independent sets of true samples, which is their noise floor
+    (one set's SW varies by about +-30% from seed to seed).
 
 How the peers are run
     k-diffusion (``k_diffusion.sampling``): called with the exact denoiser as its model (the same
@@ -49,11 +51,14 @@ How the peers are run
         and ``x_T`` itself for those that scale their input (Euler, Euler ancestral, Heun). The
         final sample is used as is. Samples are float64; several schedulers compute their update in
         float32 internally (``sample.to(torch.float32)``), which we leave alone.
-        Each scheduler runs in its default configuration and in a tuned one taken from its
-        documentation (Karras sigmas, ``clip_sample=False``, ``timestep_spacing='trailing'``,
-        ``solver_order=3`` for UniPC's unconditional case, ...); see ``DIFFUSERS`` below.
-    multidiff: every registered sampler on the Karras (rho = 7) grid and on the grid uniform in
-        log-SNR; for a budget of N evaluations the largest number of steps with ``nfe(steps) <= N``.
+        Each scheduler runs in its default configuration and in one or two tuned ones made of
+        documented options (Karras sigmas, uniform log-SNR via ``use_lu_lambdas`` or
+        ``use_exponential_sigmas``, ``clip_sample=False``, ``timestep_spacing='trailing'``), the
+        strongest of a wider set screened on these problems; see ``DIFFUSERS`` below.
+    multidiff: every registered sampler with its default options on three grids (``OUR_GRIDS``):
+        Karras (rho = 7) and uniform log-SNR over the table's sigma range, and the table's integer
+        timesteps spaced 'trailing'; for a budget of N evaluations the largest number of steps with
+        ``nfe(steps) <= N`` (the same rule for the peers: Heun gets 2 * steps - 1).
         ``adaptive`` (tolerance-driven) and k-diffusion's adaptive solver are reported separately
         at a few tolerances, with the evaluations they used. ``ddpm_learned_variance`` needs a
         network that predicts a variance and is skipped.
@@ -61,11 +66,13 @@ How the peers are run
 Ratios
     Each multidiff sampler is matched with its peers' counterpart (euler ~ Euler, heun ~ Heun,
     dpmpp_2m ~ DPM-Solver++ 2M, dpmpp_3m ~ 3M, dpmpp_2m_sde ~ 2M SDE, unipc ~ UniPC, ddim ~ DDIM,
-    ddpm ~ DDPM, euler_ancestral ~ Euler ancestral). Ours runs on one fixed grid per sampler
-    (``OUR_GRID``); the peer on its best configuration at each NFE (the lower error of default and
-    tuned). The ratio is our error / their error: ODE error for deterministic pairs, SW and mode TV
-    for stochastic ones. Targets: no ratio above 1, and at 10 NFE our best deterministic sampler's
-    ODE error at most half of the best peer's.
+    ddpm ~ DDPM, euler_ancestral ~ Euler ancestral). Both sides get their best configuration at
+    each NFE: ours the best of its three grids, the peer the best of its default and tuned
+    configurations (k-diffusion: Karras only). The ratio is our error / their error: ODE error for
+    deterministic pairs, SW and mode TV for stochastic ones. Targets: no ratio above 1, and at 10
+    NFE our best deterministic sampler's ODE error at most half of the best peer's. The tables also
+    name, per sampler, the grid with the lowest geometric-mean error over all NFE and both problems
+    (the one to recommend when a single grid must be chosen).
 """
 
 from __future__ import annotations
@@ -74,6 +81,7 @@ import argparse
 import contextlib
 import datetime
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import math
@@ -99,6 +107,7 @@ NFES = (5, 10, 20, 50, 100)
 QUICK_NFES = (10, 20)
 ADAPTIVE_TOLS = (1e-2, 1e-3, 1e-4)
 SKIPPED = ("ddpm_learned_variance",)  # needs denoiser.with_variance
+FLOOR_SETS = 8  # independent true-sample sets averaged for the noise floor
 
 
 # Matched pairs: our sampler -> the peers' counterparts (implementation, sampler name).
@@ -235,15 +244,24 @@ def our_methods() -> list[Method]:
         spec = get_sampler(name)
         for grid, make in OUR_GRIDS.items():
 
-            def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, spec=spec, make=make) -> tuple[Tensor, int]:
+            def run(
+                target: Target, x: Tensor, nfe: int, gen: torch.Generator, spec=spec, make=make
+            ) -> tuple[Tensor, int]:
                 counter = NFECounter(target.denoiser)
                 sigmas = make(steps_for_budget(spec.nfe, nfe))
                 x0 = spec.fn(counter, x, sigmas, generator=gen if spec.stochastic else None)
                 return x0, counter.nfe
 
             out.append(
-                Method("multidiff", name, grid, name, spec.stochastic, run,
-                       steps=lambda n, spec=spec: steps_for_budget(spec.nfe, n))
+                Method(
+                    "multidiff",
+                    name,
+                    grid,
+                    name,
+                    spec.stochastic,
+                    run,
+                    steps=lambda n, spec=spec: steps_for_budget(spec.nfe, n),
+                )
             )
     return out
 
@@ -289,22 +307,41 @@ def kdiffusion_methods(kds: types.ModuleType) -> list[Method]:
     for fn_name, family, stochastic, options, nfe_of in KDIFFUSION:
         fn = getattr(kds, fn_name)
 
-        def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, fn=fn, options=options, nfe_of=nfe_of,
-                stochastic=stochastic) -> tuple[Tensor, int]:
+        def run(
+            target: Target,
+            x: Tensor,
+            nfe: int,
+            gen: torch.Generator,
+            fn=fn,
+            options=options,
+            nfe_of=nfe_of,
+            stochastic=stochastic,
+        ) -> tuple[Tensor, int]:
             counter = NFECounter(target.denoiser)
             with default_dtype(x.dtype):
                 sigmas = kds.get_sigmas_karras(steps_for_budget(nfe_of, nfe), SIGMA_MIN, SIGMA_MAX, device=x.device)
             extra = dict(options)
             if stochastic:
-                extra["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+                extra["noise_sampler"] = lambda s, s_next: torch.randn(x.shape, generator=gen, dtype=x.dtype).to(
+                    x.device
+                )
             elif "eta" in options:  # sample_dpmpp_3m_sde would otherwise build a Brownian tree it never uses
                 extra["noise_sampler"] = lambda s, s_next: torch.zeros_like(x)
             x0 = fn(counter, x.clone(), sigmas, disable=True, **extra)
             return x0, counter.nfe
 
         name = fn_name + (" eta=0" if options.get("eta") == 0.0 else "")
-        out.append(Method("k-diffusion", name, "karras grid", family, stochastic, run,
-                          steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n)))
+        out.append(
+            Method(
+                "k-diffusion",
+                name,
+                "karras",
+                family,
+                stochastic,
+                run,
+                steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n),
+            )
+        )
     return out
 
 
@@ -320,23 +357,74 @@ DIFFUSERS = (
     # The tuned sets are documented options of each scheduler, screened on these problems:
     # Karras sigmas, uniform log-SNR (use_lu_lambdas / use_exponential_sigmas, the counterpart of
     # our logsnr grid), 'trailing' spacing and clip_sample=False (Lin et al. 2024).
-    ("DDIM", "DDIMScheduler", "ddim", False, {},
-     [{"clip_sample": False, "timestep_spacing": "trailing"}, {"clip_sample": False, "timestep_spacing": "linspace"}]),
-    ("EulerDiscrete", "EulerDiscreteScheduler", "euler", False, {},
-     [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}]),
-    ("HeunDiscrete", "HeunDiscreteScheduler", "heun", False, {},
-     [{"use_karras_sigmas": True}, {"timestep_spacing": "trailing"}]),
-    ("DPMSolverMultistep 2M", "DPMSolverMultistepScheduler", "dpmpp_2m", False, {"solver_order": 2},
-     [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}]),
-    ("DPMSolverMultistep 3M", "DPMSolverMultistepScheduler", "dpmpp_3m", False, {"solver_order": 3},
-     [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}]),
-    ("UniPCMultistep", "UniPCMultistepScheduler", "unipc", False, {},
-     [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}]),
+    (
+        "DDIM",
+        "DDIMScheduler",
+        "ddim",
+        False,
+        {},
+        [
+            {"clip_sample": False, "timestep_spacing": "trailing"},
+            {"clip_sample": False, "timestep_spacing": "linspace"},
+        ],
+    ),
+    (
+        "EulerDiscrete",
+        "EulerDiscreteScheduler",
+        "euler",
+        False,
+        {},
+        [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}],
+    ),
+    (
+        "HeunDiscrete",
+        "HeunDiscreteScheduler",
+        "heun",
+        False,
+        {},
+        [{"use_karras_sigmas": True}, {"timestep_spacing": "trailing"}],
+    ),
+    (
+        "DPMSolverMultistep 2M",
+        "DPMSolverMultistepScheduler",
+        "dpmpp_2m",
+        False,
+        {"solver_order": 2},
+        [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}],
+    ),
+    (
+        "DPMSolverMultistep 3M",
+        "DPMSolverMultistepScheduler",
+        "dpmpp_3m",
+        False,
+        {"solver_order": 3},
+        [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}],
+    ),
+    (
+        "UniPCMultistep",
+        "UniPCMultistepScheduler",
+        "unipc",
+        False,
+        {},
+        [{"use_karras_sigmas": True}, {"use_exponential_sigmas": True}],
+    ),
     ("DDPM", "DDPMScheduler", "ddpm", True, {}, [{"clip_sample": False, "timestep_spacing": "trailing"}]),
-    ("EulerAncestralDiscrete", "EulerAncestralDiscreteScheduler", "euler_ancestral", True, {},
-     [{"timestep_spacing": "trailing"}]),
-    ("DPMSolverMultistep 2M SDE", "DPMSolverMultistepScheduler", "dpmpp_2m_sde", True,
-     {"algorithm_type": "sde-dpmsolver++"}, [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}]),
+    (
+        "EulerAncestralDiscrete",
+        "EulerAncestralDiscreteScheduler",
+        "euler_ancestral",
+        True,
+        {},
+        [{"timestep_spacing": "trailing"}],
+    ),
+    (
+        "DPMSolverMultistep 2M SDE",
+        "DPMSolverMultistepScheduler",
+        "dpmpp_2m_sde",
+        True,
+        {"algorithm_type": "sde-dpmsolver++"},
+        [{"use_karras_sigmas": True}, {"use_lu_lambdas": True}],
+    ),
 )
 
 
@@ -367,8 +455,16 @@ def diffusers_methods(diffusers: types.ModuleType) -> list[Method]:
         for tuned_options in [None, *tuned]:
             options = {**base, **(tuned_options or {})}
 
-            def run(target: Target, x: Tensor, nfe: int, gen: torch.Generator, cls=cls, options=options,
-                    nfe_of=nfe_of, stochastic=stochastic) -> tuple[Tensor, int]:
+            def run(
+                target: Target,
+                x: Tensor,
+                nfe: int,
+                gen: torch.Generator,
+                cls=cls,
+                options=options,
+                nfe_of=nfe_of,
+                stochastic=stochastic,
+            ) -> tuple[Tensor, int]:
                 scheduler = cls(**COMMON, **options)
                 scheduler.set_timesteps(steps_for_budget(nfe_of, nfe), device=x.device)
                 # The same x_T in the scheduler's own space.
@@ -384,16 +480,25 @@ def diffusers_methods(diffusers: types.ModuleType) -> list[Method]:
                 return sample, model.nfe
 
             config = "default" if tuned_options is None else _options_text(tuned_options)
-            out.append(Method("diffusers", display, config, family, stochastic, run,
-                              steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n)))
+            out.append(
+                Method(
+                    "diffusers",
+                    display,
+                    config,
+                    family,
+                    stochastic,
+                    run,
+                    steps=lambda n, nfe_of=nfe_of: steps_for_budget(nfe_of, n),
+                )
+            )
     return out
 
 
 # --- adaptive solvers ----------------------------------------------------------------------------
 
 
-def adaptive_methods(kds: types.ModuleType | None, tols: tuple[float, ...]) -> list[tuple[str, float, Callable]]:
-    """(label, tolerance, run(target, x) -> (x0, NFE)) for the tolerance-driven solvers."""
+def adaptive_methods(kds: types.ModuleType | None, tols: tuple[float, ...]) -> list[tuple[str, str, float, Callable]]:
+    """(implementation, solver, tolerance, run(target, x) -> (x0, NFE)) for the tolerance-driven solvers."""
     out = []
     spec = get_sampler("adaptive")
     for tol in tols:
@@ -403,7 +508,7 @@ def adaptive_methods(kds: types.ModuleType | None, tols: tuple[float, ...]) -> l
             sigmas = torch.tensor([SIGMA_MAX, SIGMA_MIN, 0.0], dtype=torch.float64)
             return spec.fn(counter, x, sigmas, rtol=tol, atol=tol), counter.nfe
 
-        out.append(("multidiff | adaptive (rtol=atol)", tol, run))
+        out.append(("multidiff", "adaptive (Dormand-Prince 5(4))", tol, run))
     if kds is not None:
         for tol in tols:
 
@@ -414,7 +519,7 @@ def adaptive_methods(kds: types.ModuleType | None, tols: tuple[float, ...]) -> l
                 x0 = counter(xs, torch.full((x.shape[0],), SIGMA_MIN, dtype=x.dtype, device=x.device))
                 return x0, counter.nfe
 
-            out.append(("k-diffusion | sample_dpm_adaptive (rtol=atol) + final denoise", tol, run_kd))
+            out.append(("k-diffusion", "sample_dpm_adaptive (DPM-Solver-23) + final denoise", tol, run_kd))
     return out
 
 
@@ -439,8 +544,13 @@ def make_problem(name: str, gm: GaussianMixture, n: int, ode_steps: int, seed: i
     x_ref = gm.ode_solution(x_T, SIGMA_MAX, steps=ode_steps)
     true, _ = gm.sample(n, generator=torch.Generator().manual_seed(seed + 1))
     p = Problem(name, gm, x_T, x_ref, true, gm.expected_log_prob())
-    other, _ = gm.sample(n, generator=torch.Generator().manual_seed(seed + 2))
-    p.floor = evaluate(p, other, stochastic=True)
+    # The noise floor: the metrics of independent sets of true samples (their mean over a few sets,
+    # since one set's SW or TV is itself a noisy number).
+    floors = [
+        evaluate(p, gm.sample(n, generator=torch.Generator().manual_seed(seed + 100 + i))[0], stochastic=True)
+        for i in range(FLOOR_SETS)
+    ]
+    p.floor = {key: sum(f[key] for f in floors) / FLOOR_SETS for key in floors[0]}
     return p
 
 
@@ -526,8 +636,13 @@ METRICS = (
 )
 
 
-def problem_section(p: Problem, methods: list[Method], results: dict, nfes: tuple[int, ...],
-                    adaptive: list[tuple[str, float, dict]]) -> str:
+def problem_section(
+    p: Problem,
+    methods: list[Method],
+    results: dict,
+    nfes: tuple[int, ...],
+    adaptive: list[tuple[str, str, float, dict]],
+) -> str:
     out = [f"### {p.name}", ""]
     nfe_head = [f"NFE {n}" for n in nfes]
     for key, title in METRICS:
@@ -544,16 +659,28 @@ def problem_section(p: Problem, methods: list[Method], results: dict, nfes: tupl
                 cells.append(cell)
             rows.append([m.impl, m.name + (" (SDE)" if m.stochastic else ""), m.config, *cells])
         if key != "ode":
-            rows.append(["-", "true samples (noise floor)", "-", *[fmt(p.floor[key], key)] * len(nfes)])
+            rows.append(["-", "true samples (noise floor, mean of 8 sets)", "-", *[fmt(p.floor[key], key)] * len(nfes)])
         out += [f"**{title}**", "", md_table(["impl", "sampler", "grid / config", *nfe_head], rows), ""]
     if adaptive:
         rows = [
-            [label, f"{tol:g}", str(r["nfe"]), fmt(r["ode"], "ode"), fmt(r["ll"], "ll"), fmt(r["tv"], "tv"),
-             fmt(r["sw"], "sw")]
-            for label, tol, r in adaptive
+            [
+                impl,
+                name,
+                f"{tol:g}",
+                str(r["nfe"]),
+                fmt(r["ode"], "ode"),
+                fmt(r["ll"], "ll"),
+                fmt(r["tv"], "tv"),
+                fmt(r["sw"], "sw"),
+            ]
+            for impl, name, tol, r in adaptive
         ]
-        out += ["**Adaptive solvers** (NFE is what the tolerance cost)", "",
-                md_table(["solver", "tol", "NFE", "ODE error", "LL gap", "mode TV", "SW"], rows), ""]
+        out += [
+            "**Adaptive solvers** (rtol = atol = tol; NFE is what the tolerance cost)",
+            "",
+            md_table(["impl", "solver", "tol", "NFE", "ODE error", "LL gap", "mode TV", "SW"], rows),
+            "",
+        ]
     out.append("A cell `x (n)` was run with n evaluations instead of the column's (Heun: 2 steps - 1).")
     out.append("")
     return "\n".join(out)
@@ -564,7 +691,9 @@ def _score_key(m: Method) -> str:
     return "sw" if m.stochastic else "ode"
 
 
-def recommended_grids(problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]) -> dict[str, str]:
+def recommended_grids(
+    problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]
+) -> dict[str, str]:
     """For each of our samplers, the grid with the lowest geometric-mean error (ODE error, or SW
     for stochastic samplers) over every NFE and both problems."""
     best: dict[str, tuple[float, str]] = {}
@@ -572,13 +701,17 @@ def recommended_grids(problems: list[Problem], methods: list[Method], results: d
         if m.impl != "multidiff":
             continue
         vals = [results[(p.name, m.label, n)][_score_key(m)] for p in problems for n in nfes]
-        score = sum(math.log(max(v, 1e-300)) for v in vals) / len(vals) if all(math.isfinite(v) for v in vals) else math.inf
+        score = (
+            sum(math.log(max(v, 1e-300)) for v in vals) / len(vals) if all(math.isfinite(v) for v in vals) else math.inf
+        )
         if m.name not in best or score < best[m.name][0]:
             best[m.name] = (score, m.config)
     return {name: grid for name, (_, grid) in best.items()}
 
 
-def ratio_section(problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]) -> tuple[str, list[str]]:
+def ratio_section(
+    problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]
+) -> tuple[str, list[str]]:
     """The ratio tables, and the misses as text lines."""
     misses: list[str] = []
     rec = recommended_grids(problems, methods, results, nfes)
@@ -591,7 +724,8 @@ def ratio_section(problems: list[Problem], methods: list[Method], results: dict,
         "on the same grid); (noise) a miss where both values are within 1.5x the metric's noise floor.",
         "",
         "Recommended grid per sampler (lowest geometric-mean error over all NFE and both problems): "
-        + ", ".join(f"{name}: {grid}" for name, grid in sorted(rec.items())) + ".",
+        + ", ".join(f"{name}: {grid}" for name, grid in sorted(rec.items()))
+        + ".",
         "",
     ]
     for p in problems:
@@ -627,6 +761,9 @@ def ratio_section(problems: list[Problem], methods: list[Method], results: dict,
                             )
                         cells.append(cell)
                     rows.append([family, f"{impl} {peer_name}", key, *cells])
+        if not rows:
+            out += [f"**{p.name}**: no peer library could be imported; nothing to compare.", ""]
+            continue
         out += [f"**{p.name}**", "", md_table(["ours", "peer", "metric", *[f"NFE {n}" for n in nfes]], rows), ""]
         # The headline target: the best deterministic sampler of each side at 10 NFE.
         n10 = 10 if 10 in nfes else nfes[0]
@@ -638,23 +775,29 @@ def ratio_section(problems: list[Problem], methods: list[Method], results: dict,
             mp = min(peer_det, key=lambda m: results[(p.name, m.label, n10)]["ode"])
             eo, ep = results[(p.name, mo.label, n10)]["ode"], results[(p.name, mp.label, n10)]["ode"]
             ok = eo <= 0.5 * ep
-            line = (f"NFE {n10}, best deterministic: ours {mo.name} ({mo.config}) {fmt(eo, 'ode')}; peers "
-                    f"{mp.impl} {mp.name} ({mp.config}) {fmt(ep, 'ode')}; ratio {eo / ep:.2f} "
-                    f"(target <= 0.5: {'met' if ok else '**missed**'}).")
+            line = (
+                f"NFE {n10}, best deterministic: ours {mo.name} ({mo.config}) {fmt(eo, 'ode')}; peers "
+                f"{mp.impl} {mp.name} ({mp.config}) {fmt(ep, 'ode')}; ratio {eo / ep:.2f} "
+                f"(target <= 0.5: {'met' if ok else '**missed**'})."
+            )
             out += [line, ""]
             if not ok:
                 misses.append(f"{p.name}: half-error target at NFE {n10}: {line}")
     return "\n".join(out), misses
 
 
-def timing_section(methods: list[Method], timings: dict[str, float], shape: tuple[int, ...], denoiser_us: float, nfe: int) -> str:
+def timing_section(
+    methods: list[Method], timings: dict[str, float], shape: tuple[int, ...], denoiser_us: float, nfe: int
+) -> str:
     rows = [[m.impl, m.name, m.config, str(m.steps(nfe)), f"{timings[m.label]:.0f}"] for m in methods]
-    head = (f"### Sampler overhead\n\nMicroseconds per step on a {tuple(shape)} float32 tensor with the trivial denoiser "
-            f"`x * 0.5` at {nfe} NFE, minus the denoiser's own {denoiser_us:.0f} us per call; fastest of several runs.\n")
+    head = (
+        f"### Sampler overhead\n\nMicroseconds per step on a {tuple(shape)} float32 tensor with the trivial denoiser "
+        f"`x * 0.5` at {nfe} NFE, minus the denoiser's own {denoiser_us:.0f} us per call; fastest of several runs.\n"
+    )
     return head + "\n" + md_table(["impl", "sampler", "grid / config", "steps", "us/step"], rows) + "\n"
 
 
-def environment() -> str:
+def environment(date: str | None, used: dict[str, bool]) -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines():
@@ -663,15 +806,15 @@ def environment() -> str:
     except Exception:
         pass
     versions = [f"torch {torch.__version__}"]
-    for mod, dist in (("diffusers", "diffusers"), ("k_diffusion", "k-diffusion")):
+    for dist in ("diffusers", "k-diffusion"):
         try:
-            from importlib.metadata import version
-
-            versions.append(f"{dist} {version(dist)}")
+            versions.append(f"{dist} {importlib.metadata.version(dist)}" + ("" if used[dist] else " (not usable)"))
         except Exception:
             versions.append(f"{dist} not installed")
-    return (f"Machine: {cpu}, {torch.get_num_threads()} torch threads, CPU only. "
-            f"Date: {datetime.date.today().isoformat()}. Versions: {', '.join(versions)}, Python {platform.python_version()}.")
+    return (
+        f"Machine: {cpu}, {torch.get_num_threads()} torch threads, CPU only. "
+        f"Date: {date or datetime.date.today().isoformat()}. Versions: {', '.join(versions)}, Python {platform.python_version()}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,6 +827,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--no-peers", action="store_true", help="only multidiff's samplers")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--date", help="date to print in the header (default: today)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -704,12 +848,13 @@ def main(argv: list[str] | None = None) -> int:
 
     problems = [
         make_problem("2-D ring, 8 modes", GaussianMixture.ring(n_modes=8), n_ring, ode_steps, args.seed),
-        make_problem("64-D mixture, 10 components", GaussianMixture.random(64, 10, seed=args.seed), n_mix, ode_steps,
-                     args.seed),
+        make_problem(
+            "64-D mixture, 10 components", GaussianMixture.random(64, 10, seed=args.seed), n_mix, ode_steps, args.seed
+        ),
     ]
 
     results: dict[tuple[str, str, int], dict[str, float]] = {}
-    adaptive_results: dict[str, list[tuple[str, float, dict]]] = {}
+    adaptive_results: dict[str, list[tuple[str, str, float, dict]]] = {}
     for p in problems:
         target = ExactTarget(p.gm)
         for m in methods:
@@ -718,9 +863,9 @@ def main(argv: list[str] | None = None) -> int:
                 x0, used = m.run(target, p.x_T, n, gen)
                 results[(p.name, m.label, n)] = {**evaluate(p, x0, m.stochastic), "nfe": used}
         adaptive_results[p.name] = []
-        for label, tol, run in adaptive_methods(kds, tols):
+        for impl, name, tol, run in adaptive_methods(kds, tols):
             x0, used = run(target, p.x_T)
-            adaptive_results[p.name].append((label, tol, {**evaluate(p, x0, False), "nfe": used}))
+            adaptive_results[p.name].append((impl, name, tol, {**evaluate(p, x0, False), "nfe": used}))
         print(f"# {p.name}: done at {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
 
     shape = (16, 3, 64, 64)
@@ -728,11 +873,18 @@ def main(argv: list[str] | None = None) -> int:
     d_us = trivial_denoiser_us(shape)
     timings = {m.label: time_method(m, shape, t_nfe, 3 if args.quick else 7, d_us) for m in methods}
 
-    parts = ["## Samplers", "", environment(), "",
-             f"Command: `PYTHONPATH=. python benchmarks/samplers.py{' --quick' if args.quick else ''}`; "
-             f"samples: {n_ring} (ring), {n_mix} (64-D); reference ODE: RK4, {ode_steps} steps; "
-             f"sigma in [{SIGMA_MIN:.4g}, {SIGMA_MAX:.4g}] (DDPM linear betas). `ddpm_learned_variance` is skipped "
-             "(it needs a variance-predicting network). See the module docstring for definitions.", ""]
+    used = {"diffusers": diffusers is not None, "k-diffusion": kds is not None}
+    parts = [
+        "## Samplers",
+        "",
+        environment(args.date, used),
+        "",
+        f"Command: `PYTHONPATH=. python benchmarks/samplers.py{' --quick' if args.quick else ''}`; "
+        f"samples: {n_ring} (ring), {n_mix} (64-D); reference ODE: RK4, {ode_steps} steps; "
+        f"sigma in [{SIGMA_MIN:.4g}, {SIGMA_MAX:.4g}] (DDPM linear betas). `ddpm_learned_variance` is skipped "
+        "(it needs a variance-predicting network). See the module docstring for definitions.",
+        "",
+    ]
     for p in problems:
         parts.append(problem_section(p, methods, results, nfes, adaptive_results[p.name]))
     ratios, misses = ratio_section(problems, methods, results, nfes)

@@ -167,10 +167,16 @@ def diffusion_loss(
     sigma = sigma.to(device=x0.device, dtype=x0.dtype)
     x = x0 + append_dims(sigma, x0.ndim) * noise
     out, _, sc = denoiser.raw(x, sigma, **cond)
+    w = x0_weight(weighting, sigma, c_out=sc.c_out, gamma=gamma, sigma_data=denoiser.sigma_data, bias=bias)
+    return _weighted_target_mse(out, x0, noise, sigma, sc, w)
+
+
+def _weighted_target_mse(out: Tensor, x0: Tensor, noise: Tensor, sigma: Tensor, sc, w: Tensor) -> Tensor:
+    """``w c_out^2 |F - target|^2`` with the target ``((1 - c_skip) x0 - c_skip sigma noise) / c_out``
+    formed from ``x0`` and ``noise`` directly, never from ``x - x0`` (cancellation at small sigma)."""
     target = (append_dims(1 - sc.c_skip, x0.ndim) * x0 - append_dims(sc.c_skip * sigma, x0.ndim) * noise) / append_dims(
         sc.c_out, x0.ndim
     )
-    w = x0_weight(weighting, sigma, c_out=sc.c_out, gamma=gamma, sigma_data=denoiser.sigma_data, bias=bias)
     return w * sc.c_out**2 * mean_flat((out.to(x0.dtype) - target) ** 2)
 
 
@@ -217,11 +223,8 @@ def hybrid_loss(
     x = x0 + append_dims(sigma, x0.ndim) * noise
     out, var, sc = denoiser.raw(x, sigma, **cond)
     assert var is not None
-    target = (append_dims(1 - sc.c_skip, x0.ndim) * x0 - append_dims(sc.c_skip * sigma, x0.ndim) * noise) / append_dims(
-        sc.c_out, x0.ndim
-    )
     w = x0_weight(weighting, sigma, c_out=sc.c_out, sigma_data=denoiser.sigma_data)
-    l_simple = w * sc.c_out**2 * mean_flat((out.to(x0.dtype) - target) ** 2)
+    l_simple = _weighted_target_mse(out, x0, noise, sigma, sc, w)
 
     # Variational term, float64 for the variance algebra.
     st, sp = s_t.double(), s_prev.double()
