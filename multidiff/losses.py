@@ -72,9 +72,10 @@ def x0_weight(
 # --- training noise-level distributions -------------------------------------------------
 
 
-def _uniform(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+def _draw(fn, n: int, generator: torch.Generator | None, device: torch.device | str | None) -> Tensor:
+    """``fn`` (torch.rand or torch.randn) on the generator's device, float64, moved to ``device``."""
     gdev = generator.device if generator is not None else device
-    return torch.rand(n, generator=generator, device=gdev, dtype=torch.float64).to(device)
+    return fn(n, generator=generator, device=gdev, dtype=torch.float64).to(device)
 
 
 def sample_sigma_uniform_t(
@@ -94,7 +95,7 @@ def sample_sigma_uniform_t(
     """
     if not 0 <= t_min < t_max <= 1:
         raise ValueError(f"need 0 <= t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
-    u = _uniform(n, generator, device)
+    u = _draw(torch.rand, n, generator, device)
     t = t_min + (t_max - t_min) * u
     if discrete is None:
         discrete = isinstance(schedule, S.DiscreteSchedule)
@@ -118,8 +119,7 @@ def sample_sigma_log_normal(
     """``ln sigma ~ N(p_mean, p_std^2)`` (Karras et al. 2022, table 1). Float64 ``(n,)``."""
     if p_std <= 0:
         raise ValueError(f"p_std must be positive, got {p_std}")
-    gdev = generator.device if generator is not None else device
-    z = torch.randn(n, generator=generator, device=gdev, dtype=torch.float64).to(device)
+    z = _draw(torch.randn, n, generator, device)
     return torch.exp(p_mean + p_std * z)
 
 
@@ -135,8 +135,7 @@ def sample_sigma_logit_normal(
     """``t = sigmoid(z), z ~ N(mean, std^2)`` through the schedule (Esser et al. 2024, sec. 3.1)."""
     if std <= 0:
         raise ValueError(f"std must be positive, got {std}")
-    gdev = generator.device if generator is not None else device
-    z = torch.randn(n, generator=generator, device=gdev, dtype=torch.float64).to(device)
+    z = _draw(torch.randn, n, generator, device)
     return S.sigma(schedule, torch.sigmoid(mean + std * z))
 
 
