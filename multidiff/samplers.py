@@ -185,6 +185,22 @@ def _report(callback: Callback | None, i: int, x: Tensor, s: float, s_next: floa
         callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": denoised})
 
 
+FINAL_STEPS: tuple[str, ...] = ("auto", "jump", "extrapolate")
+# "auto" extrapolates only when the last positive sigma is this small: the O(sigma^2) expansion
+# behind the extrapolation needs sigma well below the data's scale (about 1 for normalized data).
+EXTRAPOLATE_BELOW = 0.1
+
+
+def _resolve_final_step(final_step: str, grid: list[float], stochastic: bool) -> bool:
+    """Whether the last step extrapolates (see :func:`_extrapolate_to_zero`)."""
+    if final_step not in FINAL_STEPS:
+        raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
+    if final_step == "auto":
+        # A stochastic trajectory's denoised estimates carry fresh noise; extrapolating amplifies it.
+        return not stochastic and len(grid) > 2 and grid[-2] <= EXTRAPOLATE_BELOW
+    return final_step == "extrapolate"
+
+
 def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tensor | None) -> Tensor:
     """``x(0)`` from the last two denoised estimates along the trajectory, linear in ``sigma^2``.
 
@@ -486,18 +502,18 @@ def sample_heun(
     s_tmin: float = 0.0,
     s_tmax: float = float("inf"),
     s_noise: float = 1.0,
-    final_step: str = "extrapolate",
+    final_step: str = "auto",
 ) -> Tensor:
     """Heun's 2nd-order method with optional churn (Karras et al. 2022, alg. 2).
 
     ``s_churn > 0`` adds noise (stochastic). The last step to 0 is the paper's Euler jump when
-    ``final_step="jump"``; by default (``"extrapolate"``) it extrapolates the denoised estimate
-    to sigma 0 from the last two points (linear in sigma^2), which costs no evaluation and removes the error
-    floor of the jump.
+    ``final_step="jump"``; ``"extrapolate"`` extrapolates the denoised estimate to sigma 0 from
+    the last two points (linear in sigma^2), which costs no evaluation and removes the jump's
+    error floor; ``"auto"`` extrapolates when the last positive sigma is at most
+    ``EXTRAPOLATE_BELOW`` and no churn is used.
     """
-    if final_step not in ("jump", "extrapolate"):
-        raise ValueError(f"final_step must be 'jump' or 'extrapolate', got {final_step!r}")
     grid = check_sigmas(sigmas)
+    extrapolate = _resolve_final_step(final_step, grid, s_churn > 0)
     n = len(grid) - 1
     model = _Model(denoiser, x, cond)
     s_prev, d_prev = None, None
@@ -508,7 +524,7 @@ def sample_heun(
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator)
         d = model(x, s_hat)
         if s_next == 0:
-            x = _extrapolate_to_zero(s_hat, d, s_prev, d_prev) if final_step == "extrapolate" else d
+            x = _extrapolate_to_zero(s_hat, d, s_prev, d_prev) if extrapolate else d
         else:
             x_euler = d + (s_next / s_hat) * (x - d)
             d2 = model(x_euler, s_next)
@@ -536,7 +552,7 @@ def _multistep(
     eta: float = 0.0,
     s_noise: float = 1.0,
     corrector: bool = False,
-    final_step: str = "extrapolate",
+    final_step: str = "auto",
 ) -> Tensor:
     """Shared loop: an exponential Adams-Bashforth predictor of ``order`` over past ``D`` values,
     optionally an Adams-Moulton corrector of ``order + 1`` using the new evaluation (UniPC),
@@ -545,9 +561,8 @@ def _multistep(
         raise ValueError(f"order must be between 1 and 4, got {order}")
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
-    if final_step not in ("jump", "extrapolate"):
-        raise ValueError(f"final_step must be 'jump' or 'extrapolate', got {final_step!r}")
     grid = check_sigmas(sigmas)
+    extrapolate = _resolve_final_step(final_step, grid, eta > 0)
     model = _Model(denoiser, x, cond)
     lams: list[float] = []  # lambda = -log sigma of the stored evaluations
     ds: list[Tensor] = []
@@ -561,7 +576,7 @@ def _multistep(
         ds.append(d)
         sig.append(s)
         if s_next == 0:
-            if final_step == "extrapolate" and len(ds) > 1:
+            if extrapolate and len(ds) > 1:
                 x = _extrapolate_to_zero(s, d, sig[-2], ds[-2])
             else:
                 x = d
@@ -605,7 +620,7 @@ def sample_dpmpp_2m(
     cond: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    final_step: str = "extrapolate",
+    final_step: str = "auto",
 ) -> Tensor:
     """DPM-Solver++(2M), data prediction, multistep (Lu et al. 2022, alg. 2)."""
     return _multistep(
@@ -622,7 +637,7 @@ def sample_dpmpp_3m(
     cond: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
-    final_step: str = "extrapolate",
+    final_step: str = "auto",
 ) -> Tensor:
     """DPM-Solver++(3M): third-order multistep (Lu et al. 2022, sec. 4 and app. B)."""
     return _multistep(
@@ -662,7 +677,7 @@ def sample_unipc(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     order: int = 2,
-    final_step: str = "extrapolate",
+    final_step: str = "auto",
 ) -> Tensor:
     """UniPC (Zhao et al. 2023): UniP-``order`` predictor and UniC corrector of one order more.
 
@@ -714,17 +729,19 @@ def sample_adaptive(
     atol: float = 1e-3,
     max_nfe: int = 10_000,
     h_init: float = 0.5,
+    final_step: str = "auto",
 ) -> Tensor:
     """Adaptive Dormand-Prince 5(4) on the PF-ODE in ``u = log sigma``: ``dx/du = x - D``.
 
     Integrates from ``sigmas[0]`` to the smallest positive sigma of the grid with steps chosen so
     that each step's local error estimate stays below ``atol + rtol |x|`` (RMS over each
-    sample, worst sample of the batch), then extrapolates to 0. Only the end points of
-    ``sigmas`` are used. Raises ``RuntimeError`` if ``max_nfe`` is exceeded.
+    sample, worst sample of the batch), then steps to 0 as ``final_step`` says (see
+    :func:`sample_heun`). Only the end points of ``sigmas`` are used. Raises ``RuntimeError`` if ``max_nfe`` is exceeded.
     """
     if rtol <= 0 or atol <= 0:
         raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     grid = check_sigmas(sigmas)
+    extrapolate = _resolve_final_step(final_step, grid, False)
     model = _Model(denoiser, x, cond)
     u, u_end = math.log(grid[0]), math.log(grid[-2])
     nfe = 0
@@ -761,4 +778,4 @@ def sample_adaptive(
         h = h * min(5.0, max(0.2, 0.9 * ratio ** (-0.2))) if ratio > 0 else h * 5.0
         if nfe > max_nfe:
             raise RuntimeError(f"adaptive sampler exceeded max_nfe={max_nfe}; loosen rtol/atol")
-    return _extrapolate_to_zero(math.exp(u), d, s_prev, d_prev)
+    return _extrapolate_to_zero(math.exp(u), d, s_prev, d_prev) if extrapolate else d
