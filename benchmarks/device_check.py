@@ -103,7 +103,9 @@ def main() -> int:
         comp = SM.sample_dpmpp_2m(den_c, x, grid)
     rel_bf = ((bf.float() - ref).norm() / ref.norm()).item()
     rel_c = ((comp - ref).norm() / ref.norm()).item()
-    print(f"Denoiser + dpmpp_2m: bf16 autocast rel. diff {rel_bf:.1e} (dtype {bf.dtype}), torch.compile rel. diff {rel_c:.1e}")
+    print(
+        f"Denoiser + dpmpp_2m: bf16 autocast rel. diff {rel_bf:.1e} (dtype {bf.dtype}), torch.compile rel. diff {rel_c:.1e}"
+    )
     # compile picks other convolution kernels (TF32 allowed): agreement to 1e-3 is what float32 gives.
     failures += not (torch.isfinite(bf).all() and rel_bf < 5e-2 and rel_c < 1e-3)
     print("all checks passed" if failures == 0 else f"{failures} check(s) failed")
