@@ -154,12 +154,15 @@ class GaussianMixture:
         ll = -0.5 * (torch.log(2 * math.pi * tot) + diff**2 / tot).reshape(x.shape[0], self.n_components, -1).sum(-1)
         out = ll + w.log()
         if class_labels is not None:
-            if self.labels is None:
-                raise ValueError("class_labels given but this mixture has no labels")
-            y = torch.as_tensor(class_labels, device=dev).long()
-            mask = (self.labels.to(dev).unsqueeze(0) == y.unsqueeze(1)) | (y.unsqueeze(1) < 0)
-            out = out.masked_fill(~mask, -math.inf)
+            out = out.masked_fill(~self._class_mask(class_labels, dev), -math.inf)
         return out
+
+    def _class_mask(self, class_labels: Tensor, device: torch.device) -> Tensor:
+        """``(B, K)``: component ``k`` belongs to sample ``b``'s class (every component for a label < 0)."""
+        if self.labels is None:
+            raise ValueError("class_labels given but this mixture has no labels")
+        y = torch.as_tensor(class_labels, device=device).long()
+        return (self.labels.to(device).unsqueeze(0) == y.unsqueeze(1)) | (y.unsqueeze(1) < 0)
 
     def log_prob(self, x: Tensor, sigma: Tensor | float = 0.0, class_labels: Tensor | None = None) -> Tensor:
         """Exact ``log p_sigma(x)`` (or ``log p_sigma(x | y)``), shape ``(B,)``."""
@@ -170,9 +173,7 @@ class GaussianMixture:
         return torch.logsumexp(lj, dim=1)
 
     def _log_joint_prior(self, class_labels: Tensor, device: torch.device) -> Tensor:
-        y = torch.as_tensor(class_labels, device=device).long()
-        assert self.labels is not None
-        mask = (self.labels.to(device).unsqueeze(0) == y.unsqueeze(1)) | (y.unsqueeze(1) < 0)
+        mask = self._class_mask(class_labels, device)
         return self.weights.to(device).log().unsqueeze(0).masked_fill(~mask, -math.inf)
 
     def posterior(self, x: Tensor, sigma: Tensor | float, class_labels: Tensor | None = None) -> Tensor:
