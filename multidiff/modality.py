@@ -1,0 +1,119 @@
+"""What a modality adapter tells the core, and the data description it returns.
+
+An adapter is a small object, found by name through the entry-point group
+``multidiff.modalities`` (see :mod:`multidiff.registry`). The training engine, the checkpoint
+loader and the CLI talk to data only through it, so they never know whether they train on
+images, waveforms or voxel grids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+__all__ = ["DataInfo", "Modality", "StrictModel", "TensorDataset"]
+
+
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the network and the sampler need to know about one example.
+
+    Attributes:
+        shape: ``(C, *spatial)`` of one example, as the network sees it.
+        num_classes: number of class labels (0: unconditional data).
+        class_names: a name per class, for pictures and the CLI.
+        extra: anything else an adapter wants to keep with a checkpoint (a sample rate), JSON-able.
+    """
+
+    shape: tuple[int, ...]
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "shape": list(self.shape),
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DataInfo:
+        return cls(tuple(d["shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())), dict(d.get("extra", {})))
+
+
+class TensorDataset(Dataset):
+    """Examples held in memory: ``x (N, C, *spatial)`` and optional ``labels (N,)``.
+
+    Items are ``(x, label)`` with label ``-1`` when unlabelled. ``__getitems__`` fetches a whole
+    batch with one index operation, which the DataLoader uses instead of collating items.
+    """
+
+    def __init__(self, x: Tensor, labels: Tensor | None = None) -> None:
+        if labels is not None and labels.shape != (x.shape[0],):
+            raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        self.x = x
+        self.labels = labels if labels is not None else torch.full((x.shape[0],), -1, dtype=torch.long)
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.x[i], self.labels[i]
+
+    def __getitems__(self, idx: Sequence[int]) -> tuple[Tensor, Tensor]:
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return self.x[i], self.labels[i]
+
+
+class Modality:
+    """The adapter interface; subclass it and register the class under ``multidiff.modalities``.
+
+    Class attributes:
+        name: the modality's name in configs (``modality: image``).
+        ModelConfig: pydantic model of the ``model:`` section.
+        DataConfig: pydantic model of the ``data:`` section.
+    """
+
+    name: ClassVar[str] = ""
+    ModelConfig: ClassVar[type[StrictModel]] = StrictModel
+    DataConfig: ClassVar[type[StrictModel]] = StrictModel
+
+    def build_dataset(self, data: Any) -> tuple[Dataset, DataInfo]:
+        """The training set for a validated ``data`` section; items are ``(x, label)``, label -1 if none.
+
+        Must raise ``ValueError`` naming the path for a missing folder or an unreadable file.
+        """
+        raise NotImplementedError
+
+    def build_network(
+        self, model: Any, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
+    ) -> nn.Module:
+        """The network ``net(x, c_noise, class_labels=None)`` for examples of ``info.shape``."""
+        raise NotImplementedError
+
+    def augment(self, x: Tensor, data: Any, generator: torch.Generator) -> Tensor:
+        """Random augmentation of a training batch (in the training process, from ``generator``)."""
+        return x
+
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
+        """Write generated examples ``(B, *info.shape)`` in [-1, 1] as files a user can open; return them."""
+        raise NotImplementedError
+
+    def describe(self, data: Any) -> str:
+        """One line saying what the data is, for logs."""
+        return self.name

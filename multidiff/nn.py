@@ -1,0 +1,313 @@
+"""Rank-generic network blocks and the UNet every modality builds on.
+
+One implementation serves 1D ``(B, C, L)``, 2D ``(B, C, H, W)`` and 3D ``(B, C, D, H, W)``
+inputs: the rank only picks the convolution class (:func:`conv_nd`); normalization, attention
+(over flattened positions), resampling and embeddings never look at it. A modality chooses
+``dims``, widths and where attention goes, nothing more.
+
+The layout follows DDPM's UNet (Ho et al. 2020, appendix B) with the improvements of Dhariwal &
+Nichol 2021 (sec. 3): scale-shift ("adaptive group norm") conditioning, multi-head attention at
+the coarse levels, and zero-initialised output layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+__all__ = [
+    "conv_nd",
+    "group_norm",
+    "NoiseEmbedding",
+    "ResBlock",
+    "Attention",
+    "Downsample",
+    "Upsample",
+    "UNet",
+    "count_parameters",
+]
+
+_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
+    """``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` for ``dims`` spatial axes."""
+    if dims not in _CONV:
+        raise ValueError(f"dims must be 1, 2 or 3 (spatial axes), got {dims}")
+    return _CONV[dims](*args, **kwargs)
+
+
+def group_norm(channels: int, groups: int = 32) -> nn.GroupNorm:
+    """GroupNorm with the largest group count ``<= groups`` that divides ``channels``."""
+    g = max(d for d in range(1, min(groups, channels) + 1) if channels % d == 0)
+    return nn.GroupNorm(g, channels, eps=1e-6)
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero a layer's parameters, so a residual branch starts as the identity (Dhariwal & Nichol 2021)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class NoiseEmbedding(nn.Module):
+    """Sinusoidal embedding of the noise condition followed by a two-layer MLP.
+
+    ``c_noise (B,) -> (B, out_channels)``. The transformer's positional encoding (Vaswani et al.
+    2017, sec. 3.5) on ``scale * c_noise``: ``scale`` brings whatever the network is conditioned
+    on (a timestep in [0, 999], time in [0, 1], EDM's ``ln(sigma) / 4``) to the range of positions
+    the frequencies resolve.
+    """
+
+    def __init__(self, channels: int, out_channels: int, *, scale: float = 1.0, max_period: float = 10_000.0) -> None:
+        super().__init__()
+        if channels % 2:
+            raise ValueError(f"the sinusoidal embedding needs an even width, got {channels}")
+        self.channels = channels
+        self.scale = scale
+        freqs = torch.exp(-math.log(max_period) * torch.arange(channels // 2, dtype=torch.float32) / (channels // 2))
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.mlp = nn.Sequential(nn.Linear(channels, out_channels), nn.SiLU(), nn.Linear(out_channels, out_channels))
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        arg = (self.scale * c_noise.float())[:, None] * self.freqs[None]
+        emb = torch.cat([arg.cos(), arg.sin()], dim=1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class ResBlock(nn.Module):
+    """Residual block with scale-shift conditioning on an embedding (Dhariwal & Nichol 2021, sec. 3).
+
+    ``h = conv(act(norm(x))); h = norm(h) * (1 + scale) + shift; out = skip(x) + conv(drop(act(h)))``.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        out_channels: int,
+        emb_channels: int,
+        *,
+        dropout: float = 0.0,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        self.norm1 = group_norm(in_channels, groups)
+        self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1)
+        self.emb = nn.Linear(emb_channels, 2 * out_channels)
+        self.norm2 = group_norm(out_channels, groups)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_(conv_nd(dims, out_channels, out_channels, 3, padding=1))
+        self.skip = nn.Identity() if in_channels == out_channels else conv_nd(dims, in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.emb(F.silu(emb)).reshape(*emb.shape[:1], -1, *([1] * (x.ndim - 2))).chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over all positions of a ``(B, C, *spatial)`` tensor.
+
+    Positions are flattened with ``rearrange(x, 'b c ... -> b (...) c')`` and attended with
+    PyTorch's scaled-dot-product attention (flash / memory-efficient kernels where available).
+    """
+
+    def __init__(self, channels: int, *, head_channels: int = 64, groups: int = 32) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_channels)
+        if channels % self.heads:
+            raise ValueError(f"channels ({channels}) must be divisible by the number of heads ({self.heads})")
+        self.norm = group_norm(channels, groups)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = zero_(nn.Linear(channels, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        spatial = x.shape[2:]
+        h = rearrange(self.norm(x), "b c ... -> b (...) c")
+        q, k, v = rearrange(self.qkv(h), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = self.proj(rearrange(h, "b h n d -> b n (h d)"))
+        return x + rearrange(h, "b n c -> b c n").reshape(x.shape[0], -1, *spatial)
+
+
+def _factors(factor: int | Sequence[int], dims: int) -> tuple[int, ...]:
+    f = (factor,) * dims if isinstance(factor, int) else tuple(factor)
+    if len(f) != dims or any(v < 1 for v in f):
+        raise ValueError(f"resampling factor must be a positive int or {dims} of them, got {factor}")
+    return f
+
+
+class Downsample(nn.Module):
+    """Strided 3-wide convolution: divides each spatial axis by its factor (every axis by default)."""
+
+    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2) -> None:
+        super().__init__()
+        f = _factors(factor, dims)
+        kernel = tuple(max(3, 2 * v - 1) if v > 1 else 1 for v in f)
+        self.conv = conv_nd(dims, channels, channels, kernel, stride=f, padding=tuple(k // 2 for k in kernel))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour upsampling of each axis by its factor, then a 3-wide convolution."""
+
+    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2) -> None:
+        super().__init__()
+        self.factor = _factors(factor, dims)
+        self.conv = conv_nd(dims, channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=self.factor, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """A UNet over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None) -> (B, out, *spatial)``.
+
+    Args:
+        dims: number of spatial axes (1 audio, 2 images, 3 voxels).
+        in_channels: data channels.
+        out_channels: output channels; defaults to ``in_channels`` (twice that with
+            ``learned_variance``, the improved-DDPM variance channels).
+        channels: width of the first level.
+        channel_mult: width multiplier per level; the number of levels is its length.
+        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        attention_levels: level indices (0 = full resolution) with self-attention after each
+            residual block; the middle block always attends.
+        head_channels: channels per attention head.
+        dropout: dropout inside residual blocks.
+        num_classes: class-conditional when positive; index ``num_classes`` is the null class
+            used for classifier-free guidance, and ``class_labels=None`` means all null.
+        factor: downsampling factor per level, an int for every axis or one per axis.
+        noise_scale: multiplies ``c_noise`` before the sinusoidal embedding (see
+            :class:`NoiseEmbedding`).
+        groups: GroupNorm groups.
+
+    Any spatial size works: an axis that is not a multiple of ``factor ** (levels - 1)`` is
+    zero-padded up to one and the output cropped back.
+    """
+
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        out_channels: int | None = None,
+        *,
+        channels: int = 64,
+        channel_mult: Sequence[int] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_levels: Sequence[int] = (1,),
+        head_channels: int = 64,
+        dropout: float = 0.0,
+        num_classes: int = 0,
+        learned_variance: bool = False,
+        factor: int | Sequence[int] = 2,
+        noise_scale: float = 1.0,
+        groups: int = 32,
+    ) -> None:
+        super().__init__()
+        levels = len(channel_mult)
+        if levels < 1 or num_res_blocks < 1 or channels < 1:
+            raise ValueError("need at least one level, one residual block per level and one channel")
+        if any(not 0 <= a < levels for a in attention_levels):
+            raise ValueError(f"attention_levels must lie in [0, {levels - 1}], got {list(attention_levels)}")
+        self.dims = dims
+        self.in_channels = in_channels
+        self.out_channels = (out_channels or in_channels) * (2 if learned_variance else 1)
+        self.num_classes = num_classes
+        self.factor = _factors(factor, dims)
+        self.multiple = tuple(f ** (levels - 1) for f in self.factor)
+        emb = 4 * channels
+        self.noise_embed = NoiseEmbedding(channels, emb, scale=noise_scale)
+        self.class_embed = nn.Embedding(num_classes + 1, emb) if num_classes > 0 else None
+        if self.class_embed is not None:
+            nn.init.normal_(self.class_embed.weight, std=0.02)
+        self.stem = conv_nd(dims, in_channels, channels, 3, padding=1)
+
+        def block(cin: int, cout: int) -> ResBlock:
+            return ResBlock(dims, cin, cout, emb, dropout=dropout, groups=groups)
+
+        def attn(c: int) -> Attention:
+            return Attention(c, head_channels=head_channels, groups=groups)
+
+        self.down = nn.ModuleList()
+        skips = [channels]
+        c = channels
+        for lvl, mult in enumerate(channel_mult):
+            for _ in range(num_res_blocks):
+                layer = nn.ModuleList([block(c, channels * mult)])
+                c = channels * mult
+                if lvl in attention_levels:
+                    layer.append(attn(c))
+                self.down.append(layer)
+                skips.append(c)
+            if lvl < levels - 1:
+                self.down.append(nn.ModuleList([Downsample(dims, c, self.factor)]))
+                skips.append(c)
+        self.mid = nn.ModuleList([block(c, c), attn(c), block(c, c)])
+        self.up = nn.ModuleList()
+        for lvl, mult in reversed(list(enumerate(channel_mult))):
+            for i in range(num_res_blocks + 1):
+                layer = nn.ModuleList([block(c + skips.pop(), channels * mult)])
+                c = channels * mult
+                if lvl in attention_levels:
+                    layer.append(attn(c))
+                if lvl > 0 and i == num_res_blocks:
+                    layer.append(Upsample(dims, c, self.factor))
+                self.up.append(layer)
+        self.out = nn.Sequential(
+            group_norm(c, groups), nn.SiLU(), zero_(conv_nd(dims, c, self.out_channels, 3, padding=1))
+        )
+
+    def _embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+        emb = self.noise_embed(c_noise.reshape(-1).expand(batch))
+        if self.class_embed is not None:
+            if class_labels is None:
+                class_labels = torch.full((batch,), self.num_classes, device=emb.device, dtype=torch.long)
+            emb = emb + self.class_embed(class_labels.reshape(-1).long())
+        elif class_labels is not None:
+            raise ValueError("this network is unconditional (num_classes=0) but got class_labels")
+        return emb
+
+    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if x.ndim != self.dims + 2:
+            raise ValueError(
+                f"this UNet has {self.dims} spatial axes and takes (B, C, *spatial) of rank {self.dims + 2}, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        spatial = x.shape[2:]
+        pad = [(-s) % m for s, m in zip(spatial, self.multiple)]
+        if any(pad):
+            # F.pad lists axes last-first, (left, right) each; pad at the end of every axis.
+            x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
+        emb = self._embed(c_noise, class_labels, x.shape[0])
+        h = self.stem(x)
+        hs = [h]
+        for layer in self.down:
+            for m in layer:
+                h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+            hs.append(h)
+        for m in self.mid:
+            h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+        for layer in self.up:
+            h = torch.cat([h, hs.pop()], dim=1)
+            for m in layer:
+                h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+        h = self.out(h)
+        if any(pad):
+            h = h[(slice(None), slice(None), *(slice(0, s) for s in spatial))]
+        return h

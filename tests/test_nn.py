@@ -1,0 +1,135 @@
+"""The rank-generic blocks and UNet: one class for 1D, 2D and 3D, any size, conditioning that matters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from multidiff.nn import Attention, Downsample, NoiseEmbedding, ResBlock, UNet, Upsample, conv_nd, count_parameters
+
+# dims -> a non-square, partly odd per-sample shape (C, *spatial)
+SHAPES = {1: (2, 37), 2: (3, 12, 9), 3: (1, 6, 8, 5)}
+
+
+def small_unet(dims: int, channels: int, **kw) -> UNet:
+    return UNet(
+        dims, channels, channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8, **kw
+    )
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_unet_trains_a_step_on_every_rank(dims: int) -> None:
+    torch.manual_seed(0)
+    c, *spatial = SHAPES[dims]
+    net = small_unet(dims, c, num_classes=3)
+    x = torch.randn(4, c, *spatial)
+    target = torch.randn_like(x)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        out = net(x, torch.tensor([0.0, 10.0, 500.0, 999.0]), torch.tensor([0, 1, 2, 3]))
+        assert out.shape == x.shape
+        loss = (out - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+def test_one_implementation_for_every_rank() -> None:
+    """The blocks are the same classes at every rank; only the conv class differs."""
+    nets = {d: small_unet(d, 2) for d in (1, 2, 3)}
+    kinds = {
+        d: sorted({type(m).__name__ for m in n.modules()} - {"Conv1d", "Conv2d", "Conv3d"}) for d, n in nets.items()
+    }
+    assert kinds[1] == kinds[2] == kinds[3]
+    # Parameter counts differ only through kernel volumes: 1x1 layers and linears are identical.
+    assert count_parameters(nets[1]) < count_parameters(nets[2]) < count_parameters(nets[3])
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_resampling_halves_and_doubles_every_axis(dims: int) -> None:
+    x = torch.randn(2, 4, *([8] * dims))
+    assert Downsample(dims, 4)(x).shape[2:] == (4,) * dims
+    assert Upsample(dims, 4)(x).shape[2:] == (16,) * dims
+
+
+def test_resampling_by_axis() -> None:
+    x = torch.randn(2, 4, 8, 12)
+    assert Downsample(2, 4, (1, 2))(x).shape == (2, 4, 8, 6)
+    assert Upsample(2, 4, (1, 4))(x).shape == (2, 4, 8, 48)
+    with pytest.raises(ValueError, match="resampling factor"):
+        Downsample(2, 4, (2, 2, 2))
+
+
+def test_unet_with_axis_factors_on_a_long_signal() -> None:
+    net = UNet(
+        1, 1, channels=8, channel_mult=(1, 1, 2), num_res_blocks=1, attention_levels=(2,), factor=4, head_channels=8
+    )
+    x = torch.randn(2, 1, 1000)
+    assert net(x, torch.zeros(2)).shape == x.shape
+
+
+def test_attention_mixes_positions_and_is_permutation_equivariant() -> None:
+    torch.manual_seed(0)
+    att = Attention(8, head_channels=4)
+    torch.nn.init.normal_(att.proj.weight)  # the output projection starts at zero
+    x = torch.randn(2, 8, 5, 3)
+    y = att(x)
+    # Changing one position changes the output at another.
+    x2 = x.clone()
+    x2[:, :, 0, 0] += 1.0
+    assert not torch.allclose(att(x2)[:, :, 4, 2], y[:, :, 4, 2])
+    # Attention has no notion of position: permuting positions permutes the output.
+    perm = torch.randperm(15)
+    xf = x.flatten(2)[:, :, perm].reshape_as(x)
+    assert torch.allclose(att(xf).flatten(2), y.flatten(2)[:, :, perm], atol=1e-5)
+
+
+def test_zero_initialised_branches_start_as_identity() -> None:
+    blk = ResBlock(2, 6, 6, 12)
+    x = torch.randn(3, 6, 4, 4)
+    assert torch.equal(blk(x, torch.randn(3, 12)), x)
+    net = small_unet(2, 3)
+    assert torch.count_nonzero(net(torch.randn(2, 3, 8, 8), torch.zeros(2))) == 0
+
+
+def test_noise_and_class_conditioning_change_the_output() -> None:
+    torch.manual_seed(0)
+    net = small_unet(2, 1, num_classes=4)
+    for p in net.parameters():  # move away from the zero init so the output depends on everything
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 1, 8, 8).expand(2, -1, -1, -1)
+    out = net(x, torch.tensor([10.0, 900.0]), torch.tensor([1, 1]))
+    assert not torch.allclose(out[0], out[1])
+    out = net(x, torch.tensor([10.0, 10.0]), torch.tensor([1, 2]))
+    assert not torch.allclose(out[0], out[1])
+    # No labels means the null class (index num_classes).
+    assert torch.allclose(net(x, torch.zeros(2)), net(x, torch.zeros(2), torch.tensor([4, 4])))
+
+
+def test_noise_embedding_separates_nearby_timesteps() -> None:
+    emb = NoiseEmbedding(32, 32)
+    a, b = emb(torch.tensor([500.0, 501.0])).detach()
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_errors_name_what_is_wrong() -> None:
+    net = small_unet(2, 3)
+    with pytest.raises(ValueError, match="2 spatial axes"):
+        net(torch.randn(2, 3, 8), torch.zeros(2))
+    with pytest.raises(ValueError, match="expected 3 input channels"):
+        net(torch.randn(2, 4, 8, 8), torch.zeros(2))
+    with pytest.raises(ValueError, match="unconditional"):
+        net(torch.randn(2, 3, 8, 8), torch.zeros(2), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="dims must be 1, 2 or 3"):
+        conv_nd(4, 1, 1, 3)
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNet(2, 3, channel_mult=(1, 2), attention_levels=(2,))
+
+
+def test_learned_variance_doubles_the_output_channels() -> None:
+    net = small_unet(1, 2, learned_variance=True)
+    assert net(torch.randn(2, 2, 16), torch.zeros(2)).shape == (2, 4, 16)
