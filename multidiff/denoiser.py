@@ -19,7 +19,14 @@ from .parameterization import PARAMETERIZATIONS, Scalings, scalings
 NoiseCond = Literal["t", "timestep", "logsnr", "log_sigma"]
 NOISE_CONDS: tuple[str, ...] = ("t", "timestep", "logsnr", "log_sigma")
 
-__all__ = ["Denoiser", "NoiseCond", "noise_condition"]
+__all__ = ["Denoiser", "NoiseCond", "default_noise_cond", "noise_condition"]
+
+
+def default_noise_cond(parameterization: str, schedule: S.Schedule | None) -> str:
+    """``log_sigma`` for EDM, ``timestep`` for a discrete schedule, ``t`` otherwise."""
+    if parameterization == "edm":
+        return "log_sigma"
+    return "timestep" if isinstance(schedule, S.DiscreteSchedule) else "t"
 
 
 def noise_condition(kind: str, sigma: Tensor, schedule: S.Schedule | None) -> Tensor:
@@ -78,12 +85,7 @@ class Denoiser(nn.Module):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         if noise_cond is None:
-            if parameterization == "edm":
-                noise_cond = "log_sigma"
-            elif isinstance(schedule, S.DiscreteSchedule):
-                noise_cond = "timestep"
-            else:
-                noise_cond = "t"
+            noise_cond = default_noise_cond(parameterization, schedule)
         if noise_cond not in NOISE_CONDS:
             raise ValueError(f"noise_cond must be one of {NOISE_CONDS}, got {noise_cond!r}")
         if schedule is None and noise_cond in ("t", "timestep"):

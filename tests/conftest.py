@@ -16,4 +16,6 @@ def rank_shape(request: pytest.FixtureRequest) -> tuple[int, ...]:
 
 @pytest.fixture(autouse=True)
 def _threads() -> None:
-    torch.set_num_threads(2)
+    # One thread: the tensors in tests are tiny, and OpenMP threads that spin on an oversubscribed
+    # 2-core machine make small convolutions 100x slower.
+    torch.set_num_threads(1)

@@ -1,0 +1,194 @@
+"""The image adapter: config sections, 2D UNet presets, data sets, augmentation and PNG output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from multidiff.modality import DataInfo, Modality, StrictModel
+from multidiff.nn import UNet
+
+from . import data as D
+from .io import save_grid
+
+__all__ = ["PRESETS", "ImageModelConfig", "ImageDataConfig", "ImageModality", "build_unet"]
+
+# 2D UNet presets, smallest to largest. ``attention_resolutions`` are side lengths (as in DDPM:
+# attention at 16x16 for 32x32 images); the adapter turns them into UNet levels for the data size.
+PRESETS: dict[str, dict[str, Any]] = {
+    # a few minutes on 2 CPU cores at 16x16 (about 1.5M parameters)
+    "tiny": {
+        "channels": 32,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [8],
+        "dropout": 0.0,
+    },
+    # a laptop GPU at 32x32 (about 9M parameters)
+    "small": {
+        "channels": 64,
+        "channel_mult": [1, 2, 2],
+        "num_res_blocks": 2,
+        "attention_resolutions": [16],
+        "dropout": 0.1,
+    },
+    # DDPM's CIFAR-10 model (Ho et al. 2020, appendix B: 128 channels, 4 levels, attention at 16x16)
+    "ddpm_cifar10": {
+        "channels": 128,
+        "channel_mult": [1, 2, 2, 2],
+        "num_res_blocks": 2,
+        "attention_resolutions": [16],
+        "dropout": 0.1,
+    },
+}
+
+
+class ImageModelConfig(StrictModel):
+    """The ``model:`` section: a preset, any of whose values may be overridden."""
+
+    preset: Literal["tiny", "small", "ddpm_cifar10"] = "tiny"
+    channels: int | None = Field(None, ge=1)
+    channel_mult: list[int] | None = None
+    num_res_blocks: int | None = Field(None, ge=1)
+    attention_resolutions: list[int] | None = None
+    head_channels: int = Field(64, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _mult(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(m < 1 for m in v)):
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
+        return v
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset with this section's overrides applied."""
+        out = dict(PRESETS[self.preset])
+        for k in ("channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        out["head_channels"] = self.head_channels
+        return out
+
+
+class ImageDataConfig(StrictModel):
+    """The ``data:`` section.
+
+    ``source``: ``digits`` (built in, no download), ``folder`` (``path`` to a folder of images,
+    classes from sub-folders), or ``mnist`` / ``fashion_mnist`` / ``cifar10`` (torchvision, in
+    ``root``; fetched only with ``download: true``).
+    """
+
+    source: Literal["digits", "folder", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    path: str | None = None
+    root: str | None = None
+    download: bool = False
+    size: int | tuple[int, int] = 16
+    channels: Literal[1, 3] | None = None
+    class_conditional: bool = True
+    random_flip: bool = False
+    in_memory: bool = True
+    limit: int | None = Field(None, ge=1)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: int | tuple[int, int]) -> int | tuple[int, int]:
+        sides = (v, v) if isinstance(v, int) else v
+        if any(s < 1 for s in sides):
+            raise ValueError(f"size must be positive, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> ImageDataConfig:
+        if self.source == "folder" and not self.path:
+            raise ValueError("source 'folder' needs data.path, the folder of images")
+        return self
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)  # type: ignore[return-value]
+
+    @property
+    def num_channels(self) -> int:
+        if self.channels is not None:
+            return self.channels
+        return 1 if self.source in ("digits", "mnist", "fashion_mnist") else 3
+
+
+def build_unet(
+    model: ImageModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
+) -> UNet:
+    """The 2D UNet of ``model`` for images of ``info.shape``; attention goes to the levels whose
+    side (the larger image side, halved per level) is listed in ``attention_resolutions``."""
+    r = model.resolved()
+    side = max(info.shape[1:])
+    levels = len(r["channel_mult"])
+    attention = [lvl for lvl in range(levels) if -(-side // 2**lvl) in r["attention_resolutions"]]
+    return UNet(
+        2,
+        info.shape[0],
+        channels=r["channels"],
+        channel_mult=r["channel_mult"],
+        num_res_blocks=r["num_res_blocks"],
+        attention_levels=attention,
+        head_channels=r["head_channels"],
+        dropout=r["dropout"],
+        num_classes=info.num_classes,
+        learned_variance=learned_variance,
+        noise_scale=noise_scale,
+    )
+
+
+class ImageModality(Modality):
+    name: ClassVar[str] = "image"
+    ModelConfig: ClassVar[type[StrictModel]] = ImageModelConfig
+    DataConfig: ClassVar[type[StrictModel]] = ImageDataConfig
+
+    def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+        size, ch = data.hw, data.num_channels
+        if data.source == "digits":
+            ds, info = D.digits(size, ch)
+            if data.limit is not None:
+                ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
+        elif data.source == "folder":
+            assert data.path is not None
+            ds, info = D.image_folder(
+                data.path, size, ch, labels=data.class_conditional, in_memory=data.in_memory, limit=data.limit
+            )
+        else:
+            ds, info = D.torchvision_set(
+                data.source, size, ch, root=data.root, download=data.download, limit=data.limit
+            )
+        if not data.class_conditional and info.num_classes:
+            info = DataInfo(info.shape, 0, (), info.extra)
+        return ds, info
+
+    def build_network(
+        self, model: ImageModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
+    ) -> nn.Module:  # type: ignore[override]
+        return build_unet(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
+
+    def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+        if not data.random_flip:
+            return x
+        flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+        """One PNG grid; for class-conditional samples in the default label order, one class per column."""
+        nrow = None
+        if (
+            labels is not None
+            and info.num_classes
+            and torch.equal(labels, torch.arange(len(labels)) % info.num_classes)
+        ):
+            nrow = info.num_classes
+        p = Path(path)
+        return [save_grid(x, p if p.suffix == ".png" else p.with_suffix(".png"), nrow=nrow)]
+
+    def describe(self, data: ImageDataConfig) -> str:  # type: ignore[override]
+        return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"

@@ -1,0 +1,150 @@
+"""From a config or a checkpoint to a denoiser, and from a denoiser to samples.
+
+Shared by the trainer (periodic grids), ``multidiff sample`` and the example scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import config as C
+from .checkpoint import Checkpoint, find_checkpoint, load_state_dict_checked
+from .denoiser import Denoiser, default_noise_cond
+from .grids import make_grid
+from .guidance import classifier_free_guidance
+from .modality import DataInfo
+from .samplers import get_sampler
+
+__all__ = ["Pipeline", "build_denoiser", "load_pipeline", "generate", "resolve_device", "default_labels"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but CUDA is not available on this machine")
+    return dev
+
+
+def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo) -> Denoiser:
+    """The network of ``cfg`` for data ``info`` wrapped in its parameterization (on the CPU)."""
+    d = cfg.run.diffusion
+    schedule = C.build_schedule(d.schedule, size=max(info.shape[1:], default=1))
+    noise_cond = d.noise_cond or default_noise_cond(d.parameterization, schedule)
+    net = cfg.adapter.build_network(cfg.model, info, noise_scale=C.noise_scale(noise_cond, schedule))
+    return Denoiser(net, schedule, d.parameterization, sigma_data=d.sigma_data, noise_cond=noise_cond)
+
+
+@dataclass
+class Pipeline:
+    """A trained model ready to sample: the EMA denoiser, its config, data description and checkpoint."""
+
+    denoiser: Denoiser
+    config: C.ResolvedConfig
+    info: DataInfo
+    checkpoint: Checkpoint
+
+    @property
+    def adapter(self) -> Any:
+        return self.config.adapter
+
+    def generate(self, n: int, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
+        """``generate(self.denoiser, self.info, n=n, ...)`` with the run's ``sample`` section as defaults."""
+        s = self.config.run.sample
+        opts = {
+            "sampler": s.sampler,
+            "steps": s.steps,
+            "grid": s.grid,
+            "sigma_min": s.sigma_min,
+            "sigma_max": s.sigma_max,
+            "guidance_scale": s.guidance_scale,
+            "seed": s.seed,
+            "batch_size": s.batch_size,
+            "options": dict(s.options),
+        }
+        opts.update({k: v for k, v in kwargs.items() if v is not None})
+        return generate(self.denoiser, self.info, n=n, **opts)
+
+
+def load_pipeline(path: str, *, device: str = "auto", weights: str = "ema") -> Pipeline:
+    """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as."""
+    ckpt = find_checkpoint(path)
+    cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
+    info = DataInfo.from_json(ckpt.meta["data_info"])
+    den = build_denoiser(cfg, info)
+    load_state_dict_checked(den.net, ckpt.weights(weights), str(ckpt.path))
+    den = den.to(resolve_device(device)).eval().requires_grad_(False)
+    return Pipeline(den, cfg, info, ckpt)
+
+
+def default_labels(n: int, num_classes: int) -> Tensor | None:
+    """Labels ``0, 1, ..., K-1, 0, 1, ...``: a grid with K columns shows one class per column."""
+    return torch.arange(n) % num_classes if num_classes > 0 else None
+
+
+@torch.no_grad()
+def generate(
+    denoiser: Denoiser | Callable[..., Tensor],
+    info: DataInfo,
+    *,
+    n: int,
+    sampler: str = "dpmpp_2m",
+    steps: int = 25,
+    grid: str = "karras",
+    sigma_min: float | None = None,
+    sigma_max: float | None = None,
+    guidance_scale: float = 1.0,
+    labels: Tensor | int | None = None,
+    seed: int = 0,
+    batch_size: int = 256,
+    options: dict[str, Any] | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Draw ``n`` samples of shape ``info.shape``; returns ``(x, labels)`` on the CPU.
+
+    The prior noise comes from a CPU generator seeded with ``seed``, so a seed gives the same
+    samples on every device. For a class-conditional model, ``labels`` (an int, a tensor of
+    ``n`` labels, or ``None`` for :func:`default_labels`) picks the classes, and
+    ``guidance_scale != 1`` applies classifier-free guidance against the null class.
+    """
+    if n < 1:
+        raise ValueError(f"need at least one sample, got n={n}")
+    spec = get_sampler(sampler)
+    schedule = getattr(denoiser, "schedule", None)
+    sigmas = make_grid(grid, steps, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max)
+    param = next(iter(denoiser.parameters())) if isinstance(denoiser, nn.Module) else None
+    device = param.device if param is not None else torch.device("cpu")
+    k = info.num_classes
+    if isinstance(labels, int):
+        labels = torch.full((n,), labels, dtype=torch.long)
+    if labels is None:
+        labels = default_labels(n, k)
+    if labels is not None:
+        if k == 0:
+            raise ValueError("this model is unconditional; it takes no class labels")
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.shape != (n,):
+            raise ValueError(f"need {n} labels, got {labels.numel()}")
+        if labels.min() < 0 or labels.max() >= k:
+            raise ValueError(f"class labels must lie in [0, {k - 1}], got {labels.tolist()}")
+    fn: Callable[..., Tensor] = denoiser
+    if k > 0 and guidance_scale != 1.0:
+        fn = classifier_free_guidance(
+            denoiser, guidance_scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], k)}
+        )
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
+        cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
+        x0 = spec.fn(fn, x, sigmas, cond=cond, generator=g, callback=callback, **(options or {}))
+        out.append(x0.float().cpu())
+    return torch.cat(out), labels

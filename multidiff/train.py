@@ -1,0 +1,399 @@
+"""One training engine for every modality.
+
+:class:`Trainer` turns a :class:`~multidiff.config.ResolvedConfig` into a trained model: AdamW
+with linear warmup (and optional cosine decay), gradient clipping and accumulation, an EMA of
+the weights with warmup, bf16/fp16 autocast and ``torch.compile`` on request, a progress bar,
+CSV or JSONL metrics, periodic sample files and atomic checkpoints.
+
+**Exact resume.** Every random draw of micro-step ``k`` (the batch order, noise levels, noise,
+label dropout, augmentation, dropout inside the network) comes from generators seeded with
+``(seed, k)``, and the batch order of epoch ``e`` is a permutation seeded with ``(seed, e)``.
+So the state of a run is just its weights, EMA, optimizer state and step: resuming at step N
+and training M more steps computes exactly what one run of N + M steps computes.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Sampler, default_collate
+
+from . import config as C
+from .checkpoint import (
+    find_checkpoint,
+    grow_class_embedding,
+    list_checkpoints,
+    load_state_dict_checked,
+    save_checkpoint,
+)
+from .denoiser import Denoiser
+from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
+from .pipeline import build_denoiser, generate, resolve_device
+
+__all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels"]
+
+
+def step_seed(seed: int, k: int) -> int:
+    """A seed for micro-step (or epoch) ``k`` of a run seeded with ``seed``; distinct for distinct pairs."""
+    return (seed * 1_000_003 + k * 7_919 + 12_345) % (2**63 - 1)
+
+
+def lr_factor(step: int, warmup: int, total: int, kind: str = "constant") -> float:
+    """Learning-rate multiplier: linear warmup over ``warmup`` steps, then constant or cosine to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if kind == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def ema_decay(step: int, decay: float, warmup: bool = True) -> float:
+    """EMA decay at optimizer step ``step``: ``min(decay, (1 + step) / (10 + step))`` with warmup,
+    so early averages are not dominated by the random initialisation (as in Song et al.'s NCSN++ code)."""
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
+def drop_labels(labels: Tensor, p: float, null: int, generator: torch.Generator) -> Tensor:
+    """Replace each label by the null class with probability ``p`` (classifier-free guidance training,
+    Ho & Salimans 2022, alg. 1)."""
+    if p <= 0:
+        return labels
+    u = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device)
+    return torch.where(u < p, torch.full_like(labels, null), labels)
+
+
+class _EpochBatches(Sampler[list[int]]):
+    """Batch indices for micro-steps ``start, start + 1, ...``: epoch ``e`` is a permutation seeded
+    with ``(seed, e)``, cut into ``n // batch`` full batches. Stateless, so a resumed run sees
+    exactly the batches it would have seen."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int) -> None:
+        self.n, self.batch, self.seed, self.start = n, batch, seed, start
+        self.per_epoch = n // batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        k = self.start
+        perm, epoch = None, -1
+        while True:
+            e, i = divmod(k, self.per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(step_seed(self.seed, -1 - e))
+                perm, epoch = torch.randperm(self.n, generator=g), e
+            yield perm[i * self.batch : (i + 1) * self.batch].tolist()
+            k += 1
+
+    def __len__(self) -> int:  # the DataLoader asks; the stream is endless
+        return 2**62
+
+
+def _identity_collate(batch: Any) -> Any:
+    return batch
+
+
+@dataclass
+class TrainResult:
+    step: int
+    run_dir: Path
+    checkpoint: Path | None
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class _MetricsLog:
+    """Append-only CSV or JSONL of logged rows; on resume, rows after the resumed step are dropped."""
+
+    FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+    def __init__(self, path: Path, fmt: str, resume_step: int | None) -> None:
+        self.path, self.fmt = path, fmt
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_step is None or not path.exists():
+            path.write_text(",".join(self.FIELDS) + "\n" if fmt == "csv" else "")
+        else:
+            rows = [r for r in self.read(path) if r["step"] <= resume_step]
+            path.write_text(",".join(self.FIELDS) + "\n" if fmt == "csv" else "")
+            for r in rows:
+                self.write(r)
+
+    @staticmethod
+    def read(path: Path) -> list[dict[str, float]]:
+        if path.suffix == ".csv":
+            with open(path, newline="") as f:
+                return [{k: (int(v) if k == "step" else float(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write(self, row: dict[str, float]) -> None:
+        with open(self.path, "a", newline="") as f:
+            if self.fmt == "csv":
+                csv.writer(f).writerow([row[k] for k in self.FIELDS])
+            else:
+                f.write(json.dumps(row) + "\n")
+
+
+class Trainer:
+    """Train the model a resolved config describes.
+
+    Args:
+        cfg: the validated config (:func:`multidiff.config.load_config`).
+        resume: continue from the newest checkpoint in ``cfg.run.out_dir`` (``True``) or from a
+            given checkpoint folder (a path); the run then trains up to ``train.steps``.
+    """
+
+    def __init__(self, cfg: C.ResolvedConfig, *, resume: bool | str = False) -> None:
+        self.cfg = cfg
+        t = cfg.run.train
+        self.t = t
+        self.run_dir = Path(cfg.run.out_dir)
+        self.device = resolve_device(t.device)
+        self.adapter = cfg.adapter
+        torch.manual_seed(t.seed)
+        self.dataset, self.info = self.adapter.build_dataset(cfg.data)
+        if len(self.dataset) < t.batch_size:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} examples); lower it"
+            )
+        self.denoiser: Denoiser = build_denoiser(cfg, self.info).to(self.device)
+        self.net = self.denoiser.net
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.ema_denoiser = _with_net(self.denoiser, self.ema)
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(
+            self.net.parameters(), lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=fused or None
+        )
+        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=amp)) if amp is not None else (lambda: nullcontext())
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.forward_net: nn.Module = torch.compile(self.net) if t.compile else self.net
+        self.step = 0
+        self._resume_step: int | None = None
+        if resume:
+            self._resume(resume)
+        elif t.init_from:
+            self._init_from(t.init_from)
+
+    # --- state --------------------------------------------------------------------------
+
+    def _init_from(self, path: str) -> None:
+        """Start from another run's EMA weights (fine-tuning); the class table grows to fit."""
+        ckpt = find_checkpoint(path)
+        state = ckpt.weights("ema")
+        if self.info.num_classes > 0:
+            state = grow_class_embedding(state, "class_embed.weight", self.info.num_classes)
+        load_state_dict_checked(self.net, state, str(ckpt.path))
+        self.ema.load_state_dict(self.net.state_dict())
+
+    def _resume(self, resume: bool | str) -> None:
+        if resume is True:
+            if not list_checkpoints(self.run_dir):
+                raise ValueError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            ckpt = find_checkpoint(self.run_dir)
+        else:
+            ckpt = find_checkpoint(resume)
+        load_state_dict_checked(self.net, ckpt.weights("model"), str(ckpt.path))
+        load_state_dict_checked(self.ema, ckpt.weights("ema"), str(ckpt.path))
+        st = ckpt.training_state()
+        self.opt.load_state_dict(st["optimizer"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng_cpu"])
+        self.step = int(st["step"])
+        self._resume_step = self.step
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng_cpu": torch.get_rng_state(),
+            "step": self.step,
+        }
+
+    def save(self) -> Path:
+        meta = {
+            "config": self.cfg.to_json(),
+            "data_info": self.info.to_json(),
+            "modality": self.adapter.name,
+            "parameters": sum(p.numel() for p in self.net.parameters()),
+        }
+        return save_checkpoint(
+            self.run_dir,
+            self.step,
+            model=self.net,
+            ema=self.ema,
+            meta=meta,
+            state=self.state(),
+            keep=self.t.keep_checkpoints,
+        )
+
+    # --- one step -----------------------------------------------------------------------
+
+    def _loader(self) -> Iterator[tuple[Tensor, Tensor]]:
+        start = self.step * self.t.grad_accum
+        sampler = _EpochBatches(len(self.dataset), self.t.batch_size, self.t.seed, start)
+        batched = hasattr(self.dataset, "__getitems__")
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.t.num_workers,
+            collate_fn=_identity_collate if batched else default_collate,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=self.t.num_workers > 0,
+        )
+        return iter(loader)
+
+    def _sigmas(self, n: int, g: torch.Generator) -> Tensor:
+        d = self.cfg.run.diffusion
+        sched = self.denoiser.schedule
+        if d.noise_sampling == "log_normal":
+            return sample_sigma_log_normal(n, p_mean=d.p_mean, p_std=d.p_std, generator=g, device=self.device)
+        if d.noise_sampling == "logit_normal":
+            return sample_sigma_logit_normal(sched, n, generator=g, device=self.device)
+        return sample_sigma_uniform_t(sched, n, generator=g, device=self.device)
+
+    def _micro_loss(self, x0: Tensor, labels: Tensor, k: int) -> Tensor:
+        d = self.cfg.run.diffusion
+        seed = step_seed(self.t.seed, k)
+        torch.manual_seed(seed)  # dropout inside the network
+        g = torch.Generator(device=self.device).manual_seed(seed)
+        x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
+        cond: dict[str, Tensor] = {}
+        if self.info.num_classes > 0:
+            labels = labels.to(self.device, non_blocking=True).long()
+            cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
+        sigma = self._sigmas(x0.shape[0], g)
+        den = self.denoiser if self.forward_net is self.net else _with_net(self.denoiser, self.forward_net)
+        with self.autocast():
+            loss = diffusion_loss(
+                den, x0, sigma, weighting=d.weighting, generator=g, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
+            )
+        return loss.mean()
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = ema_decay(self.step, self.t.ema_decay, self.t.ema_warmup)
+        ema_p = list(self.ema.parameters())
+        torch._foreach_lerp_(ema_p, list(self.net.parameters()), 1.0 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
+            b_ema.copy_(b)
+
+    def train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm) on the device."""
+        t = self.t
+        factor = lr_factor(self.step, t.warmup_steps, t.steps, t.lr_schedule)
+        for group in self.opt.param_groups:
+            group["lr"] = t.lr * factor
+        total = torch.zeros((), device=self.device)
+        for j in range(t.grad_accum):
+            x0, labels = next(batches)
+            loss = self._micro_loss(x0, labels, self.step * t.grad_accum + j) / t.grad_accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        self.scaler.unscale_(self.opt)
+        params = [p for p in self.net.parameters() if p.grad is not None]
+        if t.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+        else:
+            gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        self._update_ema()
+        return total, gnorm
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def sample_files(self, tag: str) -> list[Path]:
+        """Sample with the EMA model as the ``sample`` section says and write the adapter's files."""
+        s = self.cfg.run.sample
+        self.ema_denoiser.eval()
+        x, labels = generate(
+            self.ema_denoiser,
+            self.info,
+            n=s.num_samples,
+            sampler=s.sampler,
+            steps=s.steps,
+            grid=s.grid,
+            sigma_min=s.sigma_min,
+            sigma_max=s.sigma_max,
+            guidance_scale=s.guidance_scale,
+            seed=s.seed,
+            batch_size=s.batch_size,
+            options=dict(s.options),
+        )
+        return self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
+
+    def fit(self) -> TrainResult:
+        t = self.t
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_json(), indent=2))
+        log = _MetricsLog(self.run_dir / f"metrics.{t.metrics_format}", t.metrics_format, self._resume_step)
+        result = TrainResult(self.step, self.run_dir, None)
+        if self.step >= t.steps:
+            return result
+        batches = self._loader()
+        self.net.train()
+        bar = None
+        if t.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.adapter.name}", dynamic_ncols=True)
+        t0 = time.perf_counter()
+        window_start, window_loss, window_n = time.perf_counter(), torch.zeros((), device=self.device), 0
+        last_ckpt = None
+        while self.step < t.steps:
+            loss, gnorm = self.train_step(batches)
+            window_loss += loss
+            window_n += 1
+            if bar is not None:
+                bar.update(1)
+            if self.step % t.log_every == 0 or self.step == t.steps:
+                now = time.perf_counter()
+                mean_loss = float(window_loss) / window_n
+                if not math.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"loss is {mean_loss} at step {self.step}; the last good checkpoint is kept "
+                        f"({list_checkpoints(self.run_dir)[-1] if list_checkpoints(self.run_dir) else 'none yet'})"
+                    )
+                sps = window_n * t.batch_size * t.grad_accum / max(now - window_start, 1e-9)
+                row = {
+                    "step": self.step,
+                    "loss": mean_loss,
+                    "lr": self.opt.param_groups[0]["lr"],
+                    "grad_norm": float(gnorm),
+                    "samples_per_s": round(sps, 2),
+                    "elapsed_s": round(now - t0, 2),
+                }
+                log.write(row)
+                result.losses.append((self.step, mean_loss))
+                if bar is not None:
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.0f}")
+                window_start, window_loss, window_n = now, torch.zeros((), device=self.device), 0
+            if t.sample_every and self.step % t.sample_every == 0:
+                self.sample_files(f"step_{self.step:08d}")
+                self.net.train()
+            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
+                last_ckpt = self.save()
+        if bar is not None:
+            bar.close()
+        result.step, result.checkpoint, result.seconds = self.step, last_ckpt, time.perf_counter() - t0
+        return result
+
+
+def _with_net(den: Denoiser, net: nn.Module) -> Denoiser:
+    out = copy.copy(den)
+    out._modules = dict(den._modules, net=net)
+    return out
