@@ -91,39 +91,88 @@ def _plot_schedules(out: Path) -> Path:
     return path
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    torch.manual_seed(args.seed)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    n = 400 if args.quick else 2000
+def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> list[Path]:
+    """Every sampler on the exact 8-mode ring against the exact probability-flow ODE solution."""
+    n = 400 if quick else 2000
     gm = GaussianMixture.ring(8)
     denoiser = gm.denoiser()
     sigma_min, sigma_max = 0.002, 80.0
-    g = torch.Generator().manual_seed(args.seed)
+    g = torch.Generator().manual_seed(seed)
     x_t = sigma_max * torch.randn(n, 2, generator=g, dtype=torch.float64)
     truth, _ = gm.sample(n, generator=g)
-    t0 = time.perf_counter()
-    exact = gm.ode_solution(x_t, sigma_max, steps=400 if args.quick else 1000)
-    print(f"multidiff demo: 8-mode ring, {n} samples, exact PF-ODE solution in {time.perf_counter() - t0:.1f}s")
+    exact = gm.ode_solution(x_t, sigma_max, steps=400 if quick else 1000)
+    print(f"\nsamplers on an 8-mode Gaussian ring, {n} samples, against the exact PF-ODE solution:")
     print(f"{'sampler':<16}{'grid':<8}{'NFE':>5}{'ODE error':>12}{'mode-weight err':>17}{'sliced W1':>11}")
     results: dict[str, torch.Tensor] = {}
     for name in ("ddpm", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde"):
         spec = SM.get_sampler(name)
-        steps = (args.nfe + 1) // 2 if name == "heun" else args.nfe
+        steps = (nfe + 1) // 2 if name == "heun" else nfe
         # Exponential integrators take large steps in log-SNR well; Heun's trapezoid in sigma and the
         # stochastic samplers do better on Karras' grid (see benchmarks/README.md).
         grid_kind = "logsnr" if name in ("euler", "dpmpp_2m", "dpmpp_3m", "unipc") else "karras"
         sigmas = grids.make_grid(grid_kind, steps, sigma_min=sigma_min, sigma_max=sigma_max)
         counter = SM.NFECounter(denoiser)
-        x0 = spec.fn(counter, x_t, sigmas, generator=torch.Generator().manual_seed(args.seed))
+        x0 = spec.fn(counter, x_t, sigmas, generator=torch.Generator().manual_seed(seed))
         err = "" if spec.stochastic else f"{(x0 - exact).norm(dim=1).mean():.2e}"
         mw = (gm.mode_weights(x0) - gm.weights).abs().sum() / 2
         print(f"{name:<16}{grid_kind:<8}{counter.nfe:>5}{err:>12}{mw:>17.3f}{sliced_wasserstein(x0, truth):>11.3f}")
         results[name] = x0
-    paths = [_plot_demo(out, gm, truth, {k: results[k] for k in ("ddpm", "euler", "dpmpp_2m", "unipc")}, args.nfe)]
-    paths.append(_plot_schedules(out))
+    return [
+        _plot_demo(out, gm, truth, {k: results[k] for k in ("ddpm", "euler", "dpmpp_2m", "unipc")}, nfe),
+        _plot_schedules(out),
+    ]
+
+
+def demo_config(out: Path, steps: int, quick: bool) -> dict:
+    """The demo's run: class-conditional digits at 16x16 on a CPU (configs/image_digits.yaml, shorter)."""
+    return {
+        "modality": "image",
+        "out_dir": str(out / "digits_run"),
+        "data": {"source": "digits", "size": 16},
+        "model": {"preset": "tiny", **({"channels": 16} if quick else {})},
+        "diffusion": {"schedule": {"kind": "cosine_discrete"}, "parameterization": "v", "weighting": "snr_plus_one"},
+        "train": {
+            "steps": steps,
+            "batch_size": 64,
+            "lr": 1e-3,
+            "warmup_steps": min(100, steps // 10),
+            "lr_schedule": "cosine",
+            "ema_decay": 0.999,
+            "log_every": max(1, min(50, steps // 10)),
+            "checkpoint_every": 0,
+            "progress": not quick,
+        },
+        "sample": {"sampler": "dpmpp_2m", "steps": 5 if quick else 20, "guidance_scale": 2.0, "num_samples": 100},
+    }
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .config import resolve_config
+    from .plots import plot_loss
+    from .train import Trainer
+
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    steps = args.steps if args.steps is not None else (30 if args.quick else 1500)
+    cfg = resolve_config(demo_config(out, steps, args.quick), source="multidiff demo")
+    trainer = Trainer(cfg)
+    print(
+        f"multidiff demo: training a {sum(p.numel() for p in trainer.net.parameters()):,}-parameter 2D UNet on "
+        f"built-in handwritten digits (16x16, 10 classes) for {steps} steps on {trainer.device}"
+    )
+    result = trainer.fit()
+    print(f"trained in {result.seconds:.0f}s, final loss {result.losses[-1][1]:.4f}")
+    paths = trainer.sample_files("digits")
+    paths += cfg.adapter.save_pictures(
+        trainer.ema_denoiser, trainer.dataset, trainer.info, out, guidance_scale=cfg.run.sample.guidance_scale
+    )
+    paths.append(plot_loss(result.run_dir / "metrics.csv", out / "loss.png"))
+    paths += _mixture_demo(out, args.nfe, args.seed, args.quick)
+    print()
     for p in paths:
         print(f"wrote {p}")
+    print(f"sample more: multidiff sample {result.run_dir} --class 7 --guidance 3")
     return 0
 
 
@@ -187,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multidiff", description="Diffusion models over any kind of data.")
     p.add_argument("--version", action="version", version=f"multidiff {__import__('multidiff').__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="sample a Gaussian mixture with every sampler against the exact answer")
+    d = sub.add_parser(
+        "demo", help="train a small digits model on the CPU, sample it, and compare samplers on exact data"
+    )
     d.add_argument("--out", default="demo_out", help="folder for the pictures (default: demo_out)")
     d.add_argument("--nfe", type=int, default=10, help="network evaluations per sampler (default: 10)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--quick", action="store_true", help="fewer samples, a few seconds")
+    d.add_argument("--steps", type=int, help="training steps (default 1500; 30 with --quick)")
+    d.add_argument("--quick", action="store_true", help="a few seconds: a smaller model, few steps (a smoke test)")
     d.set_defaults(func=_cmd_demo)
     t = sub.add_parser("train", help="train the model a YAML config describes")
     t.add_argument("config", help="a YAML run config (see configs/)")

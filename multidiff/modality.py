@@ -114,6 +114,12 @@ class Modality:
         """Write generated examples ``(B, *info.shape)`` in [-1, 1] as files a user can open; return them."""
         raise NotImplementedError
 
+    def save_pictures(
+        self, denoiser: Any, dataset: Dataset, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
+    ) -> list[Path]:
+        """Pictures of the process for this kind of data (noising, trajectories); none by default."""
+        return []
+
     def describe(self, data: Any) -> str:
         """One line saying what the data is, for logs."""
         return self.name

@@ -41,7 +41,7 @@ from .denoiser import Denoiser
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
 from .pipeline import build_denoiser, generate, resolve_device
 
-__all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels"]
+__all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels", "read_metrics"]
 
 
 def step_seed(seed: int, k: int) -> int:
@@ -391,6 +391,11 @@ class Trainer:
             bar.close()
         result.step, result.checkpoint, result.seconds = self.step, last_ckpt, time.perf_counter() - t0
         return result
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` or ``metrics.jsonl``."""
+    return _MetricsLog.read(Path(path))
 
 
 def _with_net(den: Denoiser, net: nn.Module) -> Denoiser:

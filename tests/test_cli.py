@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from helpers import tiny_run
+from PIL import Image
 
 from multidiff import cli
+from multidiff.checkpoint import find_checkpoint
 
 
 def test_samplers_lists_every_registered_sampler(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,10 +36,59 @@ def test_modalities_lists_installed_entry_points(capsys: pytest.CaptureFixture[s
 def test_demo_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "dpmpp_2m" in out and "ODE error" in out
-    for name in ("ring_samples.png", "schedules.png"):
-        data = (tmp_path / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert "dpmpp_2m" in out and "ODE error" in out and "handwritten digits" in out
+    for name in (
+        "ring_samples.png",
+        "schedules.png",
+        "loss.png",
+        "noising.png",
+        "trajectory.png",
+        "digits_run/samples/digits.png",
+    ):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "PNG" and min(im.size) >= 64
+    assert find_checkpoint(tmp_path / "digits_run").step == 30
+
+
+def test_train_then_sample_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run")))
+    assert cli.main(["train", str(cfg), "--set", "train.steps=3"]) == 0
+    assert "done: step 3" in capsys.readouterr().out
+    assert cli.main(["train", str(cfg), "--set", "train.steps=5", "--resume"]) == 0
+    assert "steps 3 -> 5" in capsys.readouterr().out
+    out = tmp_path / "seven.png"
+    args = ["sample", str(tmp_path / "run"), "--class", "7", "--guidance", "2", "-n", "4", "--steps", "2"]
+    assert cli.main([*args, "--sampler", "euler", "--out", str(out)]) == 0
+    with Image.open(out) as im:
+        assert im.format == "PNG"
+    assert "step 5" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "CFG", "--set", "train.stepz=3"], "train.stepz: unknown key"),
+        (["train", "CFG", "--set", "train.steps=many"], "train.steps: Input should be a valid integer"),
+        (["train", "CFG", "--set", "data.source=folder", "--set", "data.path=/no/such/folder"], "/no/such/folder"),
+        (["sample", "/no/such/run"], "does not exist"),
+        (["sample", "RUN", "--class", "eleven"], "--class must be a class index"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", train={"steps": 1})))
+    if "RUN" in argv:
+        assert cli.main(["train", str(cfg)]) == 0
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    argv = [str(cfg) if a == "CFG" else str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
 
 
 def test_bad_arguments_exit_with_usage_error() -> None:

@@ -190,5 +190,18 @@ class ImageModality(Modality):
         p = Path(path)
         return [save_grid(x, p if p.suffix == ".png" else p.with_suffix(".png"), nrow=nrow)]
 
+    def save_pictures(  # type: ignore[override]
+        self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
+    ) -> list[Path]:
+        """A forward-noising strip of four training images and a denoising-trajectory strip."""
+        from .pictures import noising_strip, trajectory_strip
+
+        x0 = torch.stack([dataset[i][0] for i in range(min(4, len(dataset)))])
+        out = Path(out_dir)
+        return [
+            noising_strip(x0, denoiser.schedule, out / "noising.png"),
+            trajectory_strip(denoiser, info, out / "trajectory.png", guidance_scale=guidance_scale),
+        ]
+
     def describe(self, data: ImageDataConfig) -> str:  # type: ignore[override]
         return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"

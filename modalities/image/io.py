@@ -75,8 +75,8 @@ def save_png(img: Tensor, path: str | Path, scale: int = 1) -> Path:
 
 
 def save_grid(x: Tensor, path: str | Path, nrow: int | None = None, scale: int | None = None) -> Path:
-    """Write a batch as one PNG grid; small images are upscaled so the grid is at least ~256 pixels."""
+    """Write a batch as one PNG grid; small images are upscaled so the grid is at least ~384 pixels wide."""
     grid = make_grid(x, nrow)
     if scale is None:
-        scale = max(1, 256 // max(grid.shape[-2:]))
+        scale = max(1, 384 // grid.shape[-1])
     return save_png(grid, path, scale)
