@@ -101,6 +101,7 @@ class TrainConfig(StrictModel):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     device: str = "auto"
+    threads: int | None = Field(None, ge=1)
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)

@@ -158,6 +158,8 @@ class Trainer:
         self.run_dir = Path(cfg.run.out_dir)
         self.device = resolve_device(t.device)
         self.adapter = cfg.adapter
+        if t.threads is not None:  # CPU intra-op threads; fewer than cores helps when the machine is shared
+            torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
         self.dataset, self.info = self.adapter.build_dataset(cfg.data)
         if len(self.dataset) < t.batch_size:
