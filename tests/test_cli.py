@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import tiny_run
+from helpers import tiny_run, write_images
 from PIL import Image
 
 from multidiff import cli
@@ -71,6 +71,9 @@ def test_train_then_sample_from_the_command_line(tmp_path: Path, capsys: pytest.
         (["train", "CFG", "--set", "train.stepz=3"], "train.stepz: unknown key"),
         (["train", "CFG", "--set", "train.steps=many"], "train.steps: Input should be a valid integer"),
         (["train", "CFG", "--set", "data.source=folder", "--set", "data.path=/no/such/folder"], "/no/such/folder"),
+        (["train", "CFG", "--set", "data.source=folder", "--set", "data.path=IMGS"], "cannot read image"),
+        (["train", "CFG", "--set", "model.channels=16", "--set", "train.init_from=RUN"], "made for another model"),
+        (["train", "CFG", "--set", "model.channels=16", "--resume"], "made for another model"),
         (["sample", "/no/such/run"], "does not exist"),
         (["sample", "RUN", "--class", "eleven"], "--class must be a class index"),
     ],
@@ -80,15 +83,22 @@ def test_bad_input_exits_2_with_one_clear_line(
 ) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", train={"steps": 1})))
-    if "RUN" in argv:
+    if "RUN" in " ".join(argv) or "--resume" in argv:
         assert cli.main(["train", str(cfg)]) == 0
-    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    argv = [str(cfg) if a == "CFG" else str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    write_images(tmp_path / "imgs", {"a": 2, "b": 1})
+    (tmp_path / "imgs" / "b" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    before = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    subs = {"CFG": str(cfg), "RUN": str(tmp_path / "run"), "IMGS": str(tmp_path / "imgs")}
+    argv = [
+        subs.get(a, a) if "=" not in a else a.split("=")[0] + "=" + subs.get(a.split("=")[1], a.split("=")[1])
+        for a in argv
+    ]
     capsys.readouterr()
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
-    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+    after = {p.relative_to(tmp_path): p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
 
 
 def test_bad_arguments_exit_with_usage_error() -> None:

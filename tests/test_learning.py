@@ -29,9 +29,22 @@ def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
             "out_dir": str(tmp_path / "run"),
             "data": {"source": "digits", "size": 8},
             "model": {"channels": 32, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4]},
-            "diffusion": {"schedule": {"kind": "cosine_discrete"}, "parameterization": "v", "weighting": "snr_plus_one"},
-            "train": {"steps": 800, "batch_size": 64, "lr": 1e-3, "warmup_steps": 50, "lr_schedule": "cosine",
-                      "ema_decay": 0.999, "log_every": 100, "checkpoint_every": 0, "progress": False},
+            "diffusion": {
+                "schedule": {"kind": "cosine_discrete"},
+                "parameterization": "v",
+                "weighting": "snr_plus_one",
+            },
+            "train": {
+                "steps": 800,
+                "batch_size": 64,
+                "lr": 1e-3,
+                "warmup_steps": 50,
+                "lr_schedule": "cosine",
+                "ema_decay": 0.999,
+                "log_every": 100,
+                "checkpoint_every": 0,
+                "progress": False,
+            },
             "sample": {"sampler": "dpmpp_2m", "steps": 15},
         }
     )

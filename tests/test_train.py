@@ -181,3 +181,15 @@ def test_batch_larger_than_data_fails_clearly(tmp_path: Path) -> None:
     d = tiny_run(tmp_path / "r", data={"source": "digits", "size": 8, "limit": 8})
     with pytest.raises(ValueError, match="batch_size=16 is larger than the data set"):
         Trainer(C.resolve_config(d))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_paths_train(tmp_path: Path, precision: str) -> None:
+    """The autocast (and, for fp16, grad-scaler) path runs wherever it is asked for; on a GPU it is
+    the fast path, on a CPU it at least trains to finite weights in float32 master copies."""
+    d = tiny_run(tmp_path / "r", train={"precision": precision, "steps": 3})
+    tr = _train(d)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in tr.net.parameters())
+    rows = _MetricsLog.read(tmp_path / "r" / "metrics.csv")
+    assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
+    assert tr.scaler.is_enabled() == (precision == "fp16")
