@@ -1,0 +1,356 @@
+"""Throughput benchmark: multidiff's image UNet against diffusers' ``UNet2DModel``, side by side.
+
+Run from the repository root::
+
+    PYTHONPATH=. python benchmarks/throughput.py                 # full run (a few minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --quick         # smoke run (under a minute on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --device cuda --compile --out results.md
+
+Models
+    Both are the DDPM CIFAR-10 layout (Ho et al. 2020, appendix B) at half its width, so that a run
+    fits on a small CPU: four levels of width ``64 * (1, 2, 2, 2)``, two residual blocks per level
+    on the way down (three up), self-attention at level 1 only (16x16 for 32x32 inputs) and in the
+    middle block, heads of 64 channels, GroupNorm(32), 3x3 convolutions, strided-convolution
+    downsampling and nearest-neighbour + convolution upsampling. Both condition their residual
+    blocks by scale-shift (multidiff always does; diffusers' ``resnet_time_scale_shift='scale_shift'``),
+    so the two networks are the same function class and their parameter counts match (printed).
+    multidiff: ``UNet(2, 3, channels=64, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
+    attention_levels=(1,), head_channels=64)``, called as ``net(x, t)``. diffusers:
+    ``UNet2DModel(block_out_channels=(64, 128, 128, 128), layers_per_block=2,
+    down_block_types=(Down, AttnDown, Down, Down), attention_head_dim=64, ...)``, called as
+    ``model(x, t).sample``. Both get the same input ``x`` (3 channels) and the same timesteps ``t``,
+    floats drawn from 0..999.
+
+Metrics, per model and image size (float32)
+    train/s     training samples per second: ``zero_grad``, forward, MSE loss against a fixed random
+                target, backward and an ``AdamW`` step (default hyper-parameters), at the training batch.
+    sample/s    sampling samples per second: one forward under ``torch.inference_mode`` at the
+                sampling batch (a sampler's network evaluation; the sampler's own cost is not included).
+    params      number of parameters.
+    GFLOP       floating-point operations of one forward per sample, counted by
+                ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention,
+                2 per multiply-add; normalisations and element-wise operations are not counted).
+    peak MiB    the most memory allocated during one training step (or one sampling forward)
+                above what was allocated before it, so the model, its optimizer state and the
+                inputs are excluded and the gradients included. On CUDA from
+                ``torch.cuda.max_memory_allocated``; on CPU from the allocation events of
+                ``torch.profiler`` (``profile_memory=True``), i.e. the bytes of live tensors as
+                torch's CPU allocator reports them, not the process's RSS.
+
+How the time is taken
+    The two models alternate (A B A B ...): each repetition times one model and then the other, so
+    slow phases of a shared machine hit both; a repetition is as many calls as needed to last at
+    least ``--min-rep-s`` (on a 2-core CPU, one call). Warm-up calls come first and are not
+    counted. A throughput is the median over repetitions; a ratio ours/theirs is the median of the
+    per-repetition ratios, with their range. ``--compile`` wraps both models in ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from multidiff.nn import UNet
+
+CHANNELS = 64
+CHANNEL_MULT = (1, 2, 2, 2)
+NUM_RES_BLOCKS = 2
+ATTENTION_LEVEL = 1
+HEAD_CHANNELS = 64
+IN_CHANNELS = 3
+
+Forward = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass
+class Contender:
+    """One model under test: its module, how to call it and the optimizer of its training step."""
+
+    name: str
+    module: nn.Module
+    forward: Forward
+    optimizer: torch.optim.Optimizer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.module.parameters())
+
+
+@dataclass
+class Result:
+    """Measurements of one model at one image size."""
+
+    params: int
+    gflop: float
+    train_per_s: list[float] = field(default_factory=list)
+    sample_per_s: list[float] = field(default_factory=list)
+    train_peak: float = math.nan
+    sample_peak: float = math.nan
+
+
+def build_ours() -> nn.Module:
+    return UNet(
+        2,
+        IN_CHANNELS,
+        channels=CHANNELS,
+        channel_mult=CHANNEL_MULT,
+        num_res_blocks=NUM_RES_BLOCKS,
+        attention_levels=(ATTENTION_LEVEL,),
+        head_channels=HEAD_CHANNELS,
+        dropout=0.0,
+        num_classes=0,
+    )
+
+
+def build_theirs(size: int) -> nn.Module:
+    from diffusers import UNet2DModel
+
+    levels = len(CHANNEL_MULT)
+    down = ["AttnDownBlock2D" if lvl == ATTENTION_LEVEL else "DownBlock2D" for lvl in range(levels)]
+    up = ["AttnUpBlock2D" if lvl == ATTENTION_LEVEL else "UpBlock2D" for lvl in reversed(range(levels))]
+    return UNet2DModel(
+        sample_size=size,
+        in_channels=IN_CHANNELS,
+        out_channels=IN_CHANNELS,
+        block_out_channels=tuple(CHANNELS * m for m in CHANNEL_MULT),
+        layers_per_block=NUM_RES_BLOCKS,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        attention_head_dim=HEAD_CHANNELS,
+        resnet_time_scale_shift="scale_shift",
+        dropout=0.0,
+    )
+
+
+def contenders(size: int, device: torch.device, compile_: bool) -> list[Contender]:
+    """Both models on ``device``, from the same seed, optionally compiled."""
+    torch.manual_seed(0)
+    ours = build_ours().to(device)
+    theirs = build_theirs(size).to(device)
+    pairs: list[tuple[str, nn.Module, Forward]] = [
+        ("multidiff", ours, lambda x, t: ours(x, t)),
+        ("diffusers", theirs, lambda x, t: theirs(x, t).sample),
+    ]
+    out = []
+    for name, module, forward in pairs:
+        if compile_:
+            forward = torch.compile(forward)
+        out.append(Contender(name, module, forward))
+    return out
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def synchronize(device: torch.device) -> None:
+    backend = getattr(torch, device.type, None)
+    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
+        backend.synchronize()
+
+
+def make_inputs(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, timesteps, target)``: the same for every model."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, IN_CHANNELS, size, size, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g).float()
+    target = torch.randn(batch, IN_CHANNELS, size, size, generator=g)
+    return x.to(device), t.to(device), target.to(device)
+
+
+def train_step(c: Contender, x: Tensor, t: Tensor, target: Tensor) -> None:
+    c.optimizer.zero_grad(set_to_none=True)
+    loss = F.mse_loss(c.forward(x, t), target)
+    loss.backward()
+    c.optimizer.step()
+
+
+def sample_step(c: Contender, x: Tensor, t: Tensor) -> None:
+    with torch.inference_mode():
+        c.forward(x, t)
+
+
+def flops_per_sample(c: Contender, x: Tensor, t: Tensor) -> float:
+    """FLOPs of one forward, per sample (eager module, not the compiled wrapper)."""
+    module = c.module
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = module(x, t)
+        del out
+    return counter.get_total_flops() / x.shape[0]
+
+
+def peak_bytes(fn: Callable[[], None], device: torch.device) -> float:
+    """Most bytes allocated during ``fn()`` above what was allocated when it started."""
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return float(torch.cuda.max_memory_allocated(device) - base)
+    if device.type != "cpu":
+        return math.nan
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        if e.device_type() == torch.autograd.DeviceType.CPU:
+            live += e.nbytes()
+            peak = max(peak, live)
+    return float(peak)
+
+
+def interleaved_rates(
+    fns: list[Callable[[], None]],
+    batch: int,
+    device: torch.device,
+    *,
+    warmup: int,
+    reps: int,
+    min_rep_s: float,
+) -> list[list[float]]:
+    """Samples/s of each ``fn`` (one call processes ``batch`` samples) per repetition, A B A B ..."""
+
+    def timed(fn: Callable[[], None], calls: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        synchronize(device)
+        return time.perf_counter() - start
+
+    per_call = [math.inf] * len(fns)
+    for _ in range(warmup):
+        for i, fn in enumerate(fns):
+            per_call[i] = timed(fn, 1)
+    calls = [max(1, math.ceil(min_rep_s / s)) for s in per_call]
+    rates: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for i, fn in enumerate(fns):
+            rates[i].append(calls[i] * batch / timed(fn, calls[i]))
+    return rates
+
+
+def batches(size: int, args: argparse.Namespace) -> tuple[int, int]:
+    """(training batch, sampling batch): 32 and 64 at 16x16, 16 and 32 at 32x32, ``512 / size`` in general."""
+    train = args.train_batch or max(1, 512 // size)
+    return train, args.sample_batch or 2 * train
+
+
+def measure_size(size: int, args: argparse.Namespace, device: torch.device) -> dict[str, Result]:
+    models = contenders(size, device, args.compile)
+    train_b, sample_b = batches(size, args)
+    xt, tt, target = make_inputs(train_b, size, device)
+    xs, ts, _ = make_inputs(sample_b, size, device, seed=1)
+    results = {
+        c.name: Result(params=count_parameters(c.module), gflop=flops_per_sample(c, xs[:1], ts[:1]) / 1e9)
+        for c in models
+    }
+    timing = {"warmup": args.warmup, "reps": args.reps, "min_rep_s": args.min_rep_s}
+    train = interleaved_rates([lambda c=c: train_step(c, xt, tt, target) for c in models], train_b, device, **timing)
+    sample = interleaved_rates([lambda c=c: sample_step(c, xs, ts) for c in models], sample_b, device, **timing)
+    for c, tr, sa in zip(models, train, sample):
+        r = results[c.name]
+        r.train_per_s, r.sample_per_s = tr, sa
+        c.optimizer.zero_grad(set_to_none=True)
+        r.train_peak = peak_bytes(lambda c=c: train_step(c, xt, tt, target), device) / 2**20
+        r.sample_peak = peak_bytes(lambda c=c: sample_step(c, xs, ts), device) / 2**20
+    return results
+
+
+def ratio_cell(ours: list[float], theirs: list[float]) -> str:
+    """Median of the per-repetition ratios, with their range."""
+    ratios = [a / b for a, b in zip(ours, theirs)]
+    return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
+def tables(results: dict[int, dict[str, Result]], args: argparse.Namespace, device: torch.device) -> str:
+    peak_kind = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
+    lines = [
+        "| model | size | batch (train / sample) | params | GFLOP/sample (fwd) | train samples/s | sample samples/s "
+        "| train peak MiB | sample peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for size, by_model in results.items():
+        train_b, sample_b = batches(size, args)
+        for name, r in by_model.items():
+            lines.append(
+                f"| {name} | {size}x{size} | {train_b} / {sample_b} | {r.params:,} | {r.gflop:.3f} "
+                f"| {statistics.median(r.train_per_s):.1f} | {statistics.median(r.sample_per_s):.1f} "
+                f"| {r.train_peak:.0f} | {r.sample_peak:.0f} |"
+            )
+    lines += ["", "| size | train ours/theirs | sample ours/theirs |", "|---|---|---|"]
+    for size, by_model in results.items():
+        ours, theirs = by_model["multidiff"], by_model["diffusers"]
+        lines.append(
+            f"| {size}x{size} | {ratio_cell(ours.train_per_s, theirs.train_per_s)} "
+            f"| {ratio_cell(ours.sample_per_s, theirs.sample_per_s)} |"
+        )
+    lines += [
+        "",
+        f"Batch column: training / sampling batch. Peak memory: {peak_kind}, above what was allocated "
+        f"before the step. Ratios: median of {args.reps} interleaved repetitions (range in brackets).",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="square image sizes (default 16 32)")
+    p.add_argument("--quick", action="store_true", help="1 warm-up call and 3 repetitions (under a minute on 2 cores)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 15, quick 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model (default 2, quick 1)")
+    p.add_argument("--min-rep-s", type=float, default=None, help="least seconds per repetition (default 0.5)")
+    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 512 / size)")
+    p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default twice the training one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 2)")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--out", default=None, help="also write the markdown tables to this file")
+    args = p.parse_args(argv)
+    args.reps = args.reps or (3 if args.quick else 15)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    args.min_rep_s = args.min_rep_s if args.min_rep_s is not None else (0.2 if args.quick else 0.5)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads or 2)
+    import diffusers
+
+    print(
+        f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "
+        f"device {device}, threads {torch.get_num_threads()}, compile {args.compile}",
+        file=sys.stderr,
+    )
+    start = time.perf_counter()
+    results: dict[int, dict[str, Result]] = {}
+    for size in args.sizes:
+        results[size] = measure_size(size, args, device)
+        params = {name: r.params for name, r in results[size].items()}
+        print(f"{size}x{size} done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
+    text = tables(results, args, device)
+    print(text)
+    print(f"\nTotal time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
