@@ -20,8 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from multidiff.config import load_config
 from multidiff.evaluate import score_conditional, split_holdout
 from multidiff.metrics import cached_classifier, class_accuracy, extract_features, frechet_distance_features
@@ -31,7 +29,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def train(config: str, run: Path, overrides: list[str]) -> float:
-    cmd = [sys.executable, "-m", "multidiff.cli", "train", config, "--out-dir", str(run), "--set", "train.progress=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "multidiff.cli",
+        "train",
+        config,
+        "--out-dir",
+        str(run),
+        "--set",
+        "train.progress=false",
+    ]
     for o in overrides:
         cmd += ["--set", o]
     print("$", " ".join(cmd), flush=True)
@@ -52,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--grid", default=str(ROOT / "docs" / "images" / "digits_samples.png"))
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"))
     p.add_argument("--out", help="also write the markdown table here")
+    p.add_argument("--inception-weights", help="torchvision inception_v3 state dict: also report standard FID")
     args = p.parse_args(argv)
     run = Path(args.run)
 
@@ -61,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     x, y = ds.x, ds.labels
     tr, ho = split_holdout(len(x), 0.2, seed=0)
     t0 = time.perf_counter()
-    clf = cached_classifier(x[tr], y[tr], cache_dir=args.cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}")
+    clf = cached_classifier(
+        x[tr], y[tr], cache_dir=args.cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}"
+    )
     clf_s = time.perf_counter() - t0
     clf_acc = class_accuracy(clf, x[ho], y[ho])
     floor = frechet_distance_features(extract_features(clf, x[tr]), extract_features(clf, x[ho]))
@@ -69,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(str(run))
     rows = []
     for scale in [float(s) for s in args.scales.split(",")]:
-        sc = score_conditional(pipe, clf, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps)
+        sc = score_conditional(
+            pipe, clf, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps
+        )
         rows.append(sc)
-        print(f"guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
-              f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)", flush=True)
+        print(
+            f"guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
+            f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)",
+            flush=True,
+        )
 
     s = pipe.config.run.sample
     grid_x, labels = pipe.generate(100, guidance_scale=s.guidance_scale, seed=0)
@@ -87,8 +103,19 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| guidance scale | class accuracy | worst class | Fréchet (classifier features) | samples |",
         "|---:|---:|---:|---:|---:|",
-        *[f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |" for r in rows],
+        *[
+            f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |"
+            for r in rows
+        ],
     ]
+    if args.inception_weights:
+        from modalities.image.fid import fid, inception_network
+
+        net = inception_network(args.inception_weights)
+        x_fid, _ = pipe.generate(len(ho), guidance_scale=s.guidance_scale, seed=2)
+        lines.append(
+            f"\nFID (Inception-v3 pool features, {len(ho)} samples vs held-out real): {fid(x_fid, x[ho], net):.2f}"
+        )
     table = "\n".join(lines)
     print("\n" + table)
     print(f"\nwrote {grid}")

@@ -154,7 +154,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps if args.steps is not None else (30 if args.quick else 1500)
+    steps = args.steps if args.steps is not None else (30 if args.quick else 600)
     cfg = resolve_config(demo_config(out, steps, args.quick), source="multidiff demo")
     trainer = Trainer(cfg)
     print(
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="folder for the pictures (default: demo_out)")
     d.add_argument("--nfe", type=int, default=10, help="network evaluations per sampler (default: 10)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, help="training steps (default 1500; 30 with --quick)")
+    d.add_argument("--steps", type=int, help="training steps (default 600; 30 with --quick)")
     d.add_argument("--quick", action="store_true", help="a few seconds: a smaller model, few steps (a smoke test)")
     d.set_defaults(func=_cmd_demo)
     t = sub.add_parser("train", help="train the model a YAML config describes")

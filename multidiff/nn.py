@@ -272,6 +272,8 @@ class UNet(nn.Module):
             group_norm(c, groups), nn.SiLU(), zero_(conv_nd(dims, c, self.out_channels, 3, padding=1))
         )
 
+    cpu_channels_last: bool = True
+
     def _embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
         emb = self.noise_embed(c_noise.reshape(-1).expand(batch))
         if self.class_embed is not None:
@@ -295,7 +297,7 @@ class UNet(nn.Module):
             # F.pad lists axes last-first, (left, right) each; pad at the end of every axis.
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
         emb = self._embed(c_noise, class_labels, x.shape[0])
-        if self.dims == 2 and x.device.type == "cpu":
+        if self.cpu_channels_last and self.dims == 2 and x.device.type == "cpu":
             # oneDNN runs 2-D convolutions on channels-last (NHWC) activations without reordering
             # them: about 10% faster sampling on CPU. Every later layer keeps the layout. Not on
             # CUDA, whose GroupNorm would copy the activations back to NCHW at every call.

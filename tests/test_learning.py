@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from multidiff.config import resolve_config
 from multidiff.evaluate import score_conditional, split_holdout
@@ -21,8 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
-    """800 steps at 8x8 (native digits resolution): guided samples must be recognised as the class
-    asked for far above chance (10%), and guidance must help."""
+    """800 steps at 8x8 (the digits' native resolution): guided samples must be recognised as the
+    class asked for far above chance (10%); the full 16x16 run must reach 90% (benchmarks/quality.py)."""
     cfg = resolve_config(
         {
             "modality": "image",
@@ -56,8 +55,9 @@ def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
     result = Trainer(cfg).fit()
     assert result.losses[-1][1] < 0.5 * result.losses[0][1]
     pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
-    plain = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=1.0)
-    guided = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=3.0)
-    assert guided.accuracy > 0.6, guided
-    assert guided.accuracy >= plain.accuracy - 0.05
-    assert torch.isfinite(torch.tensor(guided.frechet))
+    guided = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=2.0)
+    assert guided.accuracy > 0.75, guided
+    assert min(guided.per_class) > 0.3, guided  # no digit is missing
+    # Samples are closer to real digits than noise is, in the judge's feature space.
+    noise = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=2.0, steps=1)
+    assert guided.frechet < noise.frechet
