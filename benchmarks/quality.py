@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--scales", default="1,2,3", help="guidance scales to score")
     p.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
-    p.add_argument("--grid", default=str(ROOT / "docs" / "images" / "digits_samples.png"))
+    p.add_argument("--grid", default=str(ROOT / "docs" / "demo" / "digits_quality.png"))
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"))
     p.add_argument("--out", help="also write the markdown table here")
     p.add_argument("--inception-weights", help="torchvision inception_v3 state dict: also report standard FID")
