@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,13 @@ def test_mixed_precision_paths_train(tmp_path: Path, precision: str) -> None:
     rows = _MetricsLog.read(tmp_path / "r" / "metrics.csv")
     assert len(rows) == 3 and all(r["loss"] == r["loss"] for r in rows)
     assert tr.scaler.is_enabled() == (precision == "fp16")
+
+
+def test_jsonl_metrics_and_resolved_config_beside_the_run(tmp_path: Path) -> None:
+    d = tiny_run(tmp_path / "r", train={"metrics_format": "jsonl", "steps": 2})
+    _train(d)
+    rows = _MetricsLog.read(tmp_path / "r" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["samples_per_s"] > 0 for r in rows)
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved == find_checkpoint(tmp_path / "r").config
+    assert saved["model"]["preset"] == "tiny" and saved["diffusion"]["weighting"] == "uniform"  # defaults filled in
