@@ -8,6 +8,7 @@ images, waveforms or voxel grids.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,8 +81,11 @@ class TensorDataset(Dataset):
         return self.x[i], self.labels[i]
 
 
-class Modality:
+class Modality(ABC):
     """The adapter interface; subclass it and register the class under ``multidiff.modalities``.
+
+    A subclass must implement :meth:`build_dataset`, :meth:`build_network` and
+    :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures` and :meth:`describe` have defaults.
 
     Class attributes:
         name: the modality's name in configs (``modality: image``).
@@ -93,26 +97,26 @@ class Modality:
     ModelConfig: ClassVar[type[StrictModel]] = StrictModel
     DataConfig: ClassVar[type[StrictModel]] = StrictModel
 
+    @abstractmethod
     def build_dataset(self, data: Any) -> tuple[Dataset, DataInfo]:
         """The training set for a validated ``data`` section; items are ``(x, label)``, label -1 if none.
 
         Must raise ``ValueError`` naming the path for a missing folder or an unreadable file.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     def build_network(
         self, model: Any, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
     ) -> nn.Module:
         """The network ``net(x, c_noise, class_labels=None)`` for examples of ``info.shape``."""
-        raise NotImplementedError
 
     def augment(self, x: Tensor, data: Any, generator: torch.Generator) -> Tensor:
         """Random augmentation of a training batch (in the training process, from ``generator``)."""
         return x
 
+    @abstractmethod
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """Write generated examples ``(B, *info.shape)`` in [-1, 1] as files a user can open; return them."""
-        raise NotImplementedError
 
     def save_pictures(
         self, denoiser: Any, dataset: Dataset, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
