@@ -1,28 +1,36 @@
-"""Sample quality of a full training run, measured by a classifier trained independently of it.
+"""Sample quality of full training runs, judged by something independent of the model.
 
-    python benchmarks/quality.py                                  # configs/image_digits.yaml, end to end
-    python benchmarks/quality.py --skip-train --run runs/quality_digits   # re-score an existing run
+    python benchmarks/quality.py                 # image and audio configs, end to end
+    python benchmarks/quality.py image           # configs/image_digits.yaml only
+    python benchmarks/quality.py audio --skip-train --run runs/quality_tones   # re-score a run
+
+For each suite:
 
 1. Runs ``multidiff train CONFIG`` exactly as a user would (a subprocess, timed wall clock).
-2. Trains a :class:`~multidiff.metrics.FeatureClassifier` on 80% of the same real data (cached),
-   and reports its accuracy on the held-out 20%: the ceiling for what samples can score.
+2. Builds a judge that does not depend on the model. Images: a
+   :class:`~multidiff.metrics.FeatureClassifier` trained on 80% of the real data (cached), whose
+   held-out accuracy is the ceiling. Tones: the fundamental frequency from the harmonic product
+   spectrum, and log-mel statistics as features.
 3. Draws ``--per-class`` samples of every class at each guidance scale and reports the fraction
-   recognised as the class asked for, the worst class, and the Fréchet distance of the
-   classifier's features to the held-out real data (beside real-train vs real-holdout, the floor).
-4. Writes the sample grid (one digit per column) for the README.
+   judged to be the class asked for, the worst class, and the Fréchet distance of the judge's
+   features to held-out real data (beside real-train vs real-holdout, the floor).
+4. Writes the samples (a PNG grid; WAVs and a spectrogram grid) and copies the picture to docs/demo/.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from multidiff.config import load_config
-from multidiff.evaluate import score_conditional, split_holdout
-from multidiff.metrics import cached_classifier, class_accuracy, extract_features, frechet_distance_features
+from multidiff.evaluate import Judge, classifier_judge, score_conditional, split_holdout
+from multidiff.metrics import cached_classifier, class_accuracy, frechet_distance_features
 from multidiff.pipeline import load_pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,80 +56,107 @@ def train(config: str, run: Path, overrides: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+SUITES = {
+    "image": ("image_digits.yaml", "quality_digits", "digits_quality.png"),
+    "audio": ("audio_tones.yaml", "quality_tones", "tones_quality.png"),
+}
+
+
+def image_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: torch.Tensor, cache: str) -> tuple[Judge, str]:
+    """A classifier trained on 80% of the real images; its held-out accuracy is the ceiling."""
+    t0 = time.perf_counter()
+    clf = cached_classifier(x[tr], y[tr], cache_dir=cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}")
+    acc = class_accuracy(clf, x[ho], y[ho])
+    return classifier_judge(clf), (
+        f"Judge: a classifier trained on 80% of the real data, {acc:.3f} accurate on the held-out 20% "
+        f"({time.perf_counter() - t0:.0f} s to train or load)."
+    )
+
+
+def audio_judge(info, x: torch.Tensor, y: torch.Tensor, ho: torch.Tensor) -> tuple[Judge, str]:
+    """The fundamental frequency (harmonic product spectrum) and log-mel statistics: no training at all."""
+    from modalities.audio.metrics import estimate_f0, mel_features, pitch_classes
+
+    sr, pitches = int(info.extra["sample_rate"]), list(info.extra["pitches_hz"])
+    judge = Judge(lambda v: pitch_classes(estimate_f0(v, sr), pitches), lambda v: mel_features(v, sr))
+    acc = float((judge.classify(x[ho]) == y[ho]).float().mean())
+    return judge, f"Judge: the pitch estimated by the harmonic product spectrum ({acc:.3f} right on held-out real clips); Fréchet on log-mel statistics."
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(ROOT / "configs" / "image_digits.yaml"))
+    p.add_argument("suite", nargs="?", choices=[*SUITES, "all"], default="all", help="which modality's config (default: all)")
+    p.add_argument("--config", help="another config of the suite's modality")
     p.add_argument("--set", action="append", default=[], help="config overrides for the training run")
-    p.add_argument("--run", default=str(ROOT / "runs" / "quality_digits"), help="run folder")
+    p.add_argument("--run", help="run folder (default runs/quality_<data>)")
     p.add_argument("--skip-train", action="store_true", help="score the newest checkpoint in --run")
     p.add_argument("--per-class", type=int, default=100)
     p.add_argument("--scales", default="1,2,3", help="guidance scales to score")
     p.add_argument("--steps", type=int, help="sampler steps (default: the config's)")
-    p.add_argument("--grid", default=str(ROOT / "docs" / "demo" / "digits_quality.png"))
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"))
-    p.add_argument("--out", help="also write the markdown table here")
-    p.add_argument("--inception-weights", help="torchvision inception_v3 state dict: also report standard FID")
+    p.add_argument("--out", help="also write the markdown tables here")
+    p.add_argument("--inception-weights", help="torchvision inception_v3 state dict: also report standard FID (images)")
     args = p.parse_args(argv)
-    run = Path(args.run)
+    tables = []
+    for suite in SUITES if args.suite == "all" else [args.suite]:
+        tables.append(run_suite(suite, args))
+    if args.out:
+        Path(args.out).write_text("\n\n".join(tables) + "\n")
+    return 0
 
-    train_s = None if args.skip_train else train(args.config, run, args.set)
-    cfg = load_config(args.config, args.set)
+
+def run_suite(suite: str, args: argparse.Namespace) -> str:
+    config_name, run_name, picture = SUITES[suite]
+    config = args.config or str(ROOT / "configs" / config_name)
+    run = Path(args.run or ROOT / "runs" / run_name)
+    train_s = None if args.skip_train else train(config, run, args.set)
+    cfg = load_config(config, args.set)
     ds, info = cfg.adapter.build_dataset(cfg.data)
     x, y = ds.x, ds.labels
     tr, ho = split_holdout(len(x), 0.2, seed=0)
-    t0 = time.perf_counter()
-    clf = cached_classifier(
-        x[tr], y[tr], cache_dir=args.cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}"
-    )
-    clf_s = time.perf_counter() - t0
-    clf_acc = class_accuracy(clf, x[ho], y[ho])
-    floor = frechet_distance_features(extract_features(clf, x[tr]), extract_features(clf, x[ho]))
+    if suite == "image":
+        judge, judge_line = image_judge(cfg, x, y, tr, ho, args.cache)
+    else:
+        judge, judge_line = audio_judge(info, x, y, ho)
+    floor = frechet_distance_features(judge.features(x[tr]), judge.features(x[ho]))
 
     pipe = load_pipeline(str(run))
     rows = []
     for scale in [float(s) for s in args.scales.split(",")]:
-        sc = score_conditional(
-            pipe, clf, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps
-        )
+        sc = score_conditional(pipe, judge, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps)
         rows.append(sc)
-        print(
-            f"guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
-            f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)",
-            flush=True,
-        )
+        print(f"{suite} guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
+              f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)", flush=True)
 
     s = pipe.config.run.sample
-    grid_x, labels = pipe.generate(100, guidance_scale=s.guidance_scale, seed=0)
-    grid = pipe.adapter.save_samples(grid_x, Path(args.grid), pipe.info, labels=labels)[0]
+    n_show = 100 if suite == "image" else 2 * pipe.info.num_classes
+    shown, labels = pipe.generate(n_show, guidance_scale=s.guidance_scale, seed=0)
+    written = pipe.adapter.save_samples(shown, ROOT / "runs" / f"{run_name}_samples", pipe.info, labels=labels)
+    pic = next(p for p in written if p.suffix == ".png")
+    (ROOT / "docs" / "demo").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(pic, ROOT / "docs" / "demo" / picture)
 
     lines = [
-        f"Run: `{Path(args.config).name}` ({pipe.checkpoint.step} steps, "
-        f"{pipe.checkpoint.meta['parameters']:,} parameters), sampler {s.sampler} with {args.steps or s.steps} steps.",
-        f"Training wall clock: {train_s:.0f} s." if train_s is not None else "Training: existing run.",
-        f"Independent classifier: {clf_acc:.3f} accuracy on held-out real digits ({clf_s:.0f} s to train or load); "
-        f"Fréchet distance real-train vs real-holdout (the floor): {floor:.2f}.",
+        f"### {suite}: `{Path(config).name}`",
         "",
-        "| guidance scale | class accuracy | worst class | Fréchet (classifier features) | samples |",
+        f"{pipe.checkpoint.step} steps, {pipe.checkpoint.meta['parameters']:,} parameters, sampler {s.sampler} "
+        f"with {args.steps or s.steps} steps. "
+        + (f"`multidiff train` wall clock: {train_s:.0f} s." if train_s is not None else "Existing run."),
+        f"{judge_line} Fréchet real-train vs real-holdout (the floor): {floor:.2f}.",
+        "",
+        "| guidance scale | class accuracy | worst class | Fréchet | samples |",
         "|---:|---:|---:|---:|---:|",
-        *[
-            f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |"
-            for r in rows
-        ],
+        *[f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |" for r in rows],
     ]
-    if args.inception_weights:
+    if suite == "image" and args.inception_weights:
         from modalities.image.fid import fid, inception_network
 
         net = inception_network(args.inception_weights)
         x_fid, _ = pipe.generate(len(ho), guidance_scale=s.guidance_scale, seed=2)
-        lines.append(
-            f"\nFID (Inception-v3 pool features, {len(ho)} samples vs held-out real): {fid(x_fid, x[ho], net):.2f}"
-        )
+        lines.append(f"\nFID (Inception-v3 pool features, {len(ho)} samples vs held-out real): {fid(x_fid, x[ho], net):.2f}")
     table = "\n".join(lines)
-    print("\n" + table)
-    print(f"\nwrote {grid}")
-    if args.out:
-        Path(args.out).write_text(table + "\n")
-    return 0
+    print("\n" + table + f"\n\nwrote {pic} (copied to docs/demo/{picture})\n", flush=True)
+    return table
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
-"""Quality of a trained model under a feature classifier: class accuracy and Fréchet distance.
+"""Quality of a trained class-conditional model under a judge that does not depend on it.
 
-Works for any modality: the classifier (:class:`~multidiff.metrics.FeatureClassifier`) is
-trained on the same kind of data, independently of the diffusion model.
+A judge is two functions of a batch: ``classify(x) -> labels`` and ``features(x) -> (B, D)``.
+For images it is a :class:`~multidiff.metrics.FeatureClassifier` trained on real data
+(:func:`classifier_judge`); for synthesized tones, a pitch estimator and mel statistics. The
+scores: the fraction of samples judged to be the class asked for, and the Fréchet distance of
+their features to real data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +19,7 @@ from torch import Tensor
 from .metrics import extract_features, frechet_distance_features, predict
 from .pipeline import Pipeline
 
-__all__ = ["ConditionalScore", "score_conditional", "split_holdout"]
+__all__ = ["ConditionalScore", "Judge", "classifier_judge", "score_conditional", "split_holdout"]
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,22 @@ def split_holdout(n: int, fraction: float = 0.2, seed: int = 0) -> tuple[Tensor,
     return perm[k:], perm[:k]
 
 
+@dataclass(frozen=True)
+class Judge:
+    """``classify(x) -> (B,)`` labels and ``features(x) -> (B, D)``, both independent of the model."""
+
+    classify: Callable[[Tensor], Tensor]
+    features: Callable[[Tensor], Tensor]
+
+
+def classifier_judge(classifier: Any, batch_size: int = 256) -> Judge:
+    """A judge from a trained :class:`~multidiff.metrics.FeatureClassifier`."""
+    return Judge(lambda x: predict(classifier, x, batch_size), lambda x: extract_features(classifier, x, batch_size))
+
+
 def score_conditional(
     pipe: Pipeline,
-    classifier: Any,
+    judge: Judge,
     reference: Tensor,
     *,
     per_class: int = 50,
@@ -49,9 +66,8 @@ def score_conditional(
 ) -> ConditionalScore:
     """Draw ``per_class`` samples of every class and score them.
 
-    ``accuracy`` is the fraction the classifier assigns to the requested class; ``frechet`` the
-    Fréchet distance between the classifier's features of the samples and of ``reference``
-    (real data).
+    ``accuracy`` is the fraction the judge assigns to the requested class; ``frechet`` the
+    Fréchet distance between the judge's features of the samples and of ``reference`` (real data).
     """
     import time
 
@@ -62,8 +78,8 @@ def score_conditional(
     t0 = time.perf_counter()
     x, _ = pipe.generate(len(labels), labels=labels, guidance_scale=guidance_scale, seed=seed, **sample_kwargs)
     seconds = time.perf_counter() - t0
-    pred = predict(classifier, x)
+    pred = judge.classify(x).cpu()
     per = [float((pred[labels == c] == c).float().mean()) for c in range(k)]
-    fd = frechet_distance_features(extract_features(classifier, x), extract_features(classifier, reference))
+    fd = frechet_distance_features(judge.features(x), judge.features(reference))
     acc = float((pred == labels).float().mean())
     return ConditionalScore(guidance_scale, acc, per, fd, len(labels), seconds)

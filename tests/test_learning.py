@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from multidiff.config import resolve_config
-from multidiff.evaluate import score_conditional, split_holdout
+from multidiff.evaluate import classifier_judge, score_conditional, split_holdout
 from multidiff.metrics import class_accuracy, train_classifier
 from multidiff.pipeline import load_pipeline
 from multidiff.train import Trainer
@@ -55,9 +55,9 @@ def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
     result = Trainer(cfg).fit()
     assert result.losses[-1][1] < 0.5 * result.losses[0][1]
     pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
-    guided = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=2.0)
+    guided = score_conditional(pipe, classifier_judge(clf), ds.x[ho], per_class=30, guidance_scale=2.0)
     assert guided.accuracy > 0.75, guided
     assert min(guided.per_class) > 0.3, guided  # no digit is missing
     # Samples are closer to real digits than noise is, in the judge's feature space.
-    noise = score_conditional(pipe, clf, ds.x[ho], per_class=30, guidance_scale=2.0, steps=1)
+    noise = score_conditional(pipe, classifier_judge(clf), ds.x[ho], per_class=30, guidance_scale=2.0, steps=1)
     assert guided.frechet < noise.frechet

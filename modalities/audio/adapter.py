@@ -1,0 +1,171 @@
+"""The audio adapter: config sections, 1D UNet presets for raw waveforms, data sets, WAV output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator, model_validator
+from torch import Tensor, nn
+
+from multidiff.modality import DataInfo, Modality, StrictModel
+from multidiff.nn import UNet
+
+__all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
+
+# 1D UNet presets for raw waveforms. Every level divides the length by ``factor``; attention only
+# at the coarsest levels, where a clip is a few dozen positions long. ``tiny``: 4096-sample clips
+# on a CPU (64 positions at the last level); ``small``: 16k samples (64 at level 4); ``base``:
+# 64k samples (64 at level 5).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {"channels": 16, "channel_mult": [1, 2, 4, 4], "num_res_blocks": 1, "factor": 4, "attention_levels": [3], "dropout": 0.0},
+    "small": {"channels": 32, "channel_mult": [1, 2, 4, 4, 8], "num_res_blocks": 2, "factor": 4, "attention_levels": [3, 4], "dropout": 0.0},
+    "base": {"channels": 64, "channel_mult": [1, 2, 2, 4, 4, 8], "num_res_blocks": 2, "factor": 4, "attention_levels": [4, 5], "dropout": 0.1},
+}
+
+
+class AudioModelConfig(StrictModel):
+    """The ``model:`` section: a preset, any of whose values may be overridden."""
+
+    preset: Literal["tiny", "small", "base"] = "tiny"
+    channels: int | None = Field(None, ge=1)
+    channel_mult: list[int] | None = None
+    num_res_blocks: int | None = Field(None, ge=1)
+    factor: int | None = Field(None, ge=2)
+    attention_levels: list[int] | None = None
+    head_channels: int = Field(64, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _mult(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(m < 1 for m in v)):
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
+        return v
+
+    def resolved(self) -> dict[str, Any]:
+        out = dict(PRESETS[self.preset])
+        for k in ("channels", "channel_mult", "num_res_blocks", "factor", "attention_levels", "dropout"):
+            if getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        out["head_channels"] = self.head_channels
+        levels = len(out["channel_mult"])
+        if any(not 0 <= a < levels for a in out["attention_levels"]):
+            raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
+        return out
+
+
+class AudioDataConfig(StrictModel):
+    """The ``data:`` section.
+
+    ``source``: ``tones`` (built in: synthesized notes, the class is the pitch), ``folder``
+    (``path`` to WAV/FLAC/OGG files, classes from sub-folders) or ``sc09`` (Speech Commands
+    digits through torchaudio, in ``root``; fetched only with ``download: true``). Every clip is
+    resampled to ``sample_rate``, mixed to ``channels`` (stereo to mono by averaging), cropped or
+    zero-padded to ``length`` samples and loudness-normalised.
+    """
+
+    source: Literal["tones", "folder", "sc09"] = "tones"
+    path: str | None = None
+    root: str | None = None
+    download: bool = False
+    sample_rate: int = Field(16000, ge=1000, le=384000)
+    length: int = Field(16384, ge=64)
+    channels: Literal[1, 2] = 1
+    class_conditional: bool = True
+    crop: Literal["start", "center"] = "start"
+    normalize: Literal["rms", "peak", "none"] = "rms"
+    per_class: int = Field(200, ge=1)
+    random_polarity: bool = False
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> AudioDataConfig:
+        if self.source == "folder" and not self.path:
+            raise ValueError("source 'folder' needs data.path, the folder of audio files")
+        return self
+
+
+def build_unet1d(model: AudioModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False) -> UNet:
+    """The 1D UNet of ``model`` for clips of ``info.shape = (channels, length)``."""
+    r = model.resolved()
+    return UNet(
+        1,
+        info.shape[0],
+        channels=r["channels"],
+        channel_mult=r["channel_mult"],
+        num_res_blocks=r["num_res_blocks"],
+        attention_levels=r["attention_levels"],
+        head_channels=r["head_channels"],
+        dropout=r["dropout"],
+        num_classes=info.num_classes,
+        learned_variance=learned_variance,
+        factor=r["factor"],
+        noise_scale=noise_scale,
+    )
+
+
+class AudioModality(Modality):
+    name: ClassVar[str] = "audio"
+    ModelConfig: ClassVar[type[StrictModel]] = AudioModelConfig
+    DataConfig: ClassVar[type[StrictModel]] = AudioDataConfig
+
+    def build_dataset(self, data: AudioDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+        from . import data as D
+
+        if data.source == "tones":
+            ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)
+        elif data.source == "folder":
+            assert data.path is not None
+            ds, info = D.audio_folder(
+                data.path, data.sample_rate, data.length, data.channels, labels=data.class_conditional,
+                crop=data.crop, normalize=data.normalize, limit=data.limit,
+            )
+        else:
+            ds, info = D.sc09(data.root, download=data.download, sample_rate=data.sample_rate, length=data.length, limit=data.limit)
+        if data.limit is not None and len(ds) > data.limit:
+            ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
+        if not data.class_conditional and info.num_classes:
+            info = DataInfo(info.shape, 0, (), info.extra)
+        return ds, info
+
+    def build_network(self, model: AudioModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False) -> nn.Module:  # type: ignore[override]
+        return build_unet1d(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
+
+    def augment(self, x: Tensor, data: AudioDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+        """Random polarity (``x -> -x``, inaudible) when ``data.random_polarity`` is set."""
+        if not data.random_polarity:
+            return x
+        flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
+        return torch.where(flip[:, None, None], -x, x)
+
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+        """One WAV per clip in the folder ``path`` (named by index and class) and a spectrogram grid."""
+        from .io import save_spectrogram_grid, write_wav
+
+        sr = int(info.extra.get("sample_rate", 16000))
+        folder = Path(path)
+        folder = folder.with_suffix("") if folder.suffix else folder
+        names = [
+            f"{i:03d}" + (f"_{info.class_names[int(labels[i])]}" if labels is not None and info.class_names else "")
+            for i in range(x.shape[0])
+        ]
+        paths = [write_wav(folder / f"{n}.wav", x[i], sr) for i, n in enumerate(names)]
+        titles = [n.split("_", 1)[-1] for n in names] if labels is not None else None
+        paths.append(save_spectrogram_grid(x[:32], sr, folder / "spectrograms.png", titles=titles[:32] if titles else None))
+        return paths
+
+    def save_pictures(  # type: ignore[override]
+        self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
+    ) -> list[Path]:
+        """Spectrograms of eight training clips, to compare with the samples."""
+        from .io import save_spectrogram_grid
+
+        n = min(8, len(dataset))
+        x = torch.stack([dataset[i * (len(dataset) // n)][0] for i in range(n)])
+        return [save_spectrogram_grid(x, int(info.extra.get("sample_rate", 16000)), Path(out_dir) / "audio_real_spectrograms.png")]
+
+    def describe(self, data: AudioDataConfig) -> str:  # type: ignore[override]
+        src = data.source + (f" {data.path}" if data.path else "")
+        return f"audio from {src}, {data.length} samples at {data.sample_rate} Hz ({data.length / data.sample_rate:.2f} s)"
