@@ -1,0 +1,288 @@
+"""Audio data sets: built-in synthesized tones, any folder of audio files, SC09 spoken digits.
+
+Every loader returns a :class:`~multidiff.modality.TensorDataset` of ``(N, C, L)`` waveforms
+(decoded once, held in memory) at one sample rate and length, plus the
+:class:`~multidiff.modality.DataInfo`, whose ``extra["sample_rate"]`` says the rate.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from multidiff.modality import DataInfo, TensorDataset
+
+from .io import crop_or_pad, normalize_loudness, read_audio, resample, to_channels
+
+__all__ = ["AUDIO_SUFFIXES", "DEFAULT_ROOT", "tones", "scan_folder", "audio_folder", "sc09", "midi_to_hz", "note_name"]
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+DEFAULT_ROOT = Path(os.environ.get("MULTIDIFF_DATA", Path.home() / ".cache" / "multidiff" / "datasets"))
+
+C_MAJOR_MIDI = (60, 62, 64, 65, 67, 69, 71, 72)  # C4 D4 E4 F4 G4 A4 B4 C5
+_NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
+_DETUNE = 0.005  # at most +-0.5% (8.6 cents)
+_MAX_HARMONICS = 16
+SC09_DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def midi_to_hz(note: float) -> float:
+    """Equal temperament with A4 (MIDI 69) at 440 Hz (ISO 16): ``440 * 2**((note - 69) / 12)``."""
+    return 440.0 * 2.0 ** ((note - 69) / 12)
+
+
+def note_name(hz: float) -> str:
+    """Scientific pitch notation of the nearest equal-tempered note ("C4" for 261.6 Hz), or
+    ``"<hz>Hz"`` when ``hz`` is more than 5 cents off every note."""
+    midi = 69 + 12 * math.log2(hz / 440.0)
+    m = round(midi)
+    if abs(midi - m) > 0.05:
+        return f"{hz:g}Hz"
+    return f"{_NOTE_NAMES[m % 12]}{m // 12 - 1}"
+
+
+def _uniform(n: int | tuple[int, ...], lo: float, hi: float, g: torch.Generator) -> Tensor:
+    shape = (n,) if isinstance(n, int) else n
+    return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+
+
+def tones(
+    sample_rate: int = 8000,
+    length: int = 4096,
+    *,
+    per_class: int = 200,
+    pitches: list[float] | None = None,
+    seed: int = 0,
+    channels: int = 1,
+) -> tuple[TensorDataset, DataInfo]:
+    """Synthesized harmonic tones, one class per pitch; needs no files and no download.
+
+    Class ``k`` is ``pitches[k]`` Hz (default: the C-major octave C4..C5, MIDI 60..72, 261.6 Hz to
+    523.3 Hz). Each example draws, from ``seed`` alone:
+
+    - detune: the fundamental off its pitch by up to +-0.5%;
+    - timbre: 1 to 16 harmonics, all below 95% of Nyquist; harmonic ``k >= 2`` has amplitude
+      ``u_k * k**-p`` (``p`` in [1, 2.5], ``u_k`` in [0.5, 1]) against the fundamental's 1, so the
+      fundamental is always the strongest partial;
+    - a random phase per harmonic;
+    - envelope: a linear attack over 1-10% of the clip, then exponential decay with a time
+      constant of 0.2 to 2 clip lengths, and a 10 ms raised-cosine release (at most 5% of the clip)
+      so no clip ends in a click;
+    - gain: the peak set to -20..-6 dBFS.
+
+    Labels cycle through the classes (example ``i`` is class ``i % len(pitches)``).
+    """
+    hz = [midi_to_hz(m) for m in C_MAJOR_MIDI] if pitches is None else [float(p) for p in pitches]
+    if not hz:
+        raise ValueError("tones: pitches must not be empty")
+    if per_class < 1 or length < 1 or sample_rate <= 0 or channels not in (1, 2):
+        raise ValueError(
+            f"tones: need per_class >= 1, length >= 1, sample_rate > 0 and 1 or 2 channels; got {per_class}, "
+            f"{length}, {sample_rate}, {channels}"
+        )
+    nyquist = sample_rate / 2
+    for p in hz:
+        if not 0 < p * (1 + _DETUNE) < 0.95 * nyquist:
+            raise ValueError(f"tones: pitch {p} Hz must be positive and below 95% of Nyquist ({0.95 * nyquist:g} Hz)")
+    k_classes, n = len(hz), len(hz) * per_class
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k_classes
+    f0 = torch.tensor(hz, dtype=torch.float64)[labels] * (1 + _uniform(n, -_DETUNE, _DETUNE, g))
+    room = torch.floor(0.95 * nyquist / f0).clamp(1, _MAX_HARMONICS)  # harmonics that fit below Nyquist
+    count = 1 + torch.floor(_uniform(n, 0, 1, g) * room)
+    harm = torch.arange(1, _MAX_HARMONICS + 1, dtype=torch.float64)
+    amp = harm ** -_uniform((n, 1), 1.0, 2.5, g) * _uniform((n, _MAX_HARMONICS), 0.5, 1.0, g)
+    amp[:, 0] = 1.0
+    amp = amp * (harm <= count[:, None])
+    phase = _uniform((n, _MAX_HARMONICS), 0, 2 * math.pi, g)
+    duration = length / sample_rate
+    attack = duration * _uniform((n, 1), 0.01, 0.1, g)
+    tau = duration * _uniform((n, 1), 0.2, 2.0, g)
+    peak = 10 ** (_uniform((n, 1), -20.0, -6.0, g) / 20)
+
+    t = torch.arange(length, dtype=torch.float64) / sample_rate
+    fade = max(1, min(round(0.01 * sample_rate), length // 20))  # 10 ms, at most 5% of the clip
+    release = torch.ones(length)
+    release[length - fade :] = 0.5 + 0.5 * torch.cos(torch.pi * torch.arange(1, fade + 1) / fade)
+    amp, phase, attack, tau, peak = (v.float() for v in (amp, phase, attack, tau, peak))
+    x = torch.empty(n, 1, length)
+    for s in range(0, n, 256):  # chunks bound the working memory
+        i = slice(s, s + 256)
+        # The fundamental's phase in cycles, reduced mod 1 in float64, so float32 keeps harmonic
+        # phases exact to ~1e-5 rad however long the clip.
+        cycles = (f0[i, None] * t).frac().float()
+        wave = torch.zeros(cycles.shape)
+        for k in range(_MAX_HARMONICS):
+            if amp[i, k].any():
+                wave.addcmul_(amp[i, k : k + 1], torch.sin(cycles * (2 * math.pi * (k + 1)) + phase[i, k : k + 1]))
+        tf = t.float()
+        wave *= (tf / attack[i]).clamp(max=1) * torch.exp(-(tf - attack[i]).clamp(min=0) / tau[i]) * release
+        x[i, 0] = wave * (peak[i] / wave.abs().amax(1, keepdim=True).clamp(min=1e-12))
+    names = [note_name(p) for p in hz]
+    if len(set(names)) != len(names):
+        names = [f"{p:g}Hz" for p in hz]
+    info = DataInfo((channels, length), k_classes, tuple(names), {"sample_rate": sample_rate, "pitches_hz": hz})
+    return TensorDataset(to_channels(x, channels).contiguous(), labels), info
+
+
+def scan_folder(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
+    """Audio files (:data:`AUDIO_SUFFIXES`) under ``path`` with labels from their first-level sub-folder.
+
+    Files directly in ``path`` make an unlabelled data set; sub-folders ``path/<class>/...`` (any
+    depth below) make one class each, in sorted order. Mixing both is an error. Hidden files and
+    folders (names starting with ".", such as macOS's ``._x.wav`` resource forks) are skipped.
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder")
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in AUDIO_SUFFIXES
+        and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
+    if not files:
+        raise ValueError(f"data folder {str(root)!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
+    top = [p for p in files if p.parent == root]
+    if top and len(top) != len(files):
+        raise ValueError(
+            f"data folder {str(root)!r} mixes audio files at the top level ({top[0].name}) with class sub-folders; "
+            "put every file in a class folder, or none"
+        )
+    if top:
+        return files, [-1] * len(files), []
+    classes = sorted({p.relative_to(root).parts[0] for p in files})
+    index = {c: i for i, c in enumerate(classes)}
+    return files, [index[p.relative_to(root).parts[0]] for p in files], classes
+
+
+def _fit(x: Tensor, sr: int, sample_rate: int, length: int, crop: str, source: str) -> Tensor:
+    """Resample ``(C, L)`` to ``sample_rate`` and crop it to at most ``length`` samples (no padding).
+    A long clip is first cut to the window that is kept plus a margin wider than the resampling
+    filter, so a 3-minute song costs no more than the second that is used; with ``crop="start"``
+    the result is identical."""
+    if sr != sample_rate and sr > 0:
+        margin = math.ceil(8 * max(1.0, sr / sample_rate))
+        keep = math.ceil(length * sr / sample_rate) + 2 * margin
+        if x.shape[-1] > keep:
+            x = crop_or_pad(x, keep, crop)
+    x = resample(x, sr, sample_rate, source=source)
+    return crop_or_pad(x, length, crop) if x.shape[-1] > length else x
+
+
+def _load_clips(
+    files: list[Path], sample_rate: int, length: int, channels: int, crop: str, normalize: str, target_dbfs: float
+) -> Tensor:
+    out = torch.empty(len(files), channels, length)
+    for i, f in enumerate(files):
+        x, sr = read_audio(f)
+        x = _fit(to_channels(x, channels, source=str(f)), sr, sample_rate, length, crop, str(f))
+        out[i] = crop_or_pad(
+            normalize_loudness(x, normalize, target_dbfs), length
+        )  # the level of the sound, not of padding
+    return out
+
+
+def _check_format(sample_rate: int, length: int, channels: int, crop: str, normalize: str) -> None:
+    if int(sample_rate) != sample_rate or sample_rate <= 0 or length <= 0 or channels not in (1, 2):
+        raise ValueError(
+            f"need a positive whole sample rate, length > 0 and 1 or 2 channels; got {sample_rate}, {length}, {channels}"
+        )
+    if crop not in ("start", "center"):
+        raise ValueError(f"crop must be 'start' or 'center', got {crop!r}")
+    if normalize not in ("rms", "peak", "none"):
+        raise ValueError(f"normalize must be 'rms', 'peak' or 'none', got {normalize!r}")
+
+
+def audio_folder(
+    path: str | Path,
+    sample_rate: int,
+    length: int,
+    channels: int = 1,
+    *,
+    labels: bool = True,
+    crop: str = "start",
+    normalize: str = "rms",
+    target_dbfs: float = -20.0,
+    limit: int | None = None,
+) -> tuple[TensorDataset, DataInfo]:
+    """Any folder of WAV/FLAC/OGG files, as ``(N, channels, length)`` clips at ``sample_rate``.
+
+    Each file is read, mixed down or up (stereo to mono averages), resampled, cropped to ``length``
+    samples (keeping its start or centre), scaled by :func:`~.io.normalize_loudness` (``normalize``
+    at ``target_dbfs``, measured on the sound, before padding; ``"none"`` keeps file levels, which
+    may exceed 1 in float files) and zero-padded at the end if shorter. Every file is read before training starts, so a bad one
+    fails the run at once, with its name. ``limit`` keeps the first files in sorted order.
+    """
+    _check_format(sample_rate, length, channels, crop, normalize)
+    files, labs, classes = scan_folder(path)
+    if limit is not None:
+        files, labs = files[:limit], labs[:limit]
+    if not labels:
+        labs, classes = [-1] * len(files), []
+    x = _load_clips(files, int(sample_rate), length, channels, crop, normalize, target_dbfs)
+    extra = {"sample_rate": int(sample_rate), "source": str(path)}
+    info = DataInfo((channels, length), len(classes), tuple(classes), extra)
+    return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
+
+
+def _sc09_files(folder: Path) -> list[list[Path]]:
+    return [sorted((folder / d).glob("*.wav")) if (folder / d).is_dir() else [] for d in SC09_DIGITS]
+
+
+def sc09(
+    root: str | Path | None = None,
+    *,
+    download: bool = False,
+    sample_rate: int = 16000,
+    length: int = 16000,
+    limit: int | None = None,
+) -> tuple[TensorDataset, DataInfo]:
+    """SC09: the spoken digits "zero" to "nine" of Speech Commands v0.02 (Warden 2018,
+    arXiv:1804.03209; SC09 as in Donahue et al. 2019, WaveGAN), 1-second 16 kHz mono clips,
+    10 classes, all splits (about 38,900 clips, 2.5 GB in memory at 16 kHz float32).
+
+    The files are looked for under ``root/SpeechCommands/speech_commands_v0.02/<digit>/*.wav``
+    (``root`` defaults to :data:`DEFAULT_ROOT`); torchaudio downloads and extracts the 2.3 GB
+    archive there only when ``download`` is set. Clips keep their recorded level (no
+    normalization); short ones are zero-padded at the end. ``limit`` takes clips round-robin
+    over the digits, so a small limit still holds every class.
+    """
+    _check_format(sample_rate, length, 1, "start", "none")
+    root = Path(root).expanduser() if root is not None else DEFAULT_ROOT
+    folder = root / "SpeechCommands" / "speech_commands_v0.02"
+    per_digit = _sc09_files(folder)
+    if not all(per_digit):
+        if not download:
+            raise ValueError(
+                f"SC09 (Speech Commands v0.02 digits) is not in {str(folder)!r}; set data.download=true to "
+                f"download it (2.3 GB, needs internet), or data.root to the folder holding SpeechCommands/"
+            )
+        from torchaudio.datasets import SPEECHCOMMANDS
+
+        try:
+            SPEECHCOMMANDS(str(root), download=True)
+        except OSError as e:  # URLError and socket errors: offline
+            raise ValueError(f"could not download Speech Commands to {str(root)!r} (offline?): {e}") from None
+        except Exception as e:  # a checksum mismatch, a broken archive
+            raise ValueError(f"could not download Speech Commands to {str(root)!r}: {e}") from None
+        per_digit = _sc09_files(folder)
+        missing = [d for d, fs in zip(SC09_DIGITS, per_digit) if not fs]
+        if missing:
+            raise ValueError(f"Speech Commands in {str(folder)!r} has no clips of {', '.join(missing)}")
+    files, labs = [], []
+    for j in range(max(len(fs) for fs in per_digit)):  # round-robin over the digits
+        for k, fs in enumerate(per_digit):
+            if j < len(fs):
+                files.append(fs[j])
+                labs.append(k)
+    if limit is not None:
+        files, labs = files[:limit], labs[:limit]
+    x = _load_clips(files, int(sample_rate), length, 1, "start", "none", 0.0)
+    info = DataInfo((1, length), 10, SC09_DIGITS, {"sample_rate": int(sample_rate), "source": "sc09"})
+    return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
