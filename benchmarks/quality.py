@@ -62,10 +62,14 @@ SUITES = {
 }
 
 
-def image_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: torch.Tensor, cache: str) -> tuple[Judge, str]:
+def image_judge(
+    cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: torch.Tensor, cache: str
+) -> tuple[Judge, str]:
     """A classifier trained on 80% of the real images; its held-out accuracy is the ceiling."""
     t0 = time.perf_counter()
-    clf = cached_classifier(x[tr], y[tr], cache_dir=cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}")
+    clf = cached_classifier(
+        x[tr], y[tr], cache_dir=cache, tag=f"quality:{cfg.adapter.name}:{cfg.adapter.describe(cfg.data)}"
+    )
     acc = class_accuracy(clf, x[ho], y[ho])
     return classifier_judge(clf), (
         f"Judge: a classifier trained on 80% of the real data, {acc:.3f} accurate on the held-out 20% "
@@ -74,18 +78,23 @@ def image_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: tor
 
 
 def audio_judge(info, x: torch.Tensor, y: torch.Tensor, ho: torch.Tensor) -> tuple[Judge, str]:
-    """The fundamental frequency (harmonic product spectrum) and log-mel statistics: no training at all."""
-    from modalities.audio.metrics import estimate_f0, mel_features, pitch_classes
+    """Pitch from the spectrum and log-mel statistics: nothing trained, nothing shared with the model."""
+    from modalities.audio.metrics import classify_pitch, mel_features
 
     sr, pitches = int(info.extra["sample_rate"]), list(info.extra["pitches_hz"])
-    judge = Judge(lambda v: pitch_classes(estimate_f0(v, sr), pitches), lambda v: mel_features(v, sr))
+    judge = Judge(lambda v: classify_pitch(v, pitches, sr), lambda v: mel_features(v, sr))
     acc = float((judge.classify(x[ho]) == y[ho]).float().mean())
-    return judge, f"Judge: the pitch estimated by the harmonic product spectrum ({acc:.3f} right on held-out real clips); Fréchet on log-mel statistics."
+    return judge, (
+        f"Judge: the strongest partial in the tone set's pitch range ({acc:.3f} right on held-out real clips); "
+        "Fréchet on log-mel statistics."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("suite", nargs="?", choices=[*SUITES, "all"], default="all", help="which modality's config (default: all)")
+    p.add_argument(
+        "suite", nargs="?", choices=[*SUITES, "all"], default="all", help="which modality's config (default: all)"
+    )
     p.add_argument("--config", help="another config of the suite's modality")
     p.add_argument("--set", action="append", default=[], help="config overrides for the training run")
     p.add_argument("--run", help="run folder (default runs/quality_<data>)")
@@ -123,10 +132,15 @@ def run_suite(suite: str, args: argparse.Namespace) -> str:
     pipe = load_pipeline(str(run))
     rows = []
     for scale in [float(s) for s in args.scales.split(",")]:
-        sc = score_conditional(pipe, judge, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps)
+        sc = score_conditional(
+            pipe, judge, x[ho], per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps
+        )
         rows.append(sc)
-        print(f"{suite} guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
-              f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)", flush=True)
+        print(
+            f"{suite} guidance {scale:g}: accuracy {sc.accuracy:.3f}, worst class {min(sc.per_class):.3f}, "
+            f"Fréchet {sc.frechet:.2f} ({sc.seconds:.1f}s for {sc.n} samples)",
+            flush=True,
+        )
 
     s = pipe.config.run.sample
     n_show = 100 if suite == "image" else 2 * pipe.info.num_classes
@@ -146,14 +160,19 @@ def run_suite(suite: str, args: argparse.Namespace) -> str:
         "",
         "| guidance scale | class accuracy | worst class | Fréchet | samples |",
         "|---:|---:|---:|---:|---:|",
-        *[f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |" for r in rows],
+        *[
+            f"| {r.guidance_scale:g} | {r.accuracy:.3f} | {min(r.per_class):.3f} | {r.frechet:.2f} | {r.n} |"
+            for r in rows
+        ],
     ]
     if suite == "image" and args.inception_weights:
         from modalities.image.fid import fid, inception_network
 
         net = inception_network(args.inception_weights)
         x_fid, _ = pipe.generate(len(ho), guidance_scale=s.guidance_scale, seed=2)
-        lines.append(f"\nFID (Inception-v3 pool features, {len(ho)} samples vs held-out real): {fid(x_fid, x[ho], net):.2f}")
+        lines.append(
+            f"\nFID (Inception-v3 pool features, {len(ho)} samples vs held-out real): {fid(x_fid, x[ho], net):.2f}"
+        )
     table = "\n".join(lines)
     print("\n" + table + f"\n\nwrote {pic} (copied to docs/demo/{picture})\n", flush=True)
     return table

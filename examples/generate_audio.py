@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
             label = int(args.label)
         else:
             p.error(f"--class must be one of {list(names)} or an index below {len(names)}, got {args.label!r}")
-    x, labels = pipe.generate(args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed)
+    x, labels = pipe.generate(
+        args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
+    )
     for path in pipe.adapter.save_samples(x, args.out, pipe.info, labels=labels):
         print(path)
     return 0

@@ -123,56 +123,94 @@ def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> list[Path]:
     ]
 
 
-def demo_config(out: Path, steps: int, quick: bool) -> dict:
-    """The demo's run: class-conditional digits at 16x16 on a CPU (configs/image_digits.yaml, shorter)."""
+DEMO_AUDIO_STEPS = 600
+
+
+def _demo_train(steps: int, batch: int, quick: bool) -> dict:
     return {
+        "steps": steps,
+        "batch_size": batch,
+        "lr": 1e-3,
+        "warmup_steps": min(100, steps // 10),
+        "lr_schedule": "cosine",
+        "ema_decay": 0.999,
+        "log_every": max(1, min(50, steps // 10)),
+        "checkpoint_every": 0,
+        "progress": not quick,
+    }
+
+
+def demo_configs(out: Path, image_steps: int, audio_steps: int, quick: bool) -> list[tuple[str, dict]]:
+    """The demo's runs, shorter versions of configs/image_digits.yaml and configs/audio_tones.yaml:
+    class-conditional digits at 16x16 and class-conditional tones (the class is the pitch)."""
+    v_pred = {"schedule": {"kind": "cosine_discrete"}, "parameterization": "v", "weighting": "snr_plus_one"}
+    sample = {"sampler": "dpmpp_2m", "steps": 5 if quick else 20, "guidance_scale": 2.0}
+    digits = {
         "modality": "image",
         "out_dir": str(out / "digits_run"),
         "data": {"source": "digits", "size": 16},
         "model": {"preset": "tiny", **({"channels": 16} if quick else {})},
-        "diffusion": {"schedule": {"kind": "cosine_discrete"}, "parameterization": "v", "weighting": "snr_plus_one"},
-        "train": {
-            "steps": steps,
-            "batch_size": 64,
-            "lr": 1e-3,
-            "warmup_steps": min(100, steps // 10),
-            "lr_schedule": "cosine",
-            "ema_decay": 0.999,
-            "log_every": max(1, min(50, steps // 10)),
-            "checkpoint_every": 0,
-            "progress": not quick,
-        },
-        "sample": {"sampler": "dpmpp_2m", "steps": 5 if quick else 20, "guidance_scale": 2.0, "num_samples": 100},
+        "diffusion": v_pred,
+        "train": _demo_train(image_steps, 64, quick),
+        "sample": {**sample, "num_samples": 100},
     }
+    tones = {
+        "modality": "audio",
+        "out_dir": str(out / "tones_run"),
+        "data": {"source": "tones", "sample_rate": 8000, "length": 2048, "random_polarity": True},
+        "model": {"preset": "tiny", **({"channels": 4, "channel_mult": [1, 2, 2, 2]} if quick else {})},
+        "diffusion": v_pred,
+        "train": _demo_train(audio_steps, 32, quick),
+        "sample": {**sample, "num_samples": 16},
+    }
+    return [
+        ("handwritten digits (16x16, 10 classes)", digits),
+        ("synthesized tones (0.26 s at 8 kHz, 8 pitches)", tones),
+    ]
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .plots import plot_loss
+    from .registry import available_modalities
     from .train import Trainer
 
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    steps = args.steps if args.steps is not None else (30 if args.quick else 600)
-    cfg = resolve_config(demo_config(out, steps, args.quick), source="multidiff demo")
-    trainer = Trainer(cfg)
-    print(
-        f"multidiff demo: training a {sum(p.numel() for p in trainer.net.parameters()):,}-parameter 2D UNet on "
-        f"built-in handwritten digits (16x16, 10 classes) for {steps} steps on {trainer.device}"
-    )
-    result = trainer.fit()
-    print(f"trained in {result.seconds:.0f}s, final loss {result.losses[-1][1]:.4f}")
-    paths = trainer.sample_files("digits")
-    paths += cfg.adapter.save_pictures(
-        trainer.ema_denoiser, trainer.dataset, trainer.info, out, guidance_scale=cfg.run.sample.guidance_scale
-    )
-    paths.append(plot_loss(result.run_dir / "metrics.csv", out / "loss.png"))
+    image_steps = args.steps if args.steps is not None else (30 if args.quick else 600)
+    audio_steps = args.audio_steps if args.audio_steps is not None else (20 if args.quick else DEMO_AUDIO_STEPS)
+    paths: list[Path] = []
+    for what, d in demo_configs(out, image_steps, audio_steps, args.quick):
+        if d["modality"] not in available_modalities():
+            print(f"skipping {what}: the {d['modality']!r} modality is not installed")
+            continue
+        cfg = resolve_config(d, source="multidiff demo")
+        trainer = Trainer(cfg)
+        print(
+            f"multidiff demo: training a {sum(p.numel() for p in trainer.net.parameters()):,}-parameter "
+            f"{trainer.net.dims}D UNet on built-in {what} for {cfg.run.train.steps} steps on {trainer.device}"
+        )
+        result = trainer.fit()
+        print(f"trained in {result.seconds:.0f}s, final loss {result.losses[-1][1]:.4f}")
+        run = Path(cfg.run.out_dir)
+        paths += trainer.sample_files(run.name.removesuffix("_run"))
+        paths += cfg.adapter.save_pictures(
+            trainer.ema_denoiser, trainer.dataset, trainer.info, out, guidance_scale=cfg.run.sample.guidance_scale
+        )
+        paths.append(plot_loss(result.run_dir / "metrics.csv", out / f"loss_{run.name.removesuffix('_run')}.png"))
+        print(
+            f"sample more: multidiff sample {run}"
+            + (" --class 7 --guidance 3" if d["modality"] == "image" else " --class E4")
+        )
     paths += _mixture_demo(out, args.nfe, args.seed, args.quick)
     print()
     for p in paths:
-        print(f"wrote {p}")
-    print(f"sample more: multidiff sample {result.run_dir} --class 7 --guidance 3")
+        if p.suffix != ".wav":
+            print(f"wrote {p}")
+    wavs = [p for p in paths if p.suffix == ".wav"]
+    if wavs:
+        print(f"wrote {len(wavs)} WAV files in {wavs[0].parent}")
     return 0
 
 
@@ -242,7 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="folder for the pictures (default: demo_out)")
     d.add_argument("--nfe", type=int, default=10, help="network evaluations per sampler (default: 10)")
     d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--steps", type=int, help="training steps (default 600; 30 with --quick)")
+    d.add_argument("--steps", type=int, help="image training steps (default 600; 30 with --quick)")
+    d.add_argument(
+        "--audio-steps", type=int, help=f"audio training steps (default {DEMO_AUDIO_STEPS}; 20 with --quick)"
+    )
     d.add_argument("--quick", action="store_true", help="a few seconds: a smaller model, few steps (a smoke test)")
     d.set_defaults(func=_cmd_demo)
     t = sub.add_parser("train", help="train the model a YAML config describes")

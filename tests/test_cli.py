@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
 import yaml
 from helpers import tiny_run, write_images
 from PIL import Image
@@ -36,18 +38,19 @@ def test_modalities_lists_installed_entry_points(capsys: pytest.CaptureFixture[s
 def test_demo_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "dpmpp_2m" in out and "ODE error" in out and "handwritten digits" in out
-    for name in (
-        "ring_samples.png",
-        "schedules.png",
-        "loss.png",
-        "noising.png",
-        "trajectory.png",
-        "digits_run/samples/digits.png",
-    ):
+    assert "dpmpp_2m" in out and "ODE error" in out and "handwritten digits" in out and "synthesized tones" in out
+    pictures = ["ring_samples.png", "schedules.png", "loss_digits.png", "noising.png", "trajectory.png"]
+    pictures += ["digits_run/samples/digits.png", "loss_tones.png", "tones_run/samples/tones/spectrograms.png"]
+    pictures += ["audio_real_spectrograms.png"]
+    for name in pictures:
         with Image.open(tmp_path / name) as im:
             assert im.format == "PNG" and min(im.size) >= 64
     assert find_checkpoint(tmp_path / "digits_run").step == 30
+    assert find_checkpoint(tmp_path / "tones_run").step == 20
+    wavs = sorted((tmp_path / "tones_run" / "samples" / "tones").glob("*.wav"))
+    assert len(wavs) == 16
+    data, rate = sf.read(wavs[0])
+    assert rate == 8000 and data.shape == (2048,) and np.isfinite(data).all()
 
 
 def test_train_then_sample_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,13 +15,34 @@ from multidiff.nn import UNet
 __all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
 
 # 1D UNet presets for raw waveforms. Every level divides the length by ``factor``; attention only
-# at the coarsest levels, where a clip is a few dozen positions long. ``tiny``: 4096-sample clips
-# on a CPU (64 positions at the last level); ``small``: 16k samples (64 at level 4); ``base``:
-# 64k samples (64 at level 5).
+# at the coarsest levels, where a clip is a few dozen positions long. ``tiny``: 2k-4k-sample clips
+# on a CPU (32-64 positions at the last level; only 8 channels at full rate, where convolutions
+# cost the most); ``small``: 16k samples (64 at level 4); ``base``: 64k samples (64 at level 5).
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"channels": 16, "channel_mult": [1, 2, 4, 4], "num_res_blocks": 1, "factor": 4, "attention_levels": [3], "dropout": 0.0},
-    "small": {"channels": 32, "channel_mult": [1, 2, 4, 4, 8], "num_res_blocks": 2, "factor": 4, "attention_levels": [3, 4], "dropout": 0.0},
-    "base": {"channels": 64, "channel_mult": [1, 2, 2, 4, 4, 8], "num_res_blocks": 2, "factor": 4, "attention_levels": [4, 5], "dropout": 0.1},
+    "tiny": {
+        "channels": 8,
+        "channel_mult": [1, 4, 8, 8],
+        "num_res_blocks": 1,
+        "factor": 4,
+        "attention_levels": [3],
+        "dropout": 0.0,
+    },
+    "small": {
+        "channels": 32,
+        "channel_mult": [1, 2, 4, 4, 8],
+        "num_res_blocks": 2,
+        "factor": 4,
+        "attention_levels": [3, 4],
+        "dropout": 0.0,
+    },
+    "base": {
+        "channels": 64,
+        "channel_mult": [1, 2, 2, 4, 4, 8],
+        "num_res_blocks": 2,
+        "factor": 4,
+        "attention_levels": [4, 5],
+        "dropout": 0.1,
+    },
 }
 
 
@@ -87,7 +108,9 @@ class AudioDataConfig(StrictModel):
         return self
 
 
-def build_unet1d(model: AudioModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False) -> UNet:
+def build_unet1d(
+    model: AudioModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
+) -> UNet:
     """The 1D UNet of ``model`` for clips of ``info.shape = (channels, length)``."""
     r = model.resolved()
     return UNet(
@@ -119,18 +142,28 @@ class AudioModality(Modality):
         elif data.source == "folder":
             assert data.path is not None
             ds, info = D.audio_folder(
-                data.path, data.sample_rate, data.length, data.channels, labels=data.class_conditional,
-                crop=data.crop, normalize=data.normalize, limit=data.limit,
+                data.path,
+                data.sample_rate,
+                data.length,
+                data.channels,
+                labels=data.class_conditional,
+                crop=data.crop,
+                normalize=data.normalize,
+                limit=data.limit,
             )
         else:
-            ds, info = D.sc09(data.root, download=data.download, sample_rate=data.sample_rate, length=data.length, limit=data.limit)
+            ds, info = D.sc09(
+                data.root, download=data.download, sample_rate=data.sample_rate, length=data.length, limit=data.limit
+            )
         if data.limit is not None and len(ds) > data.limit:
             ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
         if not data.class_conditional and info.num_classes:
             info = DataInfo(info.shape, 0, (), info.extra)
         return ds, info
 
-    def build_network(self, model: AudioModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False) -> nn.Module:  # type: ignore[override]
+    def build_network(
+        self, model: AudioModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
+    ) -> nn.Module:  # type: ignore[override]
         return build_unet1d(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
     def augment(self, x: Tensor, data: AudioDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
@@ -153,7 +186,9 @@ class AudioModality(Modality):
         ]
         paths = [write_wav(folder / f"{n}.wav", x[i], sr) for i, n in enumerate(names)]
         titles = [n.split("_", 1)[-1] for n in names] if labels is not None else None
-        paths.append(save_spectrogram_grid(x[:32], sr, folder / "spectrograms.png", titles=titles[:32] if titles else None))
+        paths.append(
+            save_spectrogram_grid(x[:32], sr, folder / "spectrograms.png", titles=titles[:32] if titles else None)
+        )
         return paths
 
     def save_pictures(  # type: ignore[override]
@@ -164,8 +199,14 @@ class AudioModality(Modality):
 
         n = min(8, len(dataset))
         x = torch.stack([dataset[i * (len(dataset) // n)][0] for i in range(n)])
-        return [save_spectrogram_grid(x, int(info.extra.get("sample_rate", 16000)), Path(out_dir) / "audio_real_spectrograms.png")]
+        return [
+            save_spectrogram_grid(
+                x, int(info.extra.get("sample_rate", 16000)), Path(out_dir) / "audio_real_spectrograms.png"
+            )
+        ]
 
     def describe(self, data: AudioDataConfig) -> str:  # type: ignore[override]
         src = data.source + (f" {data.path}" if data.path else "")
-        return f"audio from {src}, {data.length} samples at {data.sample_rate} Hz ({data.length / data.sample_rate:.2f} s)"
+        return (
+            f"audio from {src}, {data.length} samples at {data.sample_rate} Hz ({data.length / data.sample_rate:.2f} s)"
+        )

@@ -7,13 +7,15 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["estimate_f0", "pitch_classes", "pitch_accuracy", "mel_features"]
+__all__ = ["estimate_f0", "pitch_classes", "classify_pitch", "pitch_accuracy", "mel_features"]
 
 
 def estimate_f0(x: Tensor, sample_rate: int, *, fmin: float = 50.0, fmax: float = 2000.0, harmonics: int = 3) -> Tensor:
     """Fundamental frequency (Hz) of each clip ``(B, C, L)`` (or ``(B, L)``) by the harmonic product spectrum
     (Schroeder 1968; Noll 1969): the product of the magnitude spectrum downsampled by 1..``harmonics``
-    peaks at the fundamental even when an overtone is louder. Silent clips give NaN."""
+    peaks at the fundamental even when an overtone is louder. ``harmonics=1`` is the plain spectral
+    peak in ``[fmin, fmax]``, more robust to broadband noise when the fundamental is known to be the
+    strongest partial there (as in :func:`~modalities.audio.data.tones`). Silent clips give NaN."""
     x = x.double()
     if x.ndim == 3:
         x = x.mean(1)
@@ -40,10 +42,17 @@ def pitch_classes(f0: Tensor, pitches_hz: list[float]) -> Tensor:
     return torch.where(torch.isnan(f0), torch.full_like(cls, -1), cls)
 
 
+def classify_pitch(x: Tensor, pitches_hz: list[float], sample_rate: int) -> Tensor:
+    """The class of each clip of a tone set: the nearest of ``pitches_hz`` to its strongest partial
+    within a fifth below the lowest and a fifth above the highest pitch (where, in a tone set, only
+    the fundamental can be)."""
+    f0 = estimate_f0(x, sample_rate, fmin=min(pitches_hz) / 1.5, fmax=max(pitches_hz) * 1.5, harmonics=1)
+    return pitch_classes(f0, pitches_hz)
+
+
 def pitch_accuracy(x: Tensor, labels: Tensor, pitches_hz: list[float], sample_rate: int) -> float:
-    """Fraction of clips whose estimated pitch is the one their class label asks for."""
-    pred = pitch_classes(estimate_f0(x, sample_rate), pitches_hz)
-    return float((pred == labels.cpu()).float().mean())
+    """Fraction of clips of a tone set whose pitch class (:func:`classify_pitch`) is their label."""
+    return float((classify_pitch(x, pitches_hz, sample_rate) == labels.cpu()).float().mean())
 
 
 def mel_features(x: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:

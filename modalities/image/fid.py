@@ -69,5 +69,6 @@ def inception_features(net: nn.Module, x: Tensor, *, batch_size: int = 64) -> Te
 def fid(samples: Tensor, reference: Tensor, net: nn.Module, *, batch_size: int = 64) -> float:
     """FID between two image sets in [-1, 1] under ``net`` (see :func:`inception_network`)."""
     return frechet_distance_features(
-        inception_features(net, samples, batch_size=batch_size), inception_features(net, reference, batch_size=batch_size)
+        inception_features(net, samples, batch_size=batch_size),
+        inception_features(net, reference, batch_size=batch_size),
     )
