@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["DataInfo", "Modality", "StrictModel", "TensorDataset"]
+__all__ = ["DataInfo", "Modality", "StrictModel", "TensorDataset", "scan_labelled_folder"]
 
 
 class StrictModel(BaseModel):
@@ -55,6 +55,41 @@ class DataInfo:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DataInfo:
         return cls(tuple(d["shape"]), int(d["num_classes"]), tuple(d.get("class_names", ())), dict(d.get("extra", {})))
+
+
+def scan_labelled_folder(
+    path: str | Path, suffixes: Sequence[str], what: str
+) -> tuple[list[Path], list[int], list[str]]:
+    """Files with one of ``suffixes`` under ``path``, labelled by their first-level sub-folder.
+
+    Files directly in ``path`` make an unlabelled set (labels -1, no classes); sub-folders
+    ``path/<class>/...`` (any depth below) make one class each, in sorted order. Mixing both is an
+    error, as are a missing folder and a folder with no such files; every message names the folder.
+    Hidden files and folders (``.x``, macOS ``._x.wav``) are skipped. ``what`` names the files
+    in messages ("images", "audio files").
+    """
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder")
+    wanted = {s.lower() for s in suffixes}
+    files = sorted(
+        p
+        for p in root.rglob("*")
+        if p.suffix.lower() in wanted and p.is_file() and not any(q.startswith(".") for q in p.relative_to(root).parts)
+    )
+    if not files:
+        raise ValueError(f"data folder {str(root)!r} holds no {what} ({', '.join(suffixes)})")
+    top = [p for p in files if p.parent == root]
+    if top and len(top) != len(files):
+        raise ValueError(
+            f"data folder {str(root)!r} mixes {what} at the top level ({top[0].name}) with class sub-folders; "
+            "put every file in a class folder, or none"
+        )
+    if top:
+        return files, [-1] * len(files), []
+    classes = sorted({p.relative_to(root).parts[0] for p in files})
+    index = {c: i for i, c in enumerate(classes)}
+    return files, [index[p.relative_to(root).parts[0]] for p in files], classes
 
 
 class TensorDataset(Dataset):

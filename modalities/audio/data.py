@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from multidiff.modality import DataInfo, TensorDataset
+from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
 
 from .io import crop_or_pad, normalize_loudness, read_audio, resample, to_channels
 
@@ -130,35 +130,8 @@ def tones(
 
 
 def scan_folder(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Audio files (:data:`AUDIO_SUFFIXES`) under ``path`` with labels from their first-level sub-folder.
-
-    Files directly in ``path`` make an unlabelled data set; sub-folders ``path/<class>/...`` (any
-    depth below) make one class each, in sorted order. Mixing both is an error. Hidden files and
-    folders (names starting with ".", such as macOS's ``._x.wav`` resource forks) are skipped.
-    """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder")
-    files = sorted(
-        p
-        for p in root.rglob("*")
-        if p.suffix.lower() in AUDIO_SUFFIXES
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
-    if not files:
-        raise ValueError(f"data folder {str(root)!r} holds no audio files ({', '.join(AUDIO_SUFFIXES)})")
-    top = [p for p in files if p.parent == root]
-    if top and len(top) != len(files):
-        raise ValueError(
-            f"data folder {str(root)!r} mixes audio files at the top level ({top[0].name}) with class sub-folders; "
-            "put every file in a class folder, or none"
-        )
-    if top:
-        return files, [-1] * len(files), []
-    classes = sorted({p.relative_to(root).parts[0] for p in files})
-    index = {c: i for i, c in enumerate(classes)}
-    return files, [index[p.relative_to(root).parts[0]] for p in files], classes
+    """Audio files under ``path`` labelled by sub-folder (see :func:`multidiff.modality.scan_labelled_folder`)."""
+    return scan_labelled_folder(path, AUDIO_SUFFIXES, "audio files")
 
 
 def _fit(x: Tensor, sr: int, sample_rate: int, length: int, crop: str, source: str) -> Tensor:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from multidiff.modality import DataInfo, TensorDataset
+from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
 
 from .io import IMAGE_SUFFIXES, read_image, resize_center_crop
 
@@ -53,28 +53,8 @@ def digits(size: tuple[int, int], channels: int = 1) -> tuple[TensorDataset, Dat
 
 
 def scan_folder(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
-    """Image files under ``path`` with labels from their first-level sub-folder.
-
-    Files directly in ``path`` make an unlabelled data set; sub-folders ``path/<class>/...`` (any
-    depth below) make one class each, in sorted order. Mixing both is an error.
-    """
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise ValueError(f"data folder {str(root)!r} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(f"data folder {str(root)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    top = [p for p in files if p.parent == root]
-    if top and len(top) != len(files):
-        raise ValueError(
-            f"data folder {str(root)!r} mixes images at the top level ({top[0].name}) with class sub-folders; "
-            "put every image in a class folder, or none"
-        )
-    if top:
-        return files, [-1] * len(files), []
-    classes = sorted({p.relative_to(root).parts[0] for p in files})
-    index = {c: i for i, c in enumerate(classes)}
-    return files, [index[p.relative_to(root).parts[0]] for p in files], classes
+    """Image files under ``path`` labelled by sub-folder (see :func:`multidiff.modality.scan_labelled_folder`)."""
+    return scan_labelled_folder(path, IMAGE_SUFFIXES, "images")
 
 
 class LazyImageFolder(Dataset):
