@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from multidiff.config import resolve_config
-from multidiff.evaluate import Judge, classifier_judge, score_conditional, split_holdout
+from multidiff.evaluate import classifier_judge, score_conditional, split_holdout
 from multidiff.metrics import class_accuracy, train_classifier
 from multidiff.pipeline import load_pipeline
 from multidiff.train import Trainer
@@ -63,45 +62,3 @@ def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
     noise = score_conditional(pipe, classifier_judge(clf), ds.x[ho], per_class=30, guidance_scale=2.0, steps=1)
     assert guided.frechet < noise.frechet
 
-
-def test_class_conditional_tones_have_the_pitch_asked_for(tmp_path: Path) -> None:
-    """500 steps on synthesized tones: guided samples must have the requested pitch far more often
-    than chance (1 in 8), judged by the strongest partial, which no model parameter touches; the full
-    run must reach 80% (benchmarks/quality.py)."""
-    from modalities.audio.metrics import classify_pitch, mel_features
-
-    cfg = resolve_config(
-        {
-            "modality": "audio",
-            "out_dir": str(tmp_path / "run"),
-            "data": {"source": "tones", "sample_rate": 8000, "length": 2048, "per_class": 100, "random_polarity": True},
-            "model": {"preset": "tiny"},
-            "diffusion": {
-                "schedule": {"kind": "cosine_discrete"},
-                "parameterization": "v",
-                "weighting": "snr_plus_one",
-            },
-            "train": {
-                "steps": 500,
-                "batch_size": 32,
-                "lr": 1e-3,
-                "warmup_steps": 50,
-                "lr_schedule": "cosine",
-                "ema_decay": 0.999,
-                "log_every": 100,
-                "checkpoint_every": 0,
-                "progress": False,
-            },
-            "sample": {"sampler": "dpmpp_2m", "steps": 15},
-        }
-    )
-    result = Trainer(cfg).fit()
-    assert result.losses[-1][1] < 0.5 * result.losses[0][1]
-    pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
-    sr, pitches = 8000, list(pipe.info.extra["pitches_hz"])
-    judge = Judge(lambda v: classify_pitch(v, pitches, sr), lambda v: mel_features(v, sr))
-    ds, _ = cfg.adapter.build_dataset(cfg.data)
-    guided = score_conditional(pipe, judge, ds.x[:200], per_class=20, guidance_scale=2.0)
-    assert guided.accuracy > 0.3, guided
-    x, _ = pipe.generate(8, guidance_scale=2.0)
-    assert torch.isfinite(x).all() and x.abs().amax(-1).min() > 0.01  # not silent
