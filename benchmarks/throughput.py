@@ -1,12 +1,14 @@
-"""Throughput benchmark: multidiff's image UNet against diffusers' ``UNet2DModel``, side by side.
+"""Throughput benchmark: multidiff's UNets against their peers, side by side (image and audio).
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/throughput.py                 # full run (a few minutes on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --quick         # smoke run (under a minute on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py                      # image and audio (about 25 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --modality image     # image only (a few minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --modality audio     # audio only (about 20 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --quick              # smoke run (a few minutes on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --device cuda --compile --out results.md
 
-Models
+Image models (``--modality image``): multidiff against diffusers' ``UNet2DModel``
     Both are the DDPM CIFAR-10 layout (Ho et al. 2020, appendix B) at half its width, so that a run
     fits on a small CPU: four levels of width ``64 * (1, 2, 2, 2)``, two residual blocks per level
     on the way down (three up), self-attention at level 1 only (16x16 for 32x32 inputs) and in the
@@ -21,7 +23,35 @@ Models
     ``model(x, t).sample``. Both get the same input ``x`` (3 channels) and the same timesteps ``t``,
     floats drawn from 0..999.
 
-Metrics, per model and image size (float32)
+Audio models (``--modality audio``): three waveform UNets on mono clips of ``--length`` samples
+    (default 16384, about 1 s at 16 kHz), each configured the way its library builds a waveform
+    model, with parameter counts matched to within 5% of ours (8.7 M; the table prints them and
+    says so when a count is off by more). Their layouts differ, as the libraries' designs do: the
+    comparison is at equal size, not of one function class.
+    multidiff: the audio adapter's ``small`` preset as shipped, ``build_unet1d(AudioModelConfig(
+    preset='small'), DataInfo((1, 16384), 0))``: five levels of width ``32 * (1, 2, 4, 4, 8)``,
+    each dividing the length by 4 (16384 down to 64 positions), two residual blocks per level (three
+    up), 3-wide convolutions, scale-shift conditioning in every block, self-attention (heads of 64)
+    at levels 3 and 4 (256 and 64 positions) and in the middle block. Called as ``net(x, t)``.
+    diffusers: ``UNet1DModel`` in the Dance Diffusion layout (Harmonai's ``DiffusionAttnUnet1D``,
+    the layout of diffusers' Dance Diffusion checkpoints) at a smaller width: eight levels of
+    ``(32, 32, 32, 64, 64, 128, 128, 192)`` channels that halve the length with a fixed cubic
+    filter (16384 down to 128, the middle block at 64), three residual conv blocks (5-wide
+    kernels, GroupNorm(1), GELU) per level, attention (heads of 32) at the last two levels and six
+    times in the middle block; the time enters once, as 16 Gaussian Fourier features concatenated
+    to the input (``extra_in_channels=16, time_embedding_dim=16, use_timestep_embedding=False``,
+    Dance Diffusion's conditioning). Called as ``model(x, t / 1000).sample``: Dance Diffusion
+    takes times in [0, 1] (the value does not change the cost).
+    denoising-diffusion-pytorch: ``Unet1D(dim=42, dim_mults=(1, 2, 2, 4, 4, 8), channels=1)``:
+    six levels that halve the length with a 4-wide strided convolution (16384 down to 512), two
+    ResNet blocks (RMSNorm, scale-shift from the time embedding) per level, linear attention at
+    every level and full attention (4 heads of 32) in the middle block. Called as ``model(x, t)``.
+    Its default ``dim_mults=(1, 2, 4, 8)`` (``dim=48`` matches the size) would stop at 2048
+    positions and attend over all of them in the middle block: 47 GFLOP per sample against 24,
+    so the six-level layout is the fairer one for 16384-sample clips. All three get the same ``x``
+    and ``t`` (floats drawn from 0..999).
+
+Metrics, per model and input size (float32)
     train/s     training samples per second: ``zero_grad``, forward, MSE loss against a fixed random
                 target, backward and an ``AdamW`` step (default hyper-parameters), at the training batch.
     sample/s    sampling samples per second: one forward under ``torch.inference_mode`` at the
@@ -38,11 +68,12 @@ Metrics, per model and image size (float32)
                 torch's CPU allocator reports them, not the process's RSS.
 
 How the time is taken
-    The two models alternate (A B A B ...): each repetition times one model and then the other, so
-    slow phases of a shared machine hit both; a repetition is as many calls as needed to last at
-    least ``--min-rep-s`` (on a 2-core CPU, one call). Warm-up calls come first and are not
-    counted. A throughput is the median over repetitions; a ratio ours/theirs is the median of the
-    per-repetition ratios, with their range. ``--compile`` wraps both models in ``torch.compile``.
+    The models alternate (A B A B ... for images, A B C A B C ... for audio): each repetition times
+    every model once in turn, so slow phases of a shared machine hit all of them; a repetition is as
+    many calls as needed to last at least ``--min-rep-s`` (on a 2-core CPU, one call). Warm-up
+    calls come first and are not counted. A throughput is the median over repetitions; a ratio
+    ours/theirs is the median of the per-repetition ratios, with their range. ``--compile`` wraps
+    every model in ``torch.compile``.
 """
 
 from __future__ import annotations
@@ -55,6 +86,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 
 import torch
 import torch.nn.functional as F
@@ -71,28 +103,48 @@ ATTENTION_LEVEL = 1
 HEAD_CHANNELS = 64
 IN_CHANNELS = 3
 
+# Audio: mono clips; the peers' layouts (see the module docstring), sized to our ``small`` preset.
+AUDIO_CHANNELS = 1
+AUDIO_PRESET = "small"
+DANCE_BLOCK_OUT = (32, 32, 32, 64, 64, 128, 128, 192)
+DANCE_ATTENTION_LEVELS = 2  # the last levels use AttnDownBlock1D / AttnUpBlock1D
+DANCE_FOURIER_FEATURES = 16
+LUCID_DIM = 42
+LUCID_DIM_MULTS = (1, 2, 2, 4, 4, 8)
+PARAM_TOLERANCE = 0.05
+AUDIO_TRAIN_BATCH = 4
+
 Forward = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass
 class Contender:
-    """One model under test: its module, how to call it and the optimizer of its training step."""
+    """One model under test: its module, how to call it and the optimizer of its training step.
+
+    ``eager`` is the plain call (FLOPs are counted on it); ``forward`` is what gets timed, the same
+    call wrapped in ``torch.compile`` when ``compile_`` is set.
+    """
 
     name: str
     module: nn.Module
-    forward: Forward
+    eager: Forward
+    compile_: bool = False
+    config: str = ""
+    forward: Forward = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
 
     def __post_init__(self) -> None:
+        self.forward = torch.compile(self.eager) if self.compile_ else self.eager
         self.optimizer = torch.optim.AdamW(self.module.parameters())
 
 
 @dataclass
 class Result:
-    """Measurements of one model at one image size."""
+    """Measurements of one model at one input size."""
 
     params: int
     gflop: float
+    config: str = ""
     train_per_s: list[float] = field(default_factory=list)
     sample_per_s: list[float] = field(default_factory=list)
     train_peak: float = math.nan
@@ -134,20 +186,107 @@ def build_theirs(size: int) -> nn.Module:
 
 
 def contenders(size: int, device: torch.device, compile_: bool) -> list[Contender]:
-    """Both models on ``device``, from the same seed, optionally compiled."""
+    """Both image models on ``device``, from the same seed, optionally compiled."""
     torch.manual_seed(0)
     ours = build_ours().to(device)
     theirs = build_theirs(size).to(device)
-    pairs: list[tuple[str, nn.Module, Forward]] = [
-        ("multidiff", ours, lambda x, t: ours(x, t)),
-        ("diffusers", theirs, lambda x, t: theirs(x, t).sample),
+    return [
+        Contender("multidiff", ours, lambda x, t: ours(x, t), compile_),
+        Contender("diffusers", theirs, lambda x, t: theirs(x, t).sample, compile_),
     ]
-    out = []
-    for name, module, forward in pairs:
-        if compile_:
-            forward = torch.compile(forward)
-        out.append(Contender(name, module, forward))
-    return out
+
+
+def build_ours_audio(length: int) -> nn.Module:
+    from modalities.audio.adapter import AudioModelConfig, build_unet1d
+    from multidiff.modality import DataInfo
+
+    return build_unet1d(AudioModelConfig(preset=AUDIO_PRESET), DataInfo((AUDIO_CHANNELS, length), 0))
+
+
+def build_dance(length: int) -> nn.Module:
+    """diffusers' ``UNet1DModel`` in the Dance Diffusion layout (see the module docstring)."""
+    from diffusers import UNet1DModel
+
+    levels, attn = len(DANCE_BLOCK_OUT), DANCE_ATTENTION_LEVELS
+    down = ["DownBlock1DNoSkip"] + ["DownBlock1D"] * (levels - 1 - attn) + ["AttnDownBlock1D"] * attn
+    up = ["AttnUpBlock1D"] * attn + ["UpBlock1D"] * (levels - 1 - attn) + ["UpBlock1DNoSkip"]
+    return UNet1DModel(
+        sample_size=length,
+        in_channels=AUDIO_CHANNELS,
+        out_channels=AUDIO_CHANNELS,
+        extra_in_channels=DANCE_FOURIER_FEATURES,
+        time_embedding_type="fourier",
+        time_embedding_dim=DANCE_FOURIER_FEATURES,
+        flip_sin_to_cos=True,
+        use_timestep_embedding=False,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
+        mid_block_type="UNetMidBlock1D",
+        block_out_channels=DANCE_BLOCK_OUT,
+    )
+
+
+def build_lucid() -> nn.Module:
+    from denoising_diffusion_pytorch import Unet1D
+
+    return Unet1D(dim=LUCID_DIM, dim_mults=LUCID_DIM_MULTS, channels=AUDIO_CHANNELS)
+
+
+def audio_contenders(length: int, device: torch.device, compile_: bool) -> tuple[list[Contender], list[str]]:
+    """The three audio models on ``device`` (each from seed 0), and notes on any peer left out.
+
+    A peer that cannot be imported, built or run on a ``(1, 1, length)`` clip is not timed; the
+    note says why, and it appears in the table's notes.
+    """
+    blocks = "-".join(str(c) for c in DANCE_BLOCK_OUT)
+    mults = ",".join(str(m) for m in LUCID_DIM_MULTS)
+    dance_levels = len(DANCE_BLOCK_OUT)
+    dance_attn = ", ".join(str(length >> lvl) for lvl in range(dance_levels - DANCE_ATTENTION_LEVELS, dance_levels))
+    from modalities.audio.adapter import PRESETS
+
+    preset = PRESETS[AUDIO_PRESET]
+    ours_mult = ",".join(str(m) for m in preset["channel_mult"])
+    ours_attn = ", ".join(str(length // preset["factor"] ** lvl) for lvl in preset["attention_levels"])
+    specs: list[tuple[str, str, Callable[[], nn.Module], Callable[[nn.Module], Forward]]] = [
+        (
+            "multidiff",
+            f"preset {AUDIO_PRESET}: {preset['channels']}x({ours_mult}), /{preset['factor']} per level, attention at {ours_attn} and mid",
+            lambda: build_ours_audio(length),
+            lambda m: lambda x, t: m(x, t),
+        ),
+        (
+            "diffusers",
+            f"UNet1DModel, Dance Diffusion layout: {blocks}, /2 per level, attention at {dance_attn} and mid ({length >> dance_levels})",
+            lambda: build_dance(length),
+            lambda m: lambda x, t: m(x, t / 1000).sample,
+        ),
+        (
+            "denoising-diffusion-pytorch",
+            f"Unet1D(dim={LUCID_DIM}, dim_mults=({mults})), /2 per level, linear attention, full attention in mid ({length >> (len(LUCID_DIM_MULTS) - 1)})",
+            build_lucid,
+            lambda m: lambda x, t: m(x, t),
+        ),
+    ]
+    out: list[Contender] = []
+    notes: list[str] = []
+    probe_x = torch.randn(1, AUDIO_CHANNELS, length, device=device)
+    probe_t = torch.full((1,), 500.0, device=device)
+    for name, config, build, call in specs:
+        torch.manual_seed(0)
+        try:
+            module = build().to(device)
+            forward = call(module)
+            with torch.no_grad():
+                y = forward(probe_x, probe_t)
+            if y.shape != probe_x.shape:
+                raise ValueError(f"output shape {tuple(y.shape)} for input {tuple(probe_x.shape)}")
+        except Exception as e:  # noqa: BLE001 - any failure is reported, not raised
+            if name == "multidiff":
+                raise
+            notes.append(f"{name} not run at {length} samples: {type(e).__name__}: {e}")
+            continue
+        out.append(Contender(name, module, forward, compile_, config))
+    return out, notes
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -160,12 +299,14 @@ def synchronize(device: torch.device) -> None:
         backend.synchronize()
 
 
-def make_inputs(batch: int, size: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-    """``(x, timesteps, target)``: the same for every model."""
+def make_inputs(
+    batch: int, shape: tuple[int, ...], device: torch.device, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, timesteps, target)`` for samples of ``shape`` (channels first): the same for every model."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, IN_CHANNELS, size, size, generator=g)
+    x = torch.randn(batch, *shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g).float()
-    target = torch.randn(batch, IN_CHANNELS, size, size, generator=g)
+    target = torch.randn(batch, *shape, generator=g)
     return x.to(device), t.to(device), target.to(device)
 
 
@@ -182,10 +323,9 @@ def sample_step(c: Contender, x: Tensor, t: Tensor) -> None:
 
 
 def flops_per_sample(c: Contender, x: Tensor, t: Tensor) -> float:
-    """FLOPs of one forward, per sample (eager module, not the compiled wrapper)."""
-    module = c.module
+    """FLOPs of one forward, per sample (eager call, not the compiled wrapper)."""
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        out = module(x, t)
+        out = c.eager(x, t)
         del out
     return counter.get_total_flops() / x.shape[0]
 
@@ -249,13 +389,27 @@ def batches(size: int, args: argparse.Namespace) -> tuple[int, int]:
     return train, args.sample_batch or 2 * train
 
 
-def measure_size(size: int, args: argparse.Namespace, device: torch.device) -> dict[str, Result]:
-    models = contenders(size, device, args.compile)
-    train_b, sample_b = batches(size, args)
-    xt, tt, target = make_inputs(train_b, size, device)
-    xs, ts, _ = make_inputs(sample_b, size, device, seed=1)
+def audio_batches(args: argparse.Namespace) -> tuple[int, int]:
+    """(training batch, sampling batch) for audio clips: 4 and 8 unless given."""
+    train = args.train_batch or AUDIO_TRAIN_BATCH
+    return train, args.sample_batch or 2 * train
+
+
+def measure(
+    models: list[Contender],
+    shape: tuple[int, ...],
+    train_b: int,
+    sample_b: int,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, Result]:
+    """Every measurement of ``models`` on samples of ``shape``, the timings interleaved across them."""
+    xt, tt, target = make_inputs(train_b, shape, device)
+    xs, ts, _ = make_inputs(sample_b, shape, device, seed=1)
     results = {
-        c.name: Result(params=count_parameters(c.module), gflop=flops_per_sample(c, xs[:1], ts[:1]) / 1e9)
+        c.name: Result(
+            params=count_parameters(c.module), gflop=flops_per_sample(c, xs[:1], ts[:1]) / 1e9, config=c.config
+        )
         for c in models
     }
     timing = {"warmup": args.warmup, "reps": args.reps, "min_rep_s": args.min_rep_s}
@@ -270,14 +424,27 @@ def measure_size(size: int, args: argparse.Namespace, device: torch.device) -> d
     return results
 
 
+def measure_size(size: int, args: argparse.Namespace, device: torch.device) -> dict[str, Result]:
+    models = contenders(size, device, args.compile)
+    return measure(models, (IN_CHANNELS, size, size), *batches(size, args), args, device)
+
+
+def measure_audio(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Result], list[str]]:
+    models, notes = audio_contenders(args.length, device, args.compile)
+    return measure(models, (AUDIO_CHANNELS, args.length), *audio_batches(args), args, device), notes
+
+
 def ratio_cell(ours: list[float], theirs: list[float]) -> str:
     """Median of the per-repetition ratios, with their range."""
     ratios = [a / b for a, b in zip(ours, theirs)]
     return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def peak_kind(device: torch.device) -> str:
+    return "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
+
+
 def tables(results: dict[int, dict[str, Result]], args: argparse.Namespace, device: torch.device) -> str:
-    peak_kind = "CUDA max_memory_allocated" if device.type == "cuda" else "torch CPU allocations (profiler)"
     lines = [
         "| model | size | batch (train / sample) | params | GFLOP/sample (fwd) | train samples/s | sample samples/s "
         "| train peak MiB | sample peak MiB |",
@@ -300,24 +467,65 @@ def tables(results: dict[int, dict[str, Result]], args: argparse.Namespace, devi
         )
     lines += [
         "",
-        f"Batch column: training / sampling batch. Peak memory: {peak_kind}, above what was allocated "
+        f"Batch column: training / sampling batch. Peak memory: {peak_kind(device)}, above what was allocated "
         f"before the step. Ratios: median of {args.reps} interleaved repetitions (range in brackets).",
     ]
     return "\n".join(lines)
 
 
+def audio_tables(results: dict[str, Result], notes: list[str], args: argparse.Namespace, device: torch.device) -> str:
+    train_b, sample_b = audio_batches(args)
+    lines = [
+        "| model | configuration | batch (train / sample) | params | GFLOP/sample (fwd) | train samples/s "
+        "| sample samples/s | train peak MiB | sample peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {r.config} | {train_b} / {sample_b} | {r.params:,} | {r.gflop:.2f} "
+            f"| {statistics.median(r.train_per_s):.2f} | {statistics.median(r.sample_per_s):.2f} "
+            f"| {r.train_peak:.0f} | {r.sample_peak:.0f} |"
+        )
+    ours = results["multidiff"]
+    lines += ["", "| peer | params theirs/ours | train ours/theirs | sample ours/theirs |", "|---|---|---|---|"]
+    for name, r in results.items():
+        if name == "multidiff":
+            continue
+        size = r.params / ours.params
+        lines.append(
+            f"| {name} | {size:.3f} | {ratio_cell(ours.train_per_s, r.train_per_s)} "
+            f"| {ratio_cell(ours.sample_per_s, r.sample_per_s)} |"
+        )
+        if abs(size - 1) > PARAM_TOLERANCE:
+            notes.append(f"{name}'s parameter count is {size:.3f} times ours, outside the {PARAM_TOLERANCE:.0%} match.")
+    lines += [
+        "",
+        f"Mono clips of {args.length} samples, float32. Batch column: training / sampling batch. Peak memory: "
+        f"{peak_kind(device)}, above what was allocated before the step. Ratios: median of {args.reps} "
+        f"interleaved repetitions (range in brackets).",
+    ]
+    lines += [f"Note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--modality", choices=["image", "audio", "all"], default="all", help="which part to run (default all)"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="square image sizes (default 16 32)")
-    p.add_argument("--quick", action="store_true", help="1 warm-up call and 3 repetitions (under a minute on 2 cores)")
+    p.add_argument("--length", type=int, default=16384, help="audio clip length in samples (default 16384)")
+    p.add_argument("--quick", action="store_true", help="1 warm-up call and 3 repetitions")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 15, quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model (default 2, quick 1)")
     p.add_argument("--min-rep-s", type=float, default=None, help="least seconds per repetition (default 0.5)")
-    p.add_argument("--train-batch", type=int, default=None, help="training batch (default 512 / size)")
+    p.add_argument(
+        "--train-batch", type=int, default=None, help="training batch (default 512 / size for images, 4 for audio)"
+    )
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default twice the training one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 2)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     args = p.parse_args(argv)
     args.reps = args.reps or (3 if args.quick else 15)
@@ -326,25 +534,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def package_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or 2)
-    import diffusers
-
+    peers = ["diffusers"] + (["denoising-diffusion-pytorch"] if args.modality != "image" else [])
     print(
-        f"torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}, "
-        f"device {device}, threads {torch.get_num_threads()}, compile {args.compile}",
+        f"torch {torch.__version__}, "
+        + ", ".join(f"{p} {package_version(p)}" for p in peers)
+        + f", Python {platform.python_version()}, device {device}, threads {torch.get_num_threads()}, "
+        f"compile {args.compile}",
         file=sys.stderr,
     )
     start = time.perf_counter()
-    results: dict[int, dict[str, Result]] = {}
-    for size in args.sizes:
-        results[size] = measure_size(size, args, device)
-        params = {name: r.params for name, r in results[size].items()}
-        print(f"{size}x{size} done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
-    text = tables(results, args, device)
+    parts: list[str] = []
+    if args.modality in ("image", "all"):
+        results: dict[int, dict[str, Result]] = {}
+        for size in args.sizes:
+            results[size] = measure_size(size, args, device)
+            params = {name: r.params for name, r in results[size].items()}
+            print(f"{size}x{size} done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
+        parts.append(tables(results, args, device))
+    if args.modality in ("audio", "all"):
+        audio, notes = measure_audio(args, device)
+        params = {name: r.params for name, r in audio.items()}
+        print(f"audio done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
+        parts.append(audio_tables(audio, notes, args, device))
+    text = "\n\n".join(parts)
     print(text)
     print(f"\nTotal time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
     if args.out:
