@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/throughput.py                      # image and audio (about 25 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py                      # image and audio (about 10 min on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --modality image     # image only (a few minutes on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --modality audio     # audio only (about 20 min on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --quick              # smoke run (a few minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --modality audio     # audio only (about 4 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --quick              # smoke run (about 2 min on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --device cuda --compile --out results.md
 
 Image models (``--modality image``): multidiff against diffusers' ``UNet2DModel``
