@@ -80,6 +80,10 @@ class DiffusionConfig(StrictModel):
     min_snr_gamma: float = Field(5.0, gt=0)
     sigmoid_bias: float = 0.0
     sigma_data: float = Field(0.5, gt=0)
+    # The network sees data_scale * x: the data's scale is part of the noise schedule (Chen 2023,
+    # "On the importance of noise scheduling", input scaling; LDM's scale_factor). Samples are
+    # divided by it again. Audio at -20 dBFS RMS (std 0.1) wants about 5 to look like images' 0.5.
+    data_scale: float = Field(1.0, gt=0)
     noise_cond: Literal["t", "timestep", "logsnr", "log_sigma"] | None = None
 
 

@@ -68,6 +68,8 @@ class Denoiser(nn.Module):
             improved-DDPM variance interpolation (Nichol & Dhariwal 2021, eq. 15).
         clip_x0: clamp the x0 estimate to ``(-clip_x0, clip_x0)``; off by default, since it
             wrecks data outside [-1, 1].
+        data_scale: the network was trained on ``data_scale * x0``; the denoiser works in that
+            scaled space, and :func:`multidiff.pipeline.generate` divides its samples by it.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class Denoiser(nn.Module):
         noise_cond: str | None = None,
         learned_variance: bool = False,
         clip_x0: float | None = None,
+        data_scale: float = 1.0,
     ) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
@@ -92,6 +95,8 @@ class Denoiser(nn.Module):
             raise ValueError(f"noise_cond={noise_cond!r} needs a schedule")
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        if not data_scale > 0:
+            raise ValueError(f"data_scale must be positive, got {data_scale}")
         self.net = net
         self.schedule = schedule
         self.parameterization = parameterization
@@ -99,6 +104,7 @@ class Denoiser(nn.Module):
         self.noise_cond = noise_cond
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
+        self.data_scale = float(data_scale)
 
     @property
     def vp(self) -> bool:

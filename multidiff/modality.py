@@ -15,17 +15,50 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["DataInfo", "Modality", "StrictModel", "TensorDataset", "scan_labelled_folder"]
+__all__ = ["DataInfo", "Modality", "PresetModelConfig", "StrictModel", "TensorDataset", "scan_labelled_folder"]
 
 
 class StrictModel(BaseModel):
     """Base of every config section: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class PresetModelConfig(StrictModel):
+    """A ``model:`` section that names a preset, any of whose values may be overridden.
+
+    A subclass sets ``PRESETS`` (name -> network arguments), narrows ``preset`` to a ``Literal``
+    of those names and adds its own override fields, each ``None`` meaning "the preset's value".
+    :meth:`resolved` returns the preset with every override applied.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    preset: str
+    channels: int | None = Field(None, ge=1)
+    channel_mult: list[int] | None = None
+    num_res_blocks: int | None = Field(None, ge=1)
+    head_channels: int = Field(64, ge=1)
+    dropout: float | None = Field(None, ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _mult(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or any(m < 1 for m in v)):
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
+        return v
+
+    def resolved(self) -> dict[str, Any]:
+        """The preset with this section's overrides applied."""
+        out = dict(self.PRESETS[self.preset])
+        for k in type(self).model_fields:
+            if k != "preset" and getattr(self, k) is not None:
+                out[k] = getattr(self, k)
+        return out
 
 
 @dataclass(frozen=True)

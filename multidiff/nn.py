@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -174,6 +175,12 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=self.factor, mode="nearest"))
 
 
+def _run_layer(layer: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+    for m in layer:
+        h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+    return h
+
+
 class UNet(nn.Module):
     """A UNet over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None) -> (B, out, *spatial)``.
 
@@ -195,6 +202,8 @@ class UNet(nn.Module):
         noise_scale: multiplies ``c_noise`` before the sinusoidal embedding (see
             :class:`NoiseEmbedding`).
         groups: GroupNorm groups.
+        gradient_checkpointing: recompute each level's blocks in the backward pass instead of
+            keeping their activations (Chen et al. 2016): less memory, about one more forward.
 
     Any spatial size works: an axis that is not a multiple of ``factor ** (levels - 1)`` is
     zero-padded up to one and the output cropped back.
@@ -217,8 +226,10 @@ class UNet(nn.Module):
         factor: int | Sequence[int] = 2,
         noise_scale: float = 1.0,
         groups: int = 32,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
         levels = len(channel_mult)
         if levels < 1 or num_res_blocks < 1 or channels < 1:
             raise ValueError("need at least one level, one residual block per level and one channel")
@@ -274,6 +285,10 @@ class UNet(nn.Module):
 
     cpu_channels_last: bool = True
 
+    @staticmethod
+    def _run_checkpointed(layer: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+        return torch.utils.checkpoint.checkpoint(_run_layer, layer, h, emb, use_reentrant=False)
+
     def _embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
         emb = self.noise_embed(c_noise.reshape(-1).expand(batch))
         if self.class_embed is not None:
@@ -302,18 +317,15 @@ class UNet(nn.Module):
             # them: about 10% faster sampling on CPU. Every later layer keeps the layout. Not on
             # CUDA, whose GroupNorm would copy the activations back to NCHW at every call.
             x = x.contiguous(memory_format=torch.channels_last)
+        run = self._run_checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _run_layer
         h = self.stem(x)
         hs = [h]
         for layer in self.down:
-            for m in layer:
-                h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+            h = run(layer, h, emb)
             hs.append(h)
-        for m in self.mid:
-            h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+        h = run(self.mid, h, emb)
         for layer in self.up:
-            h = torch.cat([h, hs.pop()], dim=1)
-            for m in layer:
-                h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+            h = run(layer, torch.cat([h, hs.pop()], dim=1), emb)
         h = self.out(h)
         if any(pad):
             h = h[(slice(None), slice(None), *(slice(0, s) for s in spatial))]

@@ -39,7 +39,9 @@ def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo) -> Denoiser:
     schedule = C.build_schedule(d.schedule, size=max(info.shape[1:], default=1))
     noise_cond = d.noise_cond or default_noise_cond(d.parameterization, schedule)
     net = cfg.adapter.build_network(cfg.model, info, noise_scale=C.noise_scale(noise_cond, schedule))
-    return Denoiser(net, schedule, d.parameterization, sigma_data=d.sigma_data, noise_cond=noise_cond)
+    return Denoiser(
+        net, schedule, d.parameterization, sigma_data=d.sigma_data, noise_cond=noise_cond, data_scale=d.data_scale
+    )
 
 
 @dataclass
@@ -112,7 +114,8 @@ def generate(
     The prior noise comes from a CPU generator seeded with ``seed``, so a seed gives the same
     samples on every device. For a class-conditional model, ``labels`` (an int, a tensor of
     ``n`` labels, or ``None`` for :func:`default_labels`) picks the classes, and
-    ``guidance_scale != 1`` applies classifier-free guidance against the null class.
+    ``guidance_scale != 1`` applies classifier-free guidance against the null class. Samples
+    are returned in data units: divided by the denoiser's ``data_scale`` (1 if it has none).
     """
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
@@ -139,6 +142,7 @@ def generate(
         fn = classifier_free_guidance(
             denoiser, guidance_scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], k)}
         )
+    data_scale = float(getattr(denoiser, "data_scale", 1.0))
     g = torch.Generator().manual_seed(seed)
     out = []
     for start in range(0, n, batch_size):
@@ -146,5 +150,5 @@ def generate(
         x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
         cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
         x0 = spec.fn(fn, x, sigmas, cond=cond, generator=g, callback=callback, **(options or {}))
-        out.append(x0.float().cpu())
+        out.append((x0 / data_scale).float().cpu())
     return torch.cat(out), labels

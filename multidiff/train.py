@@ -271,6 +271,7 @@ class Trainer:
         torch.manual_seed(seed)  # dropout inside the network
         g = torch.Generator(device=self.device).manual_seed(seed)
         x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
+        x0 = x0 * self.denoiser.data_scale if self.denoiser.data_scale != 1.0 else x0
         cond: dict[str, Tensor] = {}
         if self.info.num_classes > 0:
             labels = labels.to(self.device, non_blocking=True).long()

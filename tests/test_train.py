@@ -204,3 +204,39 @@ def test_jsonl_metrics_and_resolved_config_beside_the_run(tmp_path: Path) -> Non
     saved = json.loads((tmp_path / "r" / "config.json").read_text())
     assert saved == find_checkpoint(tmp_path / "r").config
     assert saved["model"]["preset"] == "tiny" and saved["diffusion"]["weighting"] == "uniform"  # defaults filled in
+
+
+def test_data_scale_is_applied_in_training_and_undone_in_sampling(tmp_path: Path, monkeypatch) -> None:
+    """``diffusion.data_scale`` multiplies the training data and divides the samples: the exact
+    denoiser of the scaled mixture, declared with that scale, samples the unscaled mixture."""
+    from multidiff import train as T
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
+    from multidiff.testing import GaussianMixture
+
+    seen = []
+    real_loss = T.diffusion_loss
+
+    def spy(den, x0, sigma, **kw):
+        seen.append(x0.detach().clone())
+        return real_loss(den, x0, sigma, **kw)
+
+    monkeypatch.setattr(T, "diffusion_loss", spy)
+    d = tiny_run(tmp_path / "scaled", diffusion={"data_scale": 3.0})
+    d["train"]["steps"] = 1
+    tr = _train(d)
+    assert float(tr.dataset.x.abs().max()) <= 1.0 and seen  # digits lie in [-1, 1]
+    assert 1.5 < float(seen[0].abs().max()) <= 3.0 + 1e-5
+    assert load_pipeline(str(tmp_path / "scaled")).denoiser.data_scale == 3.0
+
+    b = 5.0
+    gm = GaussianMixture(torch.tensor([[-0.2], [0.2]]), 0.02)
+    scaled = GaussianMixture(b * gm.means, b * 0.02).denoiser()
+    scaled.data_scale = b
+    x, _ = generate(
+        scaled, DataInfo((1,), 0), n=2000, sampler="heun", steps=30, grid="karras", sigma_min=0.002, sigma_max=80.0
+    )
+    x = x.double().flatten()
+    assert set(torch.sign(x).unique().tolist()) == {-1.0, 1.0}
+    assert (x.abs() - 0.2).abs().mean() < 0.03  # without the division the modes would sit at +-1
+    assert x.abs().std() == pytest.approx(0.02, rel=0.15)

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, StrictModel
+from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel
 from multidiff.nn import UNet
 
 __all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
@@ -46,31 +46,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class AudioModelConfig(StrictModel):
+class AudioModelConfig(PresetModelConfig):
     """The ``model:`` section: a preset, any of whose values may be overridden."""
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+
     preset: Literal["tiny", "small", "base"] = "tiny"
-    channels: int | None = Field(None, ge=1)
-    channel_mult: list[int] | None = None
-    num_res_blocks: int | None = Field(None, ge=1)
     factor: int | None = Field(None, ge=2)
     attention_levels: list[int] | None = None
-    head_channels: int = Field(64, ge=1)
-    dropout: float | None = Field(None, ge=0, lt=1)
-
-    @field_validator("channel_mult")
-    @classmethod
-    def _mult(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(m < 1 for m in v)):
-            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
-        return v
 
     def resolved(self) -> dict[str, Any]:
-        out = dict(PRESETS[self.preset])
-        for k in ("channels", "channel_mult", "num_res_blocks", "factor", "attention_levels", "dropout"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
-        out["head_channels"] = self.head_channels
+        out = super().resolved()
         levels = len(out["channel_mult"])
         if any(not 0 <= a < levels for a in out["attention_levels"]):
             raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, StrictModel
+from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel
 from multidiff.nn import UNet
 
 from . import data as D
@@ -47,32 +47,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class ImageModelConfig(StrictModel):
+class ImageModelConfig(PresetModelConfig):
     """The ``model:`` section: a preset, any of whose values may be overridden."""
 
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
+
     preset: Literal["tiny", "small", "ddpm_cifar10"] = "tiny"
-    channels: int | None = Field(None, ge=1)
-    channel_mult: list[int] | None = None
-    num_res_blocks: int | None = Field(None, ge=1)
     attention_resolutions: list[int] | None = None
-    head_channels: int = Field(64, ge=1)
-    dropout: float | None = Field(None, ge=0, lt=1)
-
-    @field_validator("channel_mult")
-    @classmethod
-    def _mult(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(m < 1 for m in v)):
-            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
-        return v
-
-    def resolved(self) -> dict[str, Any]:
-        """The preset with this section's overrides applied."""
-        out = dict(PRESETS[self.preset])
-        for k in ("channels", "channel_mult", "num_res_blocks", "attention_resolutions", "dropout"):
-            if getattr(self, k) is not None:
-                out[k] = getattr(self, k)
-        out["head_channels"] = self.head_channels
-        return out
 
 
 class ImageDataConfig(StrictModel):
