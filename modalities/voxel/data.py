@@ -1,0 +1,344 @@
+"""Voxel data sets: built-in parametric primitives, and any folder of mesh files.
+
+Both return a :class:`~multidiff.modality.TensorDataset` of grids ``(N, 1, R, R, R)`` float32 in
+[-1, 1], positive inside the shape (occupancy +1 / -1, or a truncated SDF; see
+:mod:`modalities.voxel.io` for the conventions), plus the :class:`~multidiff.modality.DataInfo`,
+whose ``extra`` records ``resolution``, ``representation`` and ``truncation``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
+
+from . import io as vio
+
+__all__ = ["SHAPES", "MESH_SUFFIXES", "CACHE_VERSION", "primitive_sdf", "shapes", "mesh_folder", "mesh_cache_key"]
+
+SHAPES = ("sphere", "box", "torus", "cylinder", "cone", "capsule")
+MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb", ".gltf")
+CACHE_VERSION = 1  # bump when voxelize's output changes, so old cache files are not used
+
+# Parameters of each primitive in its canonical frame: centred on its bounding box, solids of
+# revolution around the y axis (the cone's apex at +y), heights measured tip to tip along y.
+_PARAMS = {
+    "sphere": ("radius",),
+    "box": ("half_extents",),
+    "torus": ("major_radius", "minor_radius"),
+    "cylinder": ("radius", "height"),
+    "cone": ("radius", "height"),
+    "capsule": ("radius", "height"),
+}
+
+
+# ---------------------------------------------------------------- primitives
+
+
+def _segment_distance(
+    qx: Tensor, qy: Tensor, ax: float | Tensor, ay: float | Tensor, bx: float | Tensor, by: float | Tensor
+) -> Tensor:
+    """Distance from 2D points ``(qx, qy)`` to the segments ``a``-``b`` (all broadcast)."""
+    px, py, ex, ey = qx - ax, qy - ay, bx - ax, by - ay
+    t = ((px * ex + py * ey) / (ex * ex + ey * ey)).clamp(0, 1)
+    return torch.hypot(px - t * ex, py - t * ey)
+
+
+def primitive_sdf(kind: str, points: Tensor, **params: float | Tensor) -> Tensor:
+    """Signed distance ``(...)`` from ``points (..., 3)`` to a primitive in its canonical frame,
+    negative inside; exact for every kind.
+
+    Parameters (floats or tensors broadcasting against ``points[..., 0]``; ``half_extents`` against
+    ``points``): ``sphere(radius)``, ``box(half_extents)``, ``torus(major_radius, minor_radius)``
+    around y, ``cylinder(radius, height)``, ``cone(radius, height)`` (base of ``radius`` at
+    ``y = -height/2``, apex at ``+height/2``), ``capsule(radius, height)`` (tip to tip along y,
+    ``height >= 2 * radius``). The formulas follow Inigo Quilez's catalogue of distance functions
+    (iquilezles.org/articles/distfunctions); the solids of revolution are the exact 2D distance to
+    their profile in ``(sqrt(x^2 + z^2), y)``: a rectangle for the cylinder, a right triangle for
+    the cone (nearest of its base and slanted edges, sign from the two half-planes).
+    """
+    if kind not in _PARAMS:
+        raise ValueError(f"unknown primitive {kind!r}; expected one of {', '.join(SHAPES)}")
+    missing = [k for k in _PARAMS[kind] if k not in params]
+    extra = [k for k in params if k not in _PARAMS[kind]]
+    if missing or extra:
+        raise ValueError(
+            f"primitive {kind!r} takes {', '.join(_PARAMS[kind])}; "
+            + (f"missing {', '.join(missing)}" if missing else f"unexpected {', '.join(extra)}")
+        )
+    if points.shape[-1] != 3:
+        raise ValueError(f"points must have shape (..., 3), got {tuple(points.shape)}")
+    p = {k: torch.as_tensor(v, dtype=points.dtype, device=points.device) for k, v in params.items()}
+    x, y, z = points.unbind(-1)
+    rho = torch.hypot(x, z)  # distance from the y axis
+    if kind == "sphere":
+        return points.norm(dim=-1) - p["radius"]
+    if kind == "box":
+        q = points.abs() - p["half_extents"]
+        return q.clamp(min=0).norm(dim=-1) + q.amax(-1).clamp(max=0)
+    if kind == "torus":
+        return torch.hypot(rho - p["major_radius"], y) - p["minor_radius"]
+    r, h = p["radius"], p["height"] / 2
+    if kind == "capsule":
+        core = (h - r).clamp(min=0)  # half-length of the segment between the cap centres
+        return torch.hypot(rho, y - torch.minimum(torch.maximum(y, -core), core)) - r
+    if kind == "cylinder":
+        dx, dy = rho - r, y.abs() - h
+        return torch.maximum(dx, dy).clamp(max=0) + torch.hypot(dx.clamp(min=0), dy.clamp(min=0))
+    # cone: profile triangle (0, -h), (r, -h), (0, h)
+    base = _segment_distance(rho, y, 0.0, -h, r, -h)
+    slant = _segment_distance(rho, y, r, -h, 0.0, h)
+    inside = (y > -h) & (rho * 2 * h + (y + h) * r < r * 2 * h)
+    d = torch.minimum(base, slant)
+    return torch.where(inside, -d, d)
+
+
+def _support(kind: str, u: Tensor, p: dict[str, Tensor]) -> Tensor:
+    """Support function ``max_{x in shape} <x, u>`` of each primitive (canonical frame) for unit
+    directions ``u (..., 3)``; parameters broadcast against ``u[..., 0]``."""
+    radial = torch.hypot(u[..., 0], u[..., 2])
+    if kind == "sphere":
+        return p["radius"].expand(u.shape[:-1])
+    if kind == "box":
+        return (p["half_extents"] * u.abs()).sum(-1)
+    if kind == "torus":
+        return p["major_radius"] * radial + p["minor_radius"]
+    r, h = p["radius"], p["height"] / 2
+    if kind == "cylinder":
+        return r * radial + h * u[..., 1].abs()
+    if kind == "capsule":
+        return (h - r) * u[..., 1].abs() + r
+    return torch.maximum(h * u[..., 1], -h * u[..., 1] + r * radial)  # cone: apex or base rim
+
+
+def _rotations(u: Tensor) -> Tensor:
+    """Rotations ``(n, 3, 3)`` from uniforms ``u (n, 3)``, uniform on SO(3) when ``u`` is: Shoemake's
+    uniform random quaternion (Graphics Gems III, 1992)."""
+    a, b = (1 - u[:, 0]).sqrt(), u[:, 0].sqrt()
+    w, x = a * torch.sin(2 * math.pi * u[:, 1]), a * torch.cos(2 * math.pi * u[:, 1])
+    y, z = b * torch.sin(2 * math.pi * u[:, 2]), b * torch.cos(2 * math.pi * u[:, 2])
+    return torch.stack(
+        [
+            torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        1,
+    )
+
+
+def _unit_params(kind: str, a: Tensor) -> dict[str, Tensor]:
+    """Canonical parameters (before scaling) from two uniforms ``a (n, 2)``, chosen so the six
+    classes stay apart at 16^3: tori with a tube thick enough to voxelize and a hole at least as
+    wide as it; cylinders squat to square (height 0.6-1.4 diameters, flat caps); capsules clearly
+    elongated (2-3 diameters tip to tip, round caps); cones 0.75-1.25 base diameters tall; boxes
+    with sides in ratios up to 2:1; spheres round."""
+    one = torch.ones(len(a), dtype=a.dtype)
+    if kind == "sphere":
+        return {"radius": one}
+    if kind == "box":
+        return {"half_extents": torch.stack([one, 0.5 + 0.5 * a[:, 0], 0.5 + 0.5 * a[:, 1]], -1)}
+    if kind == "torus":
+        return {"major_radius": one, "minor_radius": 0.3 + 0.15 * a[:, 0]}
+    if kind == "cylinder":
+        return {"radius": one, "height": 1.2 + 1.6 * a[:, 0]}
+    if kind == "cone":
+        return {"radius": one, "height": 1.5 + 1.0 * a[:, 0]}
+    return {"radius": one, "height": 4.0 + 2.0 * a[:, 0]}  # capsule
+
+
+def _scale_params(p: dict[str, Tensor], k: Tensor) -> dict[str, Tensor]:
+    return {n: v * (k[:, None] if v.ndim == 2 else k) for n, v in p.items()}
+
+
+def shapes(
+    resolution: int = 16,
+    *,
+    per_class: int = 200,
+    representation: str = "occupancy",
+    truncation: float = 3.0,
+    seed: int = 0,
+) -> tuple[TensorDataset, DataInfo]:
+    """Parametric primitives, one class per kind of :data:`SHAPES`; needs no files and no download.
+
+    Example ``i`` is class ``i % 6``. Each draws, from ``seed`` alone: a rotation uniform on SO(3);
+    aspect parameters (see :func:`_unit_params`); a size making the largest side of its rotated
+    bounding box 50-85% of the cube (capped so a one-voxel margin remains at small resolutions);
+    a position uniform over the places where the whole shape keeps at least one voxel of margin to
+    every face of the cube, so the outer layer of voxels is always outside and marching cubes gives
+    closed surfaces. The grid holds the exact signed distance at the voxel centres: occupancy is
+    +1 where it is negative (inside), the SDF representation is ``clamp(-d * R / truncation, -1, 1)``.
+    The draws depend on neither ``resolution`` nor ``per_class``: one seed gives the same shapes (up
+    to the margin) at every resolution, and example ``i`` is the same in a larger set.
+    """
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
+        raise ValueError(f"shapes: resolution must be a whole number >= 8, got {resolution!r}")
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"shapes: per_class must be a whole number >= 1, got {per_class!r}")
+    vio._check_representation(representation, truncation)
+    r, k_classes = resolution, len(SHAPES)
+    n = k_classes * per_class
+    # One row of uniforms per example, so example i is the same whatever per_class is.
+    u = torch.rand(n, 9, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    rot, size_u, place_u, aspect_u = _rotations(u[:, :3]), u[:, 3], u[:, 4:7], u[:, 7:9]
+    labels = torch.arange(n) % k_classes
+
+    margin = 1.0 / r + 1e-4  # one voxel, and a hair, so no surface passes through an outer voxel centre
+    room = 1.0 - 2 * margin
+    lo_size, hi_size = min(0.5, room), min(0.85, room)
+    ticks = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
+    centres = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(1, -1, 3)
+    x = torch.empty(n, 1, r, r, r)
+    chunk = max(1, (1 << 21) // r**3)  # examples per batch: ~2M points, ~100 MB of temporaries
+    for c, kind in enumerate(SHAPES):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        unit = _unit_params(kind, aspect_u[idx])
+        # World bounding box of the rotated unit shape: along world axis k the support in the
+        # direction of row k of the rotation (local -> world), and its opposite.
+        axes = rot[idx]  # (m, 3, 3); row k = world axis k in local coordinates
+        per_axis = {m: v[:, None] if v.ndim == 1 else v[:, None, :] for m, v in unit.items()}
+        hi, lo = _support(kind, axes, per_axis), -_support(kind, -axes, per_axis)  # (m, 3) each
+        scale = (lo_size + (hi_size - lo_size) * size_u[idx]) / (hi - lo).amax(1)
+        lo, hi = lo * scale[:, None], hi * scale[:, None]
+        centre = (-0.5 + margin - lo) + place_u[idx] * ((0.5 - margin - hi) - (-0.5 + margin - lo)).clamp(min=0)
+        params = _scale_params(unit, scale)
+        for s in range(0, len(idx), chunk):
+            b = slice(s, s + chunk)
+            q = rot[idx[b]].float()
+            local = torch.bmm(centres - centre[b, None, :].float(), q)  # Q^T (p - c) as rows
+            pb = {m: (v[b, None] if v.ndim == 1 else v[b, None, :]).float() for m, v in params.items()}
+            d = primitive_sdf(kind, local, **pb) * r  # in voxels, negative inside
+            if representation == "occupancy":
+                grid = torch.where(d < 0, 1.0, -1.0)
+            else:
+                grid = (-d / truncation).clamp(-1, 1)
+            x[idx[b]] = grid.reshape(-1, 1, r, r, r)
+    extra = {"resolution": r, "representation": representation, "truncation": float(truncation), "source": "shapes"}
+    return TensorDataset(x, labels), DataInfo((1, r, r, r), k_classes, SHAPES, extra)
+
+
+# ---------------------------------------------------------------- mesh folders
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a mesh file's bytes; for a ``.gltf``, also of the external buffers it names."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    if path.suffix.lower() == ".gltf":
+        try:
+            uris = [b.get("uri", "") for b in json.loads(path.read_text("utf-8")).get("buffers", [])]
+        except (ValueError, OSError, AttributeError):
+            uris = []
+        for uri in uris:
+            side = path.parent / uri
+            if uri and not uri.startswith("data:") and side.is_file():
+                h.update(_file_digest(side).encode())
+    return h.hexdigest()
+
+
+def mesh_cache_key(path: str | Path, resolution: int, representation: str, truncation: float) -> str:
+    """The cache file name of one mesh's grid: its content hash (so renaming or copying a folder
+    keeps the cache, and editing a file invalidates it), the resolution, the representation, the
+    truncation (SDF only) and :data:`CACHE_VERSION`."""
+    t = f"-t{truncation:g}" if representation == "sdf" else ""
+    return f"{_file_digest(Path(path))[:24]}-r{resolution}-{representation}{t}-v{CACHE_VERSION}.npz"
+
+
+def _read_cached(file: Path, resolution: int) -> Tensor | None:
+    try:
+        with np.load(file, allow_pickle=False) as z:
+            grid = z["grid"]
+    except Exception:  # missing, half-written by a killed run, or corrupt: voxelize again
+        return None
+    if grid.shape != (1, resolution, resolution, resolution) or not np.isfinite(grid).all():
+        return None
+    return torch.from_numpy(grid.astype(np.float32))
+
+
+def _write_cached(file: Path, grid: Tensor, source: Path) -> None:
+    """Write to a temporary file in the same folder and rename, so a crash leaves no half file."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=file.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez_compressed(f, grid=grid.numpy(), source=np.array(source.name))
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def mesh_folder(
+    path: str | Path,
+    resolution: int = 32,
+    *,
+    representation: str = "occupancy",
+    truncation: float = 3.0,
+    cache_dir: str | Path | None = None,
+    limit: int | None = None,
+    max_faces: int = vio.MAX_FACES,
+) -> tuple[TensorDataset, DataInfo]:
+    """Any folder of meshes (:data:`MESH_SUFFIXES`), as grids ``(N, 1, R, R, R)``.
+
+    Files are found by :func:`~multidiff.modality.scan_labelled_folder` (classes from first-level
+    sub-folders in sorted order, or unlabelled files at the top level; hidden files skipped).
+    ``limit`` keeps the first files in sorted order. Each file is read by
+    :func:`~.io.load_mesh` (a scene flattened to one mesh; more than ``max_faces`` faces refused),
+    its bounding box centred and its longest side scaled to the cube less one voxel on each side,
+    then voxelized by :func:`~.io.voxelize`. Every file is read before training starts, so a bad one
+    fails the run at once, with its name.
+
+    Grids are cached, one ``.npz`` per file, resolution, representation (and truncation for SDF)
+    under ``cache_dir`` (default ``<path>/.multidiff_voxel_cache``, a hidden folder the scan skips),
+    keyed by the file's content hash (see :func:`mesh_cache_key`), so the second run voxelizes
+    nothing. An unwritable cache folder only costs the caching (with a warning).
+    """
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
+        raise ValueError(f"mesh_folder: resolution must be a whole number >= 8, got {resolution!r}")
+    vio._check_representation(representation, truncation)
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"mesh_folder: limit must be a whole number >= 1, got {limit!r}")
+    root = Path(path).expanduser()
+    files, labs, classes = scan_labelled_folder(root, MESH_SUFFIXES, "meshes")
+    if limit is not None:
+        files, labs = files[:limit], labs[:limit]
+    cache: Path | None = Path(cache_dir).expanduser() if cache_dir is not None else root / ".multidiff_voxel_cache"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        warnings.warn(f"cannot create the voxel cache {str(cache)!r} ({e}); voxelizing without a cache", stacklevel=2)
+        cache = None
+    from tqdm.auto import tqdm
+
+    x = torch.empty(len(files), 1, resolution, resolution, resolution)
+    for i, f in enumerate(tqdm(files, desc="voxelizing meshes", unit="mesh", disable=None, leave=False)):
+        entry = cache / mesh_cache_key(f, resolution, representation, truncation) if cache else None
+        grid = _read_cached(entry, resolution) if entry is not None else None
+        if grid is None:
+            grid = vio.voxelize_file(f, resolution, representation, truncation, max_faces=max_faces)
+            if entry is not None:
+                try:
+                    _write_cached(entry, grid, f)
+                except OSError as e:
+                    warnings.warn(f"cannot write the voxel cache {str(entry)!r}: {e}", stacklevel=2)
+        x[i] = grid
+    extra = {
+        "resolution": resolution,
+        "representation": representation,
+        "truncation": float(truncation),
+        "source": "folder",
+        "path": str(root),
+    }
+    info = DataInfo((1, resolution, resolution, resolution), len(classes), tuple(classes), extra)
+    return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
