@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 FORMATS = ("obj", "ply", "stl", "glb")
@@ -42,15 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline(args.checkpoint, device=args.device)
     if pipe.adapter.name != "voxel":
         p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not a voxel one")
-    names = pipe.info.class_names
-    label = None
-    if args.label is not None:
-        if args.label in names:
-            label = names.index(args.label)
-        elif args.label.isdigit() and int(args.label) < len(names):
-            label = int(args.label)
-        else:
-            p.error(f"--class must be one of {list(names)} or an index below {len(names)}, got {args.label!r}")
+    try:
+        label = class_index(args.label, pipe.info.class_names)
+    except ValueError as e:
+        p.error(str(e))
     x, labels = pipe.generate(
         args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
     )

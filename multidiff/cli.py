@@ -124,6 +124,7 @@ def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> list[Path]:
 
 
 DEMO_AUDIO_STEPS = 600
+DEMO_VOXEL_STEPS = 400
 
 
 def _demo_train(steps: int, batch: int, quick: bool) -> dict:
@@ -140,9 +141,12 @@ def _demo_train(steps: int, batch: int, quick: bool) -> dict:
     }
 
 
-def demo_configs(out: Path, image_steps: int, audio_steps: int, quick: bool) -> list[tuple[str, dict]]:
-    """The demo's runs, shorter versions of configs/image_digits.yaml and configs/audio_tones.yaml:
-    class-conditional digits at 16x16 and class-conditional tones (the class is the pitch)."""
+def demo_configs(
+    out: Path, image_steps: int, audio_steps: int, quick: bool, voxel_steps: int = DEMO_VOXEL_STEPS
+) -> list[tuple[str, dict]]:
+    """The demo's runs, shorter versions of configs/image_digits.yaml, configs/audio_tones.yaml
+    and configs/voxel_shapes.yaml: class-conditional digits at 16x16, tones (the class is the
+    pitch) and primitive shapes at 16^3 (the class is the kind of shape)."""
     v_pred = {"schedule": {"kind": "cosine_discrete"}, "parameterization": "v", "weighting": "snr_plus_one"}
     sample = {"sampler": "dpmpp_2m", "steps": 5 if quick else 20, "guidance_scale": 2.0}
     digits = {
@@ -159,13 +163,26 @@ def demo_configs(out: Path, image_steps: int, audio_steps: int, quick: bool) -> 
         "out_dir": str(out / "tones_run"),
         "data": {"source": "tones", "sample_rate": 8000, "length": 2048, "random_polarity": True},
         "model": {"preset": "tiny", **({"channels": 4, "channel_mult": [1, 2, 2, 2]} if quick else {})},
-        "diffusion": v_pred,
+        "diffusion": {**v_pred, "data_scale": 5.0},
         "train": _demo_train(audio_steps, 32, quick),
         "sample": {**sample, "num_samples": 16},
+    }
+    shapes = {
+        "modality": "voxel",
+        "out_dir": str(out / "shapes_run"),
+        "data": {"source": "shapes", "resolution": 16, "representation": "sdf", "truncation": 2.0},
+        "model": {
+            "preset": "tiny",
+            **({"channels": 4, "channel_mult": [1, 2], "attention_levels": [1]} if quick else {}),
+        },
+        "diffusion": v_pred,
+        "train": _demo_train(voxel_steps, 16, quick),
+        "sample": {**sample, "num_samples": 12},
     }
     return [
         ("handwritten digits (16x16, 10 classes)", digits),
         ("synthesized tones (0.26 s at 8 kHz, 8 pitches)", tones),
+        ("primitive shapes (16^3 SDF grids, 6 kinds)", shapes),
     ]
 
 
@@ -180,8 +197,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     image_steps = args.steps if args.steps is not None else (30 if args.quick else 600)
     audio_steps = args.audio_steps if args.audio_steps is not None else (20 if args.quick else DEMO_AUDIO_STEPS)
+    voxel_steps = args.voxel_steps if args.voxel_steps is not None else (10 if args.quick else DEMO_VOXEL_STEPS)
     paths: list[Path] = []
-    for what, d in demo_configs(out, image_steps, audio_steps, args.quick):
+    for what, d in demo_configs(out, image_steps, audio_steps, args.quick, voxel_steps):
         if d["modality"] not in available_modalities():
             print(f"skipping {what}: the {d['modality']!r} modality is not installed")
             continue
@@ -199,10 +217,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             trainer.ema_denoiser, trainer.dataset, trainer.info, out, guidance_scale=cfg.run.sample.guidance_scale
         )
         paths.append(plot_loss(result.run_dir / "metrics.csv", out / f"loss_{run.name.removesuffix('_run')}.png"))
-        print(
-            f"sample more: multidiff sample {run}"
-            + (" --class 7 --guidance 3" if d["modality"] == "image" else " --class E4")
-        )
+        names = trainer.info.class_names
+        print(f"sample more: multidiff sample {run}" + (f" --class {names[-1]} --guidance 3" if names else ""))
     paths += _mixture_demo(out, args.nfe, args.seed, args.quick)
     print()
     for p in paths:
@@ -232,24 +248,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_labels(text: str | None, names: tuple[str, ...]) -> int | None:
-    if text is None:
-        return None
-    if text in names:
-        return names.index(text)
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"--class must be a class index or one of {list(names)}, got {text!r}") from None
-
-
 def _cmd_sample(args: argparse.Namespace) -> int:
+    from .modality import class_index
     from .pipeline import load_pipeline
 
     pipe = load_pipeline(args.checkpoint, device=args.device)
-    label = _parse_labels(args.class_label, pipe.info.class_names)
-    if label is not None and pipe.info.num_classes == 0:
+    if args.class_label is not None and pipe.info.num_classes == 0:
         raise ValueError("--class given, but this model is unconditional")
+    label = class_index(args.class_label, pipe.info.class_names or [str(i) for i in range(pipe.info.num_classes)])
     t0 = time.perf_counter()
     x, labels = pipe.generate(
         args.num,
@@ -283,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, help="image training steps (default 600; 30 with --quick)")
     d.add_argument(
         "--audio-steps", type=int, help=f"audio training steps (default {DEMO_AUDIO_STEPS}; 20 with --quick)"
+    )
+    d.add_argument(
+        "--voxel-steps", type=int, help=f"voxel training steps (default {DEMO_VOXEL_STEPS}; 10 with --quick)"
     )
     d.add_argument("--quick", action="store_true", help="a few seconds: a smaller model, few steps (a smoke test)")
     d.set_defaults(func=_cmd_demo)

@@ -19,7 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-__all__ = ["DataInfo", "Modality", "PresetModelConfig", "StrictModel", "TensorDataset", "scan_labelled_folder"]
+__all__ = [
+    "DataInfo",
+    "Modality",
+    "PresetModelConfig",
+    "StrictModel",
+    "TensorDataset",
+    "class_index",
+    "coin_flips",
+    "finish_dataset",
+    "sample_names",
+    "scan_labelled_folder",
+]
 
 
 class StrictModel(BaseModel):
@@ -195,3 +206,38 @@ class Modality(ABC):
     def describe(self, data: Any) -> str:
         """One line saying what the data is, for logs."""
         return self.name
+
+
+def finish_dataset(
+    ds: Dataset, info: DataInfo, *, limit: int | None, class_conditional: bool
+) -> tuple[Dataset, DataInfo]:
+    """The first ``limit`` examples of an in-memory set, and no classes when ``class_conditional`` is off."""
+    if limit is not None and isinstance(ds, TensorDataset) and len(ds) > limit:
+        ds = TensorDataset(ds.x[:limit], ds.labels[:limit])
+    if not class_conditional and info.num_classes:
+        info = DataInfo(info.shape, 0, (), info.extra)
+    return ds, info
+
+
+def coin_flips(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
+    """A per-example boolean mask, shaped ``(B, 1, ..., 1)`` to broadcast against ``x``, true with
+    probability ``p``; drawn from ``generator`` (on its own device) for reproducible augmentation."""
+    draw = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device)
+    return (draw < p).view(-1, *([1] * (x.ndim - 1)))
+
+
+def sample_names(n: int, info: DataInfo, labels: Tensor | None) -> list[str]:
+    """File stems for ``n`` generated examples: ``000``, ``001``, ... followed by ``_<class>`` when labelled."""
+    named = labels is not None and bool(info.class_names)
+    return [f"{i:03d}" + (f"_{info.class_names[int(labels[i])]}" if named else "") for i in range(n)]
+
+
+def class_index(text: str | None, names: Sequence[str]) -> int | None:
+    """A class given by name or index on a command line; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    if text in names:
+        return list(names).index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+        return int(text)
+    raise ValueError(f"--class must be one of {list(names)} or an index below {len(names)}, got {text!r}")

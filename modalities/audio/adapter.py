@@ -9,7 +9,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel
+from multidiff.modality import (
+    DataInfo,
+    Modality,
+    PresetModelConfig,
+    StrictModel,
+    coin_flips,
+    finish_dataset,
+    sample_names,
+)
 from multidiff.nn import UNet
 
 __all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
@@ -141,11 +149,7 @@ class AudioModality(Modality):
             ds, info = D.sc09(
                 data.root, download=data.download, sample_rate=data.sample_rate, length=data.length, limit=data.limit
             )
-        if data.limit is not None and len(ds) > data.limit:
-            ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
-        if not data.class_conditional and info.num_classes:
-            info = DataInfo(info.shape, 0, (), info.extra)
-        return ds, info
+        return finish_dataset(ds, info, limit=data.limit, class_conditional=data.class_conditional)
 
     def build_network(
         self, model: AudioModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
@@ -156,8 +160,7 @@ class AudioModality(Modality):
         """Random polarity (``x -> -x``, inaudible) when ``data.random_polarity`` is set."""
         if not data.random_polarity:
             return x
-        flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
-        return torch.where(flip[:, None, None], -x, x)
+        return torch.where(coin_flips(x, generator), -x, x)
 
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
         """One WAV per clip in the folder ``path`` (named by index and class) and a spectrogram grid."""
@@ -166,10 +169,7 @@ class AudioModality(Modality):
         sr = int(info.extra.get("sample_rate", 16000))
         folder = Path(path)
         folder = folder.with_suffix("") if folder.suffix else folder
-        names = [
-            f"{i:03d}" + (f"_{info.class_names[int(labels[i])]}" if labels is not None and info.class_names else "")
-            for i in range(x.shape[0])
-        ]
+        names = sample_names(x.shape[0], info, labels)
         paths = [write_wav(folder / f"{n}.wav", x[i], sr) for i, n in enumerate(names)]
         titles = [n.split("_", 1)[-1] for n in names] if labels is not None else None
         paths.append(

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel
+from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel, coin_flips, finish_dataset
 from multidiff.nn import UNet
 
 from . import data as D
@@ -144,9 +144,7 @@ class ImageModality(Modality):
             ds, info = D.torchvision_set(
                 data.source, size, ch, root=data.root, download=data.download, limit=data.limit
             )
-        if not data.class_conditional and info.num_classes:
-            info = DataInfo(info.shape, 0, (), info.extra)
-        return ds, info
+        return finish_dataset(ds, info, limit=None, class_conditional=data.class_conditional)
 
     def build_network(
         self, model: ImageModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
@@ -156,8 +154,7 @@ class ImageModality(Modality):
     def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
         if not data.random_flip:
             return x
-        flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
-        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return torch.where(coin_flips(x, generator), x.flip(-1), x)
 
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
         """One PNG grid; for class-conditional samples in the default label order, one class per column."""

@@ -9,18 +9,27 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel
+from multidiff.modality import (
+    DataInfo,
+    Modality,
+    PresetModelConfig,
+    StrictModel,
+    coin_flips,
+    finish_dataset,
+    sample_names,
+)
 from multidiff.nn import UNet
 
 __all__ = ["PRESETS", "VoxelModelConfig", "VoxelDataConfig", "VoxelModality", "build_unet3d"]
 
 # 3D UNet presets. Every level halves all three axes (unlike guided-diffusion's 3D mode, which
 # keeps the first); attention only where a grid has at most 8^3 = 512 positions.
-# ``tiny``: 16^3 on a CPU (4^3 at the last level); ``small``: 32^3; ``base``: 64^3 on a GPU,
+# ``tiny``: 16^3 on a CPU (8 channels at full size, where 3D convolutions cost the most;
+# 4^3 at the last level); ``small``: 32^3; ``base``: 64^3 on a GPU,
 # with gradient checkpointing, since 3D activations are what runs out of memory first.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
-        "channels": 16,
+        "channels": 8,
         "channel_mult": [1, 2, 4],
         "num_res_blocks": 1,
         "attention_levels": [2],
@@ -146,11 +155,7 @@ class VoxelModality(Modality):
                 limit=data.limit,
                 max_faces=data.max_faces,
             )
-        if data.limit is not None and len(ds) > data.limit:
-            ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
-        if not data.class_conditional and info.num_classes:
-            info = DataInfo(info.shape, 0, (), info.extra)
-        return ds, info
+        return finish_dataset(ds, info, limit=data.limit, class_conditional=data.class_conditional)
 
     def build_network(
         self, model: VoxelModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
@@ -161,8 +166,7 @@ class VoxelModality(Modality):
         """Mirror along the last axis when ``data.random_flip`` is set."""
         if not data.random_flip:
             return x
-        flip = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device) < 0.5
-        return torch.where(flip.view(-1, *([1] * (x.ndim - 1))), x.flip(-1), x)
+        return torch.where(coin_flips(x, generator), x.flip(-1), x)
 
     def save_samples(  # type: ignore[override]
         self,
@@ -184,10 +188,7 @@ class VoxelModality(Modality):
         folder = Path(path)
         folder = folder.with_suffix("") if folder.suffix else folder
         folder.mkdir(parents=True, exist_ok=True)
-        names = [
-            f"{i:03d}" + (f"_{info.class_names[int(labels[i])]}" if labels is not None and info.class_names else "")
-            for i in range(x.shape[0])
-        ]
+        names = sample_names(x.shape[0], info, labels)
         grids = x.detach().float().cpu()
         paths = []
         for i, n in enumerate(names):
