@@ -1,10 +1,11 @@
-"""Throughput benchmark: multidiff's UNets against their peers, side by side (image and audio).
+"""Throughput benchmark: multidiff's UNets against their peers, side by side (image, audio, voxel).
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/throughput.py                      # image and audio (about 10 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py                      # image, audio and voxel (about 15 min on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --modality image     # image only (a few minutes on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --modality audio     # audio only (about 4 min on 2 cores)
+    PYTHONPATH=. python benchmarks/throughput.py --modality voxel --threads 1   # voxel only (about 6 min)
     PYTHONPATH=. python benchmarks/throughput.py --quick              # smoke run (about 2 min on 2 cores)
     PYTHONPATH=. python benchmarks/throughput.py --device cuda --compile --out results.md
 
@@ -51,6 +52,39 @@ Audio models (``--modality audio``): three waveform UNets on mono clips of ``--l
     so the six-level layout is the fairer one for 16384-sample clips. All three get the same ``x``
     and ``t`` (floats drawn from 0..999).
 
+Voxel models (``--modality voxel``): multidiff's 3D UNet against MONAI's ``DiffusionModelUNet``
+    One model per voxel preset (``--voxel-presets``, default ``tiny small``), on one-channel grids
+    of the preset's own resolution (tiny 16^3, small 32^3, base 64^3), class-conditional on both
+    sides (6 classes, the built-in shapes set; labels ``i % 6``). Both follow the preset as the
+    working tree defines it; the table's configuration column prints the widths.
+    multidiff: the voxel adapter's preset as shipped, ``build_unet3d(VoxelModelConfig(preset=...),
+    DataInfo((1, R, R, R), 6))``: every level halves all three axes (strided 3-wide convolution
+    down, nearest + 3-wide convolution up), ``num_res_blocks`` residual blocks per level (one more
+    up), scale-shift conditioning, GroupNorm with the largest group count <= 32 dividing the width,
+    self-attention (``max(1, width // 64)`` heads) at the preset's attention levels and in the
+    middle block. Called as ``net(x, t, labels)``. ``multidiff ckpt`` is the same network, same
+    weights, with ``gradient_checkpointing=True`` (each level's blocks recomputed in the backward
+    pass); it is only trained, since checkpointing does nothing without gradients.
+    MONAI: ``DiffusionModelUNet(spatial_dims=3, in_channels=1, out_channels=1, channels=<our
+    widths>, num_res_blocks=<ours>, attention_levels=<ours, as booleans>, num_head_channels=<per
+    level, so that the head counts are ours>, norm_num_groups=<largest <= 32 dividing every
+    width>, num_class_embeds=7)``, called as ``model(x, t, class_labels=labels)``. The layout is
+    the same (DDPM's, like ours: strided-convolution down, nearest + convolution up, one more
+    residual block up than down, an attention block after each residual block of the attention
+    levels, a resnet-attention-resnet middle block, zero-initialised output convolutions), so the
+    convolutions and their FLOPs are the same. The designs differ in three places. MONAI adds the
+    time embedding to the activations (``h + proj(emb)``) where we scale and shift the normalised
+    ones (the scale half of our per-block embedding projection is about 1.5% of our parameters).
+    MONAI uses one GroupNorm group count for every width, we the largest <= 32 dividing each
+    width. MONAI's attention is its default (``use_flash_attention=False``: einsum, softmax,
+    einsum), ours ``scaled_dot_product_attention``. Both have 7 class embeddings: we keep one for
+    the null class of classifier-free guidance. The ``base`` preset keeps its dropout of 0.1 on our
+    side; MONAI's residual blocks have none.
+    Inputs are v-prediction training pairs: ``x0`` a +-1 grid, ``eps`` Gaussian, ``t`` integer
+    timesteps (as floats) in 0..999 on the cosine schedule, the network gets
+    ``x_t = a x0 + s eps`` and is regressed on ``v = a eps - s x0`` (``a = sqrt(alpha_bar_t)``,
+    ``s = sqrt(1 - alpha_bar_t)``).
+
 Metrics, per model and input size (float32)
     train/s     training samples per second: ``zero_grad``, forward, MSE loss against a fixed random
                 target, backward and an ``AdamW`` step (default hyper-parameters), at the training batch.
@@ -60,6 +94,8 @@ Metrics, per model and input size (float32)
     GFLOP       floating-point operations of one forward per sample, counted by
                 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention,
                 2 per multiply-add; normalisations and element-wise operations are not counted).
+    GFLOP train (voxel tables) the same count over a forward and backward pass at batch 1, so the
+                recomputed forward of gradient checkpointing shows.
     peak MiB    the most memory allocated during one training step (or one sampling forward)
                 above what was allocated before it, so the model, its optimizer state and the
                 inputs are excluded and the gradients included. On CUDA from
@@ -73,7 +109,8 @@ How the time is taken
     many calls as needed to last at least ``--min-rep-s`` (on a 2-core CPU, one call). Warm-up
     calls come first and are not counted. A throughput is the median over repetitions; a ratio
     ours/theirs is the median of the per-repetition ratios, with their range. ``--compile`` wraps
-    every model in ``torch.compile``.
+    every model in ``torch.compile``. The voxel part runs fewer repetitions by default (7; a 32^3
+    training step takes seconds on a CPU), and is best run with ``--threads 1`` on a shared machine.
 """
 
 from __future__ import annotations
@@ -114,6 +151,14 @@ LUCID_DIM_MULTS = (1, 2, 2, 4, 4, 8)
 PARAM_TOLERANCE = 0.05
 AUDIO_TRAIN_BATCH = 4
 
+# Voxel: our presets at their own resolution, against MONAI's DiffusionModelUNet of the same layout.
+VOXEL_RESOLUTION = {"tiny": 16, "small": 32, "base": 64}
+VOXEL_BATCHES = {"tiny": (8, 16), "small": (2, 4), "base": (1, 2)}  # (train, sample) on a CPU
+VOXEL_CLASSES = 6  # the built-in shapes set
+VOXEL_PARAM_TOLERANCE = 0.02
+VOXEL_REPS = 7
+MONAI_FLASH_ATTENTION = False  # MONAI's default
+
 Forward = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -130,6 +175,7 @@ class Contender:
     eager: Forward
     compile_: bool = False
     config: str = ""
+    sampled: bool = True  # False: trained only (its sampling is another contender's)
     forward: Forward = field(init=False)
     optimizer: torch.optim.Optimizer = field(init=False)
 
@@ -149,6 +195,7 @@ class Result:
     sample_per_s: list[float] = field(default_factory=list)
     train_peak: float = math.nan
     sample_peak: float = math.nan
+    train_gflop: float = math.nan
 
 
 def build_ours() -> nn.Module:
@@ -289,6 +336,123 @@ def audio_contenders(length: int, device: torch.device, compile_: bool) -> tuple
     return out, notes
 
 
+def voxel_layout(preset: str) -> dict:
+    """Our preset's network arguments and MONAI's ``DiffusionModelUNet`` arguments of the same layout."""
+    from modalities.voxel.adapter import VoxelModelConfig
+
+    r = VoxelModelConfig(preset=preset).resolved()
+    widths = tuple(r["channels"] * m for m in r["channel_mult"])
+    groups = max(g for g in range(1, 33) if all(w % g == 0 for w in widths))
+    monai = {
+        "spatial_dims": 3,
+        "in_channels": 1,
+        "out_channels": 1,
+        "channels": widths,
+        "num_res_blocks": r["num_res_blocks"],
+        "attention_levels": tuple(lvl in r["attention_levels"] for lvl in range(len(widths))),
+        # Our Attention uses max(1, width // head_channels) heads; MONAI takes channels per head.
+        "num_head_channels": tuple(w // max(1, w // r["head_channels"]) for w in widths),
+        "norm_num_groups": groups,
+        "num_class_embeds": VOXEL_CLASSES + 1,
+        "use_flash_attention": MONAI_FLASH_ATTENTION,
+    }
+    return {"ours": r, "widths": widths, "monai": monai}
+
+
+def build_ours_voxel(preset: str, checkpointing: bool) -> nn.Module:
+    from modalities.voxel.adapter import VoxelModelConfig, build_unet3d
+    from multidiff.modality import DataInfo
+
+    res = VOXEL_RESOLUTION[preset]
+    config = VoxelModelConfig(preset=preset, gradient_checkpointing=checkpointing)
+    return build_unet3d(config, DataInfo((1, res, res, res), VOXEL_CLASSES))
+
+
+def build_monai_voxel(preset: str) -> nn.Module:
+    from monai.networks.nets import DiffusionModelUNet
+
+    return DiffusionModelUNet(**voxel_layout(preset)["monai"])
+
+
+def voxel_labels(batch: int, device: torch.device) -> Tensor:
+    return (torch.arange(batch) % VOXEL_CLASSES).to(device)
+
+
+def voxel_contenders(
+    preset: str, max_batch: int, device: torch.device, compile_: bool
+) -> tuple[list[Contender], list[str]]:
+    """multidiff, multidiff with gradient checkpointing (same weights) and MONAI, for ``preset``."""
+    lay = voxel_layout(preset)
+    res = VOXEL_RESOLUTION[preset]
+    labels = voxel_labels(max_batch, device)
+    widths = "-".join(str(w) for w in lay["widths"])
+    levels = len(lay["widths"])
+    attn = ", ".join(f"{res >> lvl}^3" for lvl in lay["ours"]["attention_levels"])
+    mid = f"{res >> (levels - 1)}^3"
+    shared = f"{widths}, {lay['ours']['num_res_blocks']} res blocks/level (+1 up), attention at {attn} and mid ({mid})"
+    torch.manual_seed(0)
+    ours = build_ours_voxel(preset, False).to(device)
+    ckpt = build_ours_voxel(preset, True).to(device)
+    ckpt.load_state_dict(ours.state_dict())
+    out = [
+        Contender(
+            "multidiff",
+            ours,
+            lambda x, t: ours(x, t, labels[: x.shape[0]]),
+            compile_,
+            f"preset {preset}: {shared}, scale-shift, GroupNorm(<=32), SDPA",
+        ),
+        Contender(
+            "multidiff ckpt",
+            ckpt,
+            lambda x, t: ckpt(x, t, labels[: x.shape[0]]),
+            compile_,
+            "the same with gradient_checkpointing=True",
+            sampled=False,
+        ),
+    ]
+    notes: list[str] = []
+    try:
+        torch.manual_seed(0)
+        theirs = build_monai_voxel(preset).to(device)
+        call = lambda x, t: theirs(x, t, class_labels=labels[: x.shape[0]])  # noqa: E731
+        probe = torch.randn(1, 1, res, res, res, device=device)
+        with torch.no_grad():
+            y = call(probe, torch.full((1,), 500.0, device=device))
+        if y.shape != probe.shape:
+            raise ValueError(f"output shape {tuple(y.shape)} for input {tuple(probe.shape)}")
+    except Exception as e:  # noqa: BLE001 - reported in the notes, the rest still runs
+        notes.append(f"monai not run for preset {preset}: {type(e).__name__}: {e}")
+        return out, notes
+    m = lay["monai"]
+    out.append(
+        Contender(
+            "monai",
+            theirs,
+            call,
+            compile_,
+            f"DiffusionModelUNet: {shared}, additive time embedding, GroupNorm({m['norm_num_groups']}), "
+            f"{'SDPA' if m['use_flash_attention'] else 'einsum attention'}",
+        )
+    )
+    return out, notes
+
+
+def make_voxel_inputs(
+    batch: int, shape: tuple[int, ...], device: torch.device, seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x_t, t, v)``: v-prediction training pairs on the cosine schedule (see the module docstring)."""
+    g = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(batch, *shape, generator=g).sign()
+    eps = torch.randn(batch, *shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g).float()
+    f = torch.cos((t / 1000 + 0.008) / 1.008 * math.pi / 2) ** 2
+    alpha_bar = (f / math.cos(0.008 / 1.008 * math.pi / 2) ** 2).clamp(1e-5, 1.0)
+    a = alpha_bar.sqrt().view(-1, *([1] * len(shape)))
+    s = (1 - alpha_bar).sqrt().view(-1, *([1] * len(shape)))
+    return (a * x0 + s * eps).to(device), t.to(device), (a * eps - s * x0).to(device)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -327,6 +491,14 @@ def flops_per_sample(c: Contender, x: Tensor, t: Tensor) -> float:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         out = c.eager(x, t)
         del out
+    return counter.get_total_flops() / x.shape[0]
+
+
+def train_flops_per_sample(c: Contender, x: Tensor, t: Tensor, target: Tensor) -> float:
+    """FLOPs of one forward and backward pass (no optimizer step), per sample."""
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(c.eager(x, t), target).backward()
+    c.module.zero_grad(set_to_none=True)
     return counter.get_total_flops() / x.shape[0]
 
 
@@ -402,24 +574,39 @@ def measure(
     sample_b: int,
     args: argparse.Namespace,
     device: torch.device,
+    *,
+    inputs: Callable[..., tuple[Tensor, Tensor, Tensor]] = make_inputs,
+    reps: int | None = None,
+    train_flops: bool = False,
 ) -> dict[str, Result]:
-    """Every measurement of ``models`` on samples of ``shape``, the timings interleaved across them."""
-    xt, tt, target = make_inputs(train_b, shape, device)
-    xs, ts, _ = make_inputs(sample_b, shape, device, seed=1)
+    """Every measurement of ``models`` on samples of ``shape``, the timings interleaved across them.
+
+    Models with ``sampled=False`` are only trained. ``train_flops`` also counts a forward and
+    backward pass; ``reps`` overrides ``args.reps``.
+    """
+    xt, tt, target = inputs(train_b, shape, device)
+    xs, ts, _ = inputs(sample_b, shape, device, seed=1)
     results = {
         c.name: Result(
             params=count_parameters(c.module), gflop=flops_per_sample(c, xs[:1], ts[:1]) / 1e9, config=c.config
         )
         for c in models
     }
-    timing = {"warmup": args.warmup, "reps": args.reps, "min_rep_s": args.min_rep_s}
+    if train_flops:
+        for c in models:
+            results[c.name].train_gflop = train_flops_per_sample(c, xt[:1], tt[:1], target[:1]) / 1e9
+    timing = {"warmup": args.warmup, "reps": reps or args.reps, "min_rep_s": args.min_rep_s}
+    sampled = [c for c in models if c.sampled]
     train = interleaved_rates([lambda c=c: train_step(c, xt, tt, target) for c in models], train_b, device, **timing)
-    sample = interleaved_rates([lambda c=c: sample_step(c, xs, ts) for c in models], sample_b, device, **timing)
-    for c, tr, sa in zip(models, train, sample):
+    sample = interleaved_rates([lambda c=c: sample_step(c, xs, ts) for c in sampled], sample_b, device, **timing)
+    for c, tr in zip(models, train):
         r = results[c.name]
-        r.train_per_s, r.sample_per_s = tr, sa
+        r.train_per_s = tr
         c.optimizer.zero_grad(set_to_none=True)
         r.train_peak = peak_bytes(lambda c=c: train_step(c, xt, tt, target), device) / 2**20
+    for c, sa in zip(sampled, sample):
+        r = results[c.name]
+        r.sample_per_s = sa
         r.sample_peak = peak_bytes(lambda c=c: sample_step(c, xs, ts), device) / 2**20
     return results
 
@@ -432,6 +619,30 @@ def measure_size(size: int, args: argparse.Namespace, device: torch.device) -> d
 def measure_audio(args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Result], list[str]]:
     models, notes = audio_contenders(args.length, device, args.compile)
     return measure(models, (AUDIO_CHANNELS, args.length), *audio_batches(args), args, device), notes
+
+
+def voxel_batches(preset: str, args: argparse.Namespace) -> tuple[int, int]:
+    """(training batch, sampling batch) for a voxel preset: tiny 8 / 16, small 2 / 4, base 1 / 2 unless given."""
+    train = args.train_batch or VOXEL_BATCHES[preset][0]
+    return train, args.sample_batch or (VOXEL_BATCHES[preset][1] if not args.train_batch else 2 * train)
+
+
+def measure_voxel(preset: str, args: argparse.Namespace, device: torch.device) -> tuple[dict[str, Result], list[str]]:
+    train_b, sample_b = voxel_batches(preset, args)
+    models, notes = voxel_contenders(preset, max(train_b, sample_b), device, args.compile)
+    res = VOXEL_RESOLUTION[preset]
+    results = measure(
+        models,
+        (1, res, res, res),
+        train_b,
+        sample_b,
+        args,
+        device,
+        inputs=make_voxel_inputs,
+        reps=args.voxel_reps,
+        train_flops=True,
+    )
+    return results, notes
 
 
 def ratio_cell(ours: list[float], theirs: list[float]) -> str:
@@ -508,26 +719,95 @@ def audio_tables(results: dict[str, Result], notes: list[str], args: argparse.Na
     return "\n".join(lines)
 
 
+def voxel_tables(
+    results: dict[str, dict[str, Result]], notes: list[str], args: argparse.Namespace, device: torch.device
+) -> str:
+    def median_cell(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}" if values else "(as multidiff)"
+
+    def mib(v: float) -> str:
+        return "-" if math.isnan(v) else f"{v:.0f}"
+
+    lines = [
+        "| preset | model | configuration | batch (train / sample) | params | GFLOP/sample fwd | GFLOP/sample train "
+        "| train samples/s | sample samples/s | train peak MiB | sample peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for preset, by_model in results.items():
+        res = VOXEL_RESOLUTION[preset]
+        train_b, sample_b = voxel_batches(preset, args)
+        for name, r in by_model.items():
+            lines.append(
+                f"| {preset} ({res}^3) | {name} | {r.config} | {train_b} / {sample_b} | {r.params:,} | {r.gflop:.2f} "
+                f"| {r.train_gflop:.2f} | {median_cell(r.train_per_s)} | {median_cell(r.sample_per_s)} "
+                f"| {mib(r.train_peak)} | {mib(r.sample_peak)} |"
+            )
+    lines += [
+        "",
+        "| preset | params monai/ours | train ours/monai | sample ours/monai | train peak ours/monai "
+        "| sample peak ours/monai | train ckpt/monai | train ckpt/ours | train peak ckpt/monai |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for preset, by_model in results.items():
+        ours, ckpt = by_model["multidiff"], by_model["multidiff ckpt"]
+        theirs = by_model.get("monai")
+        if theirs is None:
+            lines.append(f"| {preset} | - | - | - | - | - | - | {ratio_cell(ckpt.train_per_s, ours.train_per_s)} | - |")
+            continue
+        size = theirs.params / ours.params
+        lines.append(
+            f"| {preset} | {size:.3f} | {ratio_cell(ours.train_per_s, theirs.train_per_s)} "
+            f"| {ratio_cell(ours.sample_per_s, theirs.sample_per_s)} | {ours.train_peak / theirs.train_peak:.2f} "
+            f"| {ours.sample_peak / theirs.sample_peak:.2f} | {ratio_cell(ckpt.train_per_s, theirs.train_per_s)} "
+            f"| {ratio_cell(ckpt.train_per_s, ours.train_per_s)} | {ckpt.train_peak / theirs.train_peak:.2f} |"
+        )
+        if abs(size - 1) > VOXEL_PARAM_TOLERANCE:
+            notes.append(
+                f"monai's parameter count for {preset} is {size:.3f} times ours, outside the "
+                f"{VOXEL_PARAM_TOLERANCE:.0%} match."
+            )
+    lines += [
+        "",
+        f"One-channel grids, float32, 6 classes on both sides. Batch column: training / sampling batch. Peak "
+        f"memory: {peak_kind(device)}, above what was allocated before the step. Ratios: median of "
+        f"{args.voxel_reps} interleaved repetitions (range in brackets); throughput ratios > 1 and memory "
+        f"ratios < 1 favour the first-named.",
+    ]
+    lines += [f"Note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--modality", choices=["image", "audio", "all"], default="all", help="which part to run (default all)"
+        "--modality", choices=["image", "audio", "voxel", "all"], default="all", help="which part to run (default all)"
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--sizes", type=int, nargs="+", default=[16, 32], help="square image sizes (default 16 32)")
     p.add_argument("--length", type=int, default=16384, help="audio clip length in samples (default 16384)")
+    p.add_argument(
+        "--voxel-presets",
+        nargs="+",
+        choices=list(VOXEL_RESOLUTION),
+        default=["tiny", "small"],
+        help="voxel presets, each at its own resolution: tiny 16^3, small 32^3, base 64^3 (default tiny small)",
+    )
     p.add_argument("--quick", action="store_true", help="1 warm-up call and 3 repetitions")
-    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 15, quick 3)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions per model (default 15, voxel 7, quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up calls per model (default 2, quick 1)")
     p.add_argument("--min-rep-s", type=float, default=None, help="least seconds per repetition (default 0.5)")
     p.add_argument(
-        "--train-batch", type=int, default=None, help="training batch (default 512 / size for images, 4 for audio)"
+        "--train-batch",
+        type=int,
+        default=None,
+        help="training batch (default 512 / size for images, 4 for audio, 8 / 2 / 1 for voxel tiny / small / base)",
     )
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default twice the training one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     args = p.parse_args(argv)
+    args.voxel_reps = args.reps or (3 if args.quick else VOXEL_REPS)
     args.reps = args.reps or (3 if args.quick else 15)
     args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
     args.min_rep_s = args.min_rep_s if args.min_rep_s is not None else (0.2 if args.quick else 0.5)
@@ -546,7 +826,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads or 2)
-    peers = ["diffusers"] + (["denoising-diffusion-pytorch"] if args.modality != "image" else [])
+    peers = (
+        (["diffusers"] if args.modality != "voxel" else [])
+        + (["denoising-diffusion-pytorch"] if args.modality in ("audio", "all") else [])
+        + (["monai"] if args.modality in ("voxel", "all") else [])
+    )
     print(
         f"torch {torch.__version__}, "
         + ", ".join(f"{p} {package_version(p)}" for p in peers)
@@ -568,6 +852,15 @@ def main(argv: list[str] | None = None) -> None:
         params = {name: r.params for name, r in audio.items()}
         print(f"audio done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
         parts.append(audio_tables(audio, notes, args, device))
+    if args.modality in ("voxel", "all"):
+        voxel: dict[str, dict[str, Result]] = {}
+        voxel_notes: list[str] = []
+        for preset in args.voxel_presets:
+            voxel[preset], more = measure_voxel(preset, args, device)
+            voxel_notes += more
+            params = {name: r.params for name, r in voxel[preset].items()}
+            print(f"voxel {preset} done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
+        parts.append(voxel_tables(voxel, voxel_notes, args, device))
     text = "\n\n".join(parts)
     print(text)
     print(f"\nTotal time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
