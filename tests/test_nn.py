@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -135,14 +137,17 @@ def test_learned_variance_doubles_the_output_channels() -> None:
     assert net(torch.randn(2, 2, 16), torch.zeros(2)).shape == (2, 4, 16)
 
 
-@pytest.mark.parametrize("dims", [1, 3])
-def test_gradient_checkpointing_same_gradients_less_saved_memory(dims: int) -> None:
+@pytest.mark.parametrize(
+    ("dims", "option", "bound"),
+    [(1, "gradient_checkpointing", 0.5), (3, "gradient_checkpointing", 0.5), (3, "checkpoint_norms", 0.9)],
+)
+def test_gradient_checkpointing_same_gradients_less_saved_memory(dims: int, option: str, bound: float) -> None:
     """Checkpointing recomputes activations in the backward pass: identical gradients, and far
     fewer bytes held by autograd between forward and backward."""
     torch.manual_seed(0)
     kw = dict(channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8, groups=4)
     plain = UNet(dims, 1, num_classes=3, dropout=0.1, **kw)
-    ckpt = UNet(dims, 1, num_classes=3, dropout=0.1, gradient_checkpointing=True, **kw)
+    ckpt = UNet(dims, 1, num_classes=3, dropout=0.1, **{option: True}, **kw)
     ckpt.load_state_dict(plain.state_dict())
     x = torch.randn(2, 1, *([8] * dims))
     t, y = torch.tensor([0.3, 0.7]), torch.tensor([0, 2])
@@ -165,4 +170,30 @@ def test_gradient_checkpointing_same_gradients_less_saved_memory(dims: int) -> N
     g_ckpt, bytes_ckpt = run(ckpt)
     for a, b in zip(g_plain, g_ckpt):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    assert bytes_ckpt < 0.5 * bytes_plain
+    assert bytes_ckpt < bound * bytes_plain
+
+
+@pytest.mark.parametrize(("dims", "patch"), [(1, (4,)), (2, (2, 1)), (3, (2, 2, 2))])
+def test_space_to_depth_round_trip_and_patched_unet(dims: int, patch: tuple[int, ...]) -> None:
+    from multidiff.nn import depth_to_space, space_to_depth
+
+    x = torch.randn(2, 3, *([8] * dims))
+    folded = space_to_depth(x, patch)
+    assert folded.shape == (2, 3 * math.prod(patch), *(8 // p for p in patch))
+    assert torch.equal(depth_to_space(folded, patch), x)
+    # a patch's values sit together in the channels: the first patch of channel 0
+    first = x[(0, 0, *(slice(0, p) for p in patch))].reshape(-1)
+    assert torch.equal(folded[(0, slice(0, math.prod(patch)), *([0] * dims))], first)
+    net = UNet(
+        dims,
+        3,
+        channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_channels=8,
+        groups=4,
+        patch_size=patch,
+    )
+    odd = torch.randn(2, 3, *([7] * dims))  # padded up to patch * factor, cropped back
+    assert net(odd, torch.tensor([1.0, 2.0])).shape == odd.shape

@@ -249,3 +249,18 @@ def test_grid_features_of_an_empty_grid_and_bad_shapes() -> None:
     assert grid_features(torch.empty(0, 1, 8, 8, 8)).shape == (0, 15)
     with pytest.raises(ValueError, match=r"\(N, 1, R, R, R\)"):
         grid_features(torch.zeros(2, 8, 8, 8))
+
+
+def test_random_cube_symmetry_permutes_and_flips_axes_only() -> None:
+    from modalities.voxel.metrics import random_cube_symmetry
+
+    torch.manual_seed(0)
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(1, 2, 3, 4, 5)
+    seen = set()
+    for _ in range(200):
+        y = random_cube_symmetry(x)
+        assert sorted(y.shape[2:]) == [3, 4, 5] and y.shape[:2] == (1, 2)
+        assert torch.equal(y.flatten().sort().values, x.flatten())  # the same values, rearranged
+        assert torch.equal(y[:, 1] - y[:, 0], torch.full_like(y[:, 0], 60.0))  # channels untouched
+        seen.add((tuple(y.shape), float(y[0, 0].flatten()[0])))
+    assert len(seen) >= 24  # many distinct symmetries drawn (48 exist)

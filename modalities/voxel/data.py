@@ -173,7 +173,7 @@ def shapes(
 
     Example ``i`` is class ``i % 6``. Each draws, from ``seed`` alone: a rotation uniform on SO(3);
     aspect parameters (see :func:`_unit_params`); a size making the largest side of its rotated
-    bounding box 50-85% of the cube (capped so a one-voxel margin remains at small resolutions);
+    bounding box 65-85% of the cube (smaller ones are hard to tell apart at 16^3) (capped so a one-voxel margin remains at small resolutions);
     a position uniform over the places where the whole shape keeps at least one voxel of margin to
     every face of the cube, so the outer layer of voxels is always outside and marching cubes gives
     closed surfaces. The grid holds the exact signed distance at the voxel centres: occupancy is
@@ -195,7 +195,7 @@ def shapes(
 
     margin = 1.0 / r + 1e-4  # one voxel, and a hair, so no surface passes through an outer voxel centre
     room = 1.0 - 2 * margin
-    lo_size, hi_size = min(0.5, room), min(0.85, room)
+    lo_size, hi_size = min(0.65, room), min(0.85, room)
     ticks = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
     centres = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(1, -1, 3)
     x = torch.empty(n, 1, r, r, r)

@@ -39,6 +39,7 @@ __all__ = [
     "one_nn_accuracy",
     "watertight_fraction",
     "grid_features",
+    "random_cube_symmetry",
 ]
 
 # Rows of the distance matrix computed at once on the CPU: a (256, 2048) block of float32 stays in
@@ -289,3 +290,14 @@ def grid_features(grids: Tensor, *, bins: int = 8, batch_size: int = 16) -> Tens
         raise ValueError(f"need grids of shape (N, 1, R, R, R), got {tuple(grids.shape)}")
     feats = [_grid_stats(grids[i : i + batch_size, 0] > 0, bins).cpu() for i in range(0, grids.shape[0], batch_size)]
     return torch.cat(feats) if feats else torch.empty(0, 7 + bins, dtype=torch.float64)
+
+
+def random_cube_symmetry(x: Tensor) -> Tensor:
+    """One of the cube's 48 symmetries (an axis permutation and flips) of the last three axes of a
+    batch, drawn from torch's global RNG: augmentation for shape classifiers, class-preserving for
+    shapes whose orientation is random anyway (the built-in primitives)."""
+    lead = x.ndim - 3
+    perm = torch.randperm(3).tolist()
+    x = x.permute(*range(lead), *(lead + p for p in perm))
+    flips = [lead + i for i in range(3) if float(torch.rand(())) < 0.5]
+    return (x.flip(flips) if flips else x).contiguous()
