@@ -64,12 +64,33 @@ class PresetModelConfig(StrictModel):
         return v
 
     def resolved(self) -> dict[str, Any]:
-        """The preset with this section's overrides applied."""
+        """The preset with this section's overrides applied (``attention_levels``, when the preset
+        has them, checked against the number of levels)."""
         out = dict(self.PRESETS[self.preset])
         for k in type(self).model_fields:
             if k != "preset" and getattr(self, k) is not None:
                 out[k] = getattr(self, k)
+        levels = len(out["channel_mult"])
+        if any(not 0 <= a < levels for a in out.get("attention_levels", ())):
+            raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
         return out
+
+    def build_unet(
+        self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False, **fixed: Any
+    ) -> nn.Module:
+        """A :class:`multidiff.nn.UNet` over ``dims`` axes for examples of ``info.shape`` (channels
+        first) from the resolved preset, whose keys are UNet arguments; ``fixed`` adds or overrides some."""
+        from .nn import UNet
+
+        args = {**self.resolved(), **fixed}
+        return UNet(
+            dims,
+            info.shape[0],
+            num_classes=info.num_classes,
+            learned_variance=learned_variance,
+            noise_scale=noise_scale,
+            **args,
+        )
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,6 @@ from multidiff.modality import (
     finish_dataset,
     sample_names,
 )
-from multidiff.nn import UNet
 
 __all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
 
@@ -63,13 +62,6 @@ class AudioModelConfig(PresetModelConfig):
     factor: int | None = Field(None, ge=2)
     attention_levels: list[int] | None = None
 
-    def resolved(self) -> dict[str, Any]:
-        out = super().resolved()
-        levels = len(out["channel_mult"])
-        if any(not 0 <= a < levels for a in out["attention_levels"]):
-            raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
-        return out
-
 
 class AudioDataConfig(StrictModel):
     """The ``data:`` section.
@@ -104,23 +96,9 @@ class AudioDataConfig(StrictModel):
 
 def build_unet1d(
     model: AudioModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
-) -> UNet:
+) -> nn.Module:
     """The 1D UNet of ``model`` for clips of ``info.shape = (channels, length)``."""
-    r = model.resolved()
-    return UNet(
-        1,
-        info.shape[0],
-        channels=r["channels"],
-        channel_mult=r["channel_mult"],
-        num_res_blocks=r["num_res_blocks"],
-        attention_levels=r["attention_levels"],
-        head_channels=r["head_channels"],
-        dropout=r["dropout"],
-        num_classes=info.num_classes,
-        learned_variance=learned_variance,
-        factor=r["factor"],
-        noise_scale=noise_scale,
-    )
+    return model.build_unet(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
 class AudioModality(Modality):

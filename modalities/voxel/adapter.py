@@ -18,7 +18,6 @@ from multidiff.modality import (
     finish_dataset,
     sample_names,
 )
-from multidiff.nn import UNet
 
 __all__ = ["PRESETS", "VoxelModelConfig", "VoxelDataConfig", "VoxelModality", "build_unet3d"]
 
@@ -79,13 +78,6 @@ class VoxelModelConfig(PresetModelConfig):
     gradient_checkpointing: bool | None = None
     checkpoint_norms: bool | None = None
 
-    def resolved(self) -> dict[str, Any]:
-        out = super().resolved()
-        levels = len(out["channel_mult"])
-        if any(not 0 <= a < levels for a in out["attention_levels"]):
-            raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
-        return out
-
 
 class VoxelDataConfig(StrictModel):
     """The ``data:`` section.
@@ -120,26 +112,9 @@ class VoxelDataConfig(StrictModel):
 
 def build_unet3d(
     model: VoxelModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
-) -> UNet:
-    """The 3D UNet of ``model`` for grids of ``info.shape = (channels, D, H, W)``."""
-    r = model.resolved()
-    return UNet(
-        3,
-        info.shape[0],
-        channels=r["channels"],
-        channel_mult=r["channel_mult"],
-        num_res_blocks=r["num_res_blocks"],
-        attention_levels=r["attention_levels"],
-        head_channels=r["head_channels"],
-        dropout=r["dropout"],
-        num_classes=info.num_classes,
-        learned_variance=learned_variance,
-        factor=2,
-        noise_scale=noise_scale,
-        gradient_checkpointing=r["gradient_checkpointing"],
-        checkpoint_norms=r["checkpoint_norms"],
-        patch_size=r["patch_size"],
-    )
+) -> nn.Module:
+    """The 3D UNet of ``model`` for grids of ``info.shape = (channels, D, H, W)``: every level halves all three axes."""
+    return model.build_unet(3, info, noise_scale=noise_scale, learned_variance=learned_variance, factor=2)
 
 
 class VoxelModality(Modality):
