@@ -242,8 +242,8 @@ class UNet(nn.Module):
             patching of simple diffusion, Hoogeboom et al. 2023, sec. 3.3): the network runs at
             a coarser grid with more channels, much cheaper for 3D data.
 
-    Any spatial size works: an axis that is not a multiple of ``factor ** (levels - 1)`` is
-    zero-padded up to one and the output cropped back.
+    Any spatial size works: an axis that is not a multiple of ``patch_size * factor ** (levels - 1)``
+    is zero-padded up to one and the output cropped back.
     """
 
     def __init__(
