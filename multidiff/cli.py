@@ -238,13 +238,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.out_dir:
         cfg.run.out_dir = args.out_dir
     trainer = Trainer(cfg, resume=args.resume if args.resume else False)
-    print(
-        f"multidiff train: {cfg.adapter.describe(cfg.data)}, {sum(p.numel() for p in trainer.net.parameters()):,} "
-        f"parameters, {trainer.device}, steps {trainer.step} -> {cfg.run.train.steps}, run folder {trainer.run_dir}"
-    )
-    result = trainer.fit()
-    last = result.losses[-1][1] if result.losses else float("nan")
-    print(f"done: step {result.step}, last loss {last:.4f}, {result.seconds:.0f}s; checkpoint {result.checkpoint}")
+    try:
+        w = trainer.world
+        say = print if w.is_main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks
+        procs = f" x {w.size} processes (global batch {cfg.run.train.batch_size})" if w.distributed else ""
+        say(
+            f"multidiff train: {cfg.adapter.describe(cfg.data)}, {sum(p.numel() for p in trainer.net.parameters()):,} "
+            f"parameters, {trainer.device}{procs}, steps {trainer.step} -> {cfg.run.train.steps}, "
+            f"run folder {trainer.run_dir}"
+        )
+        result = trainer.fit()
+        last = result.losses[-1][1] if result.losses else float("nan")
+        say(f"done: step {result.step}, last loss {last:.4f}, {result.seconds:.0f}s; checkpoint {result.checkpoint}")
+    finally:
+        trainer.close()
     return 0
 
 

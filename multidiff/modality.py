@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .distributed import current_rows
+
 __all__ = [
     "DataInfo",
     "Modality",
@@ -27,6 +29,7 @@ __all__ = [
     "TensorDataset",
     "class_index",
     "coin_flips",
+    "example_rand",
     "finish_dataset",
     "sample_names",
     "scan_labelled_folder",
@@ -240,11 +243,20 @@ def finish_dataset(
     return ds, info
 
 
+def example_rand(x: Tensor, generator: torch.Generator, *shape: int) -> Tensor:
+    """Uniform draws ``(B, *shape)`` in [0, 1), one row per example of the batch ``x``, from
+    ``generator`` (on its own device), on ``x``'s device. Use it for per-example augmentation: under
+    data-parallel training the rows are those a single process would draw for the same examples of
+    the global batch (:func:`multidiff.distributed.global_rows`), so results do not depend on the
+    number of processes."""
+    rows = current_rows(x.shape[0])
+    return rows.draw(torch.rand, shape, generator).to(x.device)
+
+
 def coin_flips(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """A per-example boolean mask, shaped ``(B, 1, ..., 1)`` to broadcast against ``x``, true with
-    probability ``p``; drawn from ``generator`` (on its own device) for reproducible augmentation."""
-    draw = torch.rand(x.shape[0], generator=generator, device=generator.device).to(x.device)
-    return (draw < p).view(-1, *([1] * (x.ndim - 1)))
+    probability ``p``; drawn with :func:`example_rand` for reproducible augmentation."""
+    return (example_rand(x, generator) < p).view(-1, *([1] * (x.ndim - 1)))
 
 
 def sample_names(n: int, info: DataInfo, labels: Tensor | None) -> list[str]:

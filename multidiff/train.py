@@ -10,6 +10,12 @@ label dropout, augmentation, dropout inside the network) comes from generators s
 ``(seed, k)``, and the batch order of epoch ``e`` is a permutation seeded with ``(seed, e)``.
 So the state of a run is just its weights, EMA, optimizer state and step: resuming at step N
 and training M more steps computes exactly what one run of N + M steps computes.
+
+**Data parallel.** Under ``torchrun`` each process trains its slice of the global batch
+(``train.batch_size``) inside ``DistributedDataParallel``; every per-example draw is made for the
+whole global batch and sliced (:mod:`multidiff.distributed`), so the weights are those of one
+process with the same batch, and a run resumes under any number of processes. Only rank 0 writes
+files (config, metrics, samples, checkpoints) and shows a progress bar.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from . import config as C
@@ -38,6 +45,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .denoiser import Denoiser
+from .distributed import Rows, World, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
 from .pipeline import build_denoiser, generate, resolve_device
 
@@ -70,17 +78,18 @@ def drop_labels(labels: Tensor, p: float, null: int, generator: torch.Generator)
     Ho & Salimans 2022, alg. 1)."""
     if p <= 0:
         return labels
-    u = torch.rand(labels.shape, generator=generator, device=generator.device).to(labels.device)
+    u = current_rows(labels.shape[0]).draw(torch.rand, labels.shape[1:], generator).to(labels.device)
     return torch.where(u < p, torch.full_like(labels, null), labels)
 
 
 class _EpochBatches(Sampler[list[int]]):
     """Batch indices for micro-steps ``start, start + 1, ...``: epoch ``e`` is a permutation seeded
-    with ``(seed, e)``, cut into ``n // batch`` full batches. Stateless, so a resumed run sees
-    exactly the batches it would have seen."""
+    with ``(seed, e)``, cut into ``n // batch`` full batches, of which this process takes ``rows``.
+    Stateless, so a resumed run sees exactly the batches it would have seen, on any process count."""
 
-    def __init__(self, n: int, batch: int, seed: int, start: int) -> None:
+    def __init__(self, n: int, batch: int, seed: int, start: int, rows: Rows | None = None) -> None:
         self.n, self.batch, self.seed, self.start = n, batch, seed, start
+        self.rows = rows or Rows(0, batch, batch)
         self.per_epoch = n // batch
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -91,7 +100,8 @@ class _EpochBatches(Sampler[list[int]]):
             if e != epoch:
                 g = torch.Generator().manual_seed(step_seed(self.seed, -1 - e))
                 perm, epoch = torch.randperm(self.n, generator=g), e
-            yield perm[i * self.batch : (i + 1) * self.batch].tolist()
+            first = i * self.batch
+            yield perm[first + self.rows.start : first + self.rows.stop].tolist()
             k += 1
 
     def __len__(self) -> int:  # the DataLoader asks; the stream is endless
@@ -156,7 +166,8 @@ class Trainer:
         t = cfg.run.train
         self.t = t
         self.run_dir = Path(cfg.run.out_dir)
-        self.device = resolve_device(t.device)
+        self.world, self.device = setup(resolve_device(t.device))
+        self.rows = Rows.of(t.batch_size, self.world)
         self.adapter = cfg.adapter
         if t.threads is not None:  # CPU intra-op threads; fewer than cores helps when the machine is shared
             torch.set_num_threads(t.threads)
@@ -179,7 +190,12 @@ class Trainer:
             (lambda: torch.autocast(self.device.type, dtype=amp)) if amp is not None else (lambda: nullcontext())
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
-        self.forward_net: nn.Module = torch.compile(self.net) if t.compile else self.net
+        self.ddp: DistributedDataParallel | None = None
+        if self.world.distributed:  # gradients are averaged over processes in backward
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.net, device_ids=ids)
+        wrapped = self.ddp or self.net
+        self.forward_net: nn.Module = torch.compile(wrapped) if t.compile else wrapped
         self.step = 0
         self._resume_step: int | None = None
         if resume:
@@ -244,7 +260,7 @@ class Trainer:
 
     def _loader(self) -> Iterator[tuple[Tensor, Tensor]]:
         start = self.step * self.t.grad_accum
-        sampler = _EpochBatches(len(self.dataset), self.t.batch_size, self.t.seed, start)
+        sampler = _EpochBatches(len(self.dataset), self.t.batch_size, self.t.seed, start, self.rows)
         batched = hasattr(self.dataset, "__getitems__")
         loader = DataLoader(
             self.dataset,
@@ -268,19 +284,23 @@ class Trainer:
     def _micro_loss(self, x0: Tensor, labels: Tensor, k: int) -> Tensor:
         d = self.cfg.run.diffusion
         seed = step_seed(self.t.seed, k)
-        torch.manual_seed(seed)  # dropout inside the network
+        # dropout inside the network (each process draws its own masks)
+        torch.manual_seed(step_seed(seed, self.world.rank) if self.world.distributed else seed)
         g = torch.Generator(device=self.device).manual_seed(seed)
-        x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
-        x0 = x0 * self.denoiser.data_scale if self.denoiser.data_scale != 1.0 else x0
-        cond: dict[str, Tensor] = {}
-        if self.info.num_classes > 0:
-            labels = labels.to(self.device, non_blocking=True).long()
-            cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
-        sigma = self._sigmas(x0.shape[0], g)
+        rows = self.rows
+        with global_rows(rows):  # per-example draws: whole global batch, this process's rows
+            x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
+            x0 = x0 * self.denoiser.data_scale if self.denoiser.data_scale != 1.0 else x0
+            cond: dict[str, Tensor] = {}
+            if self.info.num_classes > 0:
+                labels = labels.to(self.device, non_blocking=True).long()
+                cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
+        sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
+        noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype).to(self.device)
         den = self.denoiser if self.forward_net is self.net else _with_net(self.denoiser, self.forward_net)
         with self.autocast():
             loss = diffusion_loss(
-                den, x0, sigma, weighting=d.weighting, generator=g, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
+                den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
             )
         return loss.mean()
 
@@ -301,8 +321,11 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for j in range(t.grad_accum):
             x0, labels = next(batches)
-            loss = self._micro_loss(x0, labels, self.step * t.grad_accum + j) / t.grad_accum
-            self.scaler.scale(loss).backward()
+            # under DDP, gradients are all-reduced only in the last micro-step's backward
+            sync = self.ddp is None or j == t.grad_accum - 1
+            with nullcontext() if sync else self.ddp.no_sync():
+                loss = self._micro_loss(x0, labels, self.step * t.grad_accum + j) / t.grad_accum
+                self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.opt)
         params = [p for p in self.net.parameters() if p.grad is not None]
@@ -320,7 +343,11 @@ class Trainer:
     # --- the loop -----------------------------------------------------------------------
 
     def sample_files(self, tag: str) -> list[Path]:
-        """Sample with the EMA model as the ``sample`` section says and write the adapter's files."""
+        """Sample with the EMA model as the ``sample`` section says and write the adapter's files
+        (on rank 0 only; the other processes wait)."""
+        if not self.world.is_main:
+            self.world.barrier()
+            return []
         s = self.cfg.run.sample
         self.ema_denoiser.eval()
         x, labels = generate(
@@ -337,20 +364,29 @@ class Trainer:
             batch_size=s.batch_size,
             options=dict(s.options),
         )
-        return self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
+        paths = self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
+        self.world.barrier()
+        return paths
+
+    def close(self) -> None:
+        """Leave the process group this trainer joined under torchrun (nothing on one process)."""
+        self.world.close()
 
     def fit(self) -> TrainResult:
         t = self.t
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_json(), indent=2))
-        log = _MetricsLog(self.run_dir / f"metrics.{t.metrics_format}", t.metrics_format, self._resume_step)
+        main = self.world.is_main
+        log = None
+        if main:  # only rank 0 writes files
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_json(), indent=2))
+            log = _MetricsLog(self.run_dir / f"metrics.{t.metrics_format}", t.metrics_format, self._resume_step)
         result = TrainResult(self.step, self.run_dir, None)
         if self.step >= t.steps:
             return result
         batches = self._loader()
         self.net.train()
         bar = None
-        if t.progress:
+        if t.progress and main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.adapter.name}", dynamic_ncols=True)
@@ -365,7 +401,7 @@ class Trainer:
                 bar.update(1)
             if self.step % t.log_every == 0 or self.step == t.steps:
                 now = time.perf_counter()
-                mean_loss = float(window_loss) / window_n
+                mean_loss = float(self.world.mean(window_loss)) / window_n
                 if not math.isfinite(mean_loss):
                     raise FloatingPointError(
                         f"loss is {mean_loss} at step {self.step}; the last good checkpoint is kept "
@@ -380,7 +416,8 @@ class Trainer:
                     "samples_per_s": round(sps, 2),
                     "elapsed_s": round(now - t0, 2),
                 }
-                log.write(row)
+                if log is not None:
+                    log.write(row)
                 result.losses.append((self.step, mean_loss))
                 if bar is not None:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.0f}")
@@ -389,9 +426,11 @@ class Trainer:
                 self.sample_files(f"step_{self.step:08d}")
                 self.net.train()
             if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
-                last_ckpt = self.save()
+                if main:
+                    last_ckpt = self.save()
         if bar is not None:
             bar.close()
+        self.world.barrier()  # every process leaves with rank 0's last checkpoint on disk
         result.step, result.checkpoint, result.seconds = self.step, last_ckpt, time.perf_counter() - t0
         return result
 

@@ -1,0 +1,146 @@
+"""Data-parallel training under a real ``torchrun`` (gloo on the CPU): two processes train the
+weights one process trains with the same global batch, only rank 0 writes files, and a checkpoint
+resumes under another process count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import tiny_run
+from safetensors.torch import load_file
+
+from multidiff import config as C
+from multidiff.checkpoint import list_checkpoints
+from multidiff.distributed import Rows, World, current_rows, global_rows
+from multidiff.modality import coin_flips, example_rand
+from multidiff.train import Trainer, _EpochBatches, _MetricsLog, drop_labels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Each worker runs the real command line from its own empty folder, so a file written by any rank
+# but 0 (with the run folder given relative) would land where the test can see it.
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    home = Path(sys.argv[1]) / f"rank{os.environ['RANK']}"
+    home.mkdir(parents=True, exist_ok=True)
+    os.chdir(home)
+    from multidiff.cli import main
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
+def _config(out_dir: str, steps: int) -> dict:
+    # flips, label dropout, 2 micro-steps per optimizer step: every per-example draw and DDP's
+    # no_sync path are exercised; no dropout (its masks are drawn per process)
+    d = tiny_run(Path(out_dir), data={"source": "digits", "size": 8, "limit": 256, "random_flip": True})
+    d["train"].update(steps=steps, batch_size=16, grad_accum=2, checkpoint_every=2, sample_every=2, label_dropout=0.2)
+    d["out_dir"] = out_dir
+    return d
+
+
+def _torchrun(tmp: Path, nproc: int, cfg: dict, *extra: str) -> subprocess.CompletedProcess:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "worker.py").write_text(WORKER)
+    (tmp / "run.yaml").write_text(yaml.safe_dump(cfg))
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone"]
+    cmd += [str(tmp / "worker.py"), str(tmp / "ranks"), "train", str(tmp / "run.yaml"), *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out
+
+
+def _weights(run: Path) -> tuple[dict, dict]:
+    ck = list_checkpoints(run)[-1]
+    return load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))
+
+
+def _max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The reference: 4 steps in this process."""
+    run = tmp_path_factory.mktemp("one") / "run"
+    Trainer(C.resolve_config(_config(str(run), 4))).fit()
+    return run
+
+
+def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path: Path, one_process: Path) -> None:
+    out = _torchrun(tmp_path, 2, _config("run", 4))
+    assert "cpu x 2 processes (global batch 16)" in out.stdout
+    rank0, rank1 = tmp_path / "ranks" / "rank0", tmp_path / "ranks" / "rank1"
+    assert sorted(p.name for p in (rank0 / "run").iterdir()) == ["checkpoints", "config.json", "metrics.csv", "samples"]
+    assert [p.name for p in list_checkpoints(rank0 / "run")] == ["step_00000002", "step_00000004"]
+    assert sorted(p.name for p in (rank0 / "run" / "samples").iterdir()) == ["step_00000002.png", "step_00000004.png"]
+    assert list(rank1.iterdir()) == []  # rank 1 wrote nothing
+
+    ddp_model, ddp_ema = _weights(rank0 / "run")
+    ref_model, ref_ema = _weights(one_process)
+    init = Trainer(C.resolve_config(_config(str(tmp_path / "init"), 4))).net.state_dict()
+    moved = _max_diff(ref_model, {k: v.float() for k, v in init.items()})
+    # Adam turns float-rounding differences of near-zero gradients into differences of a fraction
+    # of one update (lr 1e-3); training itself moved the weights by about 4 updates
+    assert moved > 2e-3
+    assert _max_diff(ddp_model, ref_model) < 2e-4 and _max_diff(ddp_ema, ref_ema) < 2e-4
+    loss = [r["loss"] for r in _MetricsLog.read(rank0 / "run" / "metrics.csv")]
+    ref_loss = [r["loss"] for r in _MetricsLog.read(one_process / "metrics.csv")]
+    assert loss == pytest.approx(ref_loss, rel=1e-5)  # the logged loss is the mean over processes
+
+
+def test_a_checkpoint_resumes_under_another_process_count(tmp_path: Path, one_process: Path) -> None:
+    run = tmp_path / "run"
+    Trainer(C.resolve_config(_config(str(run), 2))).fit()  # 2 steps on one process
+    _torchrun(tmp_path, 2, _config(str(run), 4), "--resume")  # 2 more on two processes
+    model, ema = _weights(run)
+    ref_model, ref_ema = _weights(one_process)
+    assert _max_diff(model, ref_model) < 2e-4 and _max_diff(ema, ref_ema) < 2e-4
+    assert [r["step"] for r in _MetricsLog.read(run / "metrics.csv")] == [1, 2, 3, 4]
+
+
+# --- the pieces, on one process -------------------------------------------------------------
+
+
+def test_the_global_batch_is_split_evenly_and_must_divide() -> None:
+    rows = [Rows.of(12, World(rank=r, size=3)) for r in range(3)]
+    assert [(r.start, r.stop, r.total) for r in rows] == [(0, 4, 12), (4, 8, 12), (8, 12, 12)]
+    with pytest.raises(ValueError, match=r"train.batch_size=10 must be divisible by the number of processes \(4\)"):
+        Rows.of(10, World(rank=0, size=4))
+
+
+def test_batches_of_the_processes_make_up_the_global_batch() -> None:
+    whole = iter(_EpochBatches(50, 12, seed=3, start=5))
+    parts = [iter(_EpochBatches(50, 12, seed=3, start=5, rows=Rows.of(12, World(r, 3)))) for r in range(3)]
+    for _ in range(9):  # across an epoch boundary (4 batches per epoch)
+        assert next(whole) == sum((next(p) for p in parts), [])
+
+
+def test_per_example_draws_are_those_of_the_global_batch() -> None:
+    x = torch.zeros(12, 2, 3)
+    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
+    whole = example_rand(x, g(), 2)
+    flips = coin_flips(x, g())
+    labels = torch.arange(12) % 5
+    dropped = drop_labels(labels, 0.5, 5, g())
+    assert current_rows(12) == Rows(0, 12, 12)
+    for r in range(3):
+        rows = Rows.of(12, World(r, 3))
+        sl = slice(rows.start, rows.stop)
+        with global_rows(rows):
+            assert torch.equal(example_rand(x[sl], g(), 2), whole[sl])
+            assert torch.equal(coin_flips(x[sl], g()), flips[sl])
+            assert torch.equal(drop_labels(labels[sl], 0.5, 5, g()), dropped[sl])
+        assert current_rows(4) == Rows(0, 4, 4)  # outside the block: the tensor is the whole batch
+    assert 0 < int(flips.sum()) < 12 and (dropped == 5).any()
