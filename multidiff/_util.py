@@ -6,6 +6,23 @@ import torch
 from torch import Tensor
 
 
+def amp_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32).
+
+    ``auto`` is bf16 on CUDA devices that support it, fp16 on older ones (the trainer then scales
+    the loss), and float32 elsewhere: CPUs gain little from autocast and lose accuracy.
+    """
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    except KeyError:
+        raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}") from None
+
+
 def append_dims(v: Tensor, ndim: int) -> Tensor:
     """View a per-sample tensor ``(B,)`` as ``(B, 1, ..., 1)`` with ``ndim`` axes in all.
 

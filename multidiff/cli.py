@@ -272,6 +272,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         guidance_scale=args.guidance,
         labels=label,
         seed=args.seed,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        compile=args.compile or None,
     )
     out = Path(args.out) if args.out else pipe.checkpoint.path.parent.parent / "samples" / f"sample_seed{args.seed}"
     paths = pipe.adapter.save_samples(x, out, pipe.info, labels=labels)
@@ -327,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--device", default="auto")
+    sa.add_argument("--batch-size", type=int, help="samples per network call (default: the run's sample.batch_size)")
+    sa.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="network autocast dtype (default: the run's sample.precision; auto = bf16 on GPUs, fp32 on CPUs)",
+    )
+    sa.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for many samples)")
     sa.add_argument("--out", help="output path (default: <run>/samples/sample_seed<seed>)")
     sa.set_defaults(func=_cmd_sample)
     s = sub.add_parser("samplers", help="list the registered samplers")

@@ -102,7 +102,8 @@ class TrainConfig(StrictModel):
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     ema_warmup: bool = True
     label_dropout: float = Field(0.1, ge=0, le=1)
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # auto: bf16 autocast on GPUs that support it, fp16 + loss scaling on older GPUs, fp32 on CPUs
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
@@ -143,6 +144,9 @@ class SampleConfig(StrictModel):
     num_samples: int = Field(64, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
+    # the network's autocast dtype while sampling (the sampler's own arithmetic stays float32/64)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False
     options: dict[str, float | int | str | bool] = {}
 
     @field_validator("sampler")

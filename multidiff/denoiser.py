@@ -8,6 +8,7 @@ and parameterization into that contract.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -130,6 +131,12 @@ class Denoiser(nn.Module):
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
         return x0
+
+    def with_net(self, net: nn.Module) -> Denoiser:
+        """A shallow copy that calls ``net`` (the EMA copy, a compiled or DDP-wrapped network)."""
+        out = copy.copy(self)
+        out._modules = dict(self._modules, net=net)
+        return out
 
     def forward(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         out, _, sc = self.raw(x, sigma, **cond)

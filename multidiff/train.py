@@ -44,6 +44,7 @@ from .checkpoint import (
     load_state_dict_checked,
     save_checkpoint,
 )
+from ._util import amp_dtype
 from .denoiser import Denoiser
 from .distributed import Rows, World, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
@@ -172,7 +173,12 @@ class Trainer:
         if t.threads is not None:  # CPU intra-op threads; fewer than cores helps when the machine is shared
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
+        # rank 0 builds the data first (downloads, voxel caches); the others then read what it wrote
+        if not self.world.is_main:
+            self.world.barrier()
         self.dataset, self.info = self.adapter.build_dataset(cfg.data)
+        if self.world.is_main:
+            self.world.barrier()
         if len(self.dataset) < t.batch_size:
             raise ValueError(
                 f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} examples); lower it"
@@ -180,16 +186,18 @@ class Trainer:
         self.denoiser: Denoiser = build_denoiser(cfg, self.info).to(self.device)
         self.net = self.denoiser.net
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        self.ema_denoiser = _with_net(self.denoiser, self.ema)
+        self.ema_denoiser = self.denoiser.with_net(self.ema)
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(
             self.net.parameters(), lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=fused or None
         )
-        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[t.precision]
+        # bf16 on GPUs that have it, fp16 with loss scaling on older ones, float32 on CPUs ("auto")
+        self.amp = amp_dtype(t.precision, self.device)
+        amp = self.amp
         self.autocast = (
             (lambda: torch.autocast(self.device.type, dtype=amp)) if amp is not None else (lambda: nullcontext())
         )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
         self.ddp: DistributedDataParallel | None = None
         if self.world.distributed:  # gradients are averaged over processes in backward
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -297,7 +305,7 @@ class Trainer:
                 cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
         sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
         noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype).to(self.device)
-        den = self.denoiser if self.forward_net is self.net else _with_net(self.denoiser, self.forward_net)
+        den = self.denoiser if self.forward_net is self.net else self.denoiser.with_net(self.forward_net)
         with self.autocast():
             loss = diffusion_loss(
                 den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
@@ -362,6 +370,8 @@ class Trainer:
             guidance_scale=s.guidance_scale,
             seed=s.seed,
             batch_size=s.batch_size,
+            precision=s.precision,
+            compile=s.compile,
             options=dict(s.options),
         )
         paths = self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
@@ -438,9 +448,3 @@ class Trainer:
 def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of a run's ``metrics.csv`` or ``metrics.jsonl``."""
     return _MetricsLog.read(Path(path))
-
-
-def _with_net(den: Denoiser, net: nn.Module) -> Denoiser:
-    out = copy.copy(den)
-    out._modules = dict(den._modules, net=net)
-    return out
