@@ -116,6 +116,7 @@ How the time is taken
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import statistics
@@ -476,15 +477,23 @@ def make_inputs(
     return x.to(device), t.to(device), target.to(device)
 
 
+AMP: torch.dtype | None = None  # --amp: autocast dtype of every model's forward (float32 when None)
+
+
+def _autocast(x: Tensor):
+    return torch.autocast(x.device.type, dtype=AMP) if AMP is not None else contextlib.nullcontext()
+
+
 def train_step(c: Contender, x: Tensor, t: Tensor, target: Tensor) -> None:
     c.optimizer.zero_grad(set_to_none=True)
-    loss = F.mse_loss(c.forward(x, t), target)
+    with _autocast(x):
+        loss = F.mse_loss(c.forward(x, t).float(), target)
     loss.backward()
     c.optimizer.step()
 
 
 def sample_step(c: Contender, x: Tensor, t: Tensor) -> None:
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(x):
         c.forward(x, t)
 
 
@@ -808,6 +817,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default twice the training one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument("--amp", choices=("bf16",), default=None, help="run every model under bf16 autocast (GPU)")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     args = p.parse_args(argv)
     args.voxel_reps = args.reps or (3 if args.quick else VOXEL_REPS)
@@ -827,6 +837,8 @@ def package_version(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
+    global AMP
+    AMP = torch.bfloat16 if args.amp == "bf16" else None
     if device.type == "cpu":
         torch.set_num_threads(args.threads or 2)
     peers = (
@@ -838,7 +850,7 @@ def main(argv: list[str] | None = None) -> None:
         f"torch {torch.__version__}, "
         + ", ".join(f"{p} {package_version(p)}" for p in peers)
         + f", Python {platform.python_version()}, device {device}, threads {torch.get_num_threads()}, "
-        f"compile {args.compile}",
+        f"compile {args.compile}, autocast {args.amp or 'none'}",
         file=sys.stderr,
     )
     start = time.perf_counter()

@@ -51,7 +51,11 @@ def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     keeps results identical across devices); the draw happens on the generator's device.
     """
     device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+    noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
+    if noise.device.type == "cpu" and x.device.type == "cuda":
+        # from pinned memory the copy is asynchronous: no host-device synchronisation per sampler step
+        return noise.pin_memory().to(x.device, non_blocking=True)
+    return noise.to(x.device)
 
 
 def mean_flat(x: Tensor) -> Tensor:

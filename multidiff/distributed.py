@@ -42,6 +42,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    group: bool = False  # a process group is in use (torchrun, even with one process)
     owns_group: bool = False  # this process created the process group (and destroys it in close())
 
     @property
@@ -50,7 +51,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.group
 
     def barrier(self) -> None:
         if self.distributed:
@@ -70,9 +71,9 @@ class World:
 
 
 def launched_by_torchrun() -> bool:
-    """True when the environment describes a multi-process run (torchrun, or any launcher that sets
-    ``WORLD_SIZE`` > 1 and ``RANK``)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    """True when the environment describes a process of a torchrun (or any launcher that sets
+    ``RANK``, ``WORLD_SIZE`` and ``MASTER_ADDR``), also with one process."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def setup(device: torch.device) -> tuple[World, torch.device]:
@@ -80,10 +81,10 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
 
     On CUDA each process takes ``cuda:LOCAL_RANK`` (a configured ``cuda:K`` is ignored under
     torchrun: one process per GPU); the backend is NCCL there and gloo on the CPU. Without torchrun
-    (or with ``WORLD_SIZE=1``) this returns a world of one and ``device`` unchanged.
+    this returns a world of one, without a process group, and ``device`` unchanged.
     """
     if dist.is_initialized():  # the caller set the group up itself
-        world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group=True)
     elif launched_by_torchrun():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
@@ -95,7 +96,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
             torch.cuda.set_device(local)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        world = World(dist.get_rank(), dist.get_world_size(), local, owns_group=True)
+        world = World(dist.get_rank(), dist.get_world_size(), local, group=True, owns_group=True)
     else:
         return World(), device
     if device.type == "cuda":

@@ -37,6 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from . import config as C
+from ._util import amp_dtype
 from .checkpoint import (
     find_checkpoint,
     grow_class_embedding,
@@ -44,9 +45,8 @@ from .checkpoint import (
     load_state_dict_checked,
     save_checkpoint,
 )
-from ._util import amp_dtype
 from .denoiser import Denoiser
-from .distributed import Rows, World, current_rows, global_rows, setup
+from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
 from .pipeline import build_denoiser, generate, resolve_device
 

@@ -30,7 +30,14 @@ def _denoiser(dims: int = 2, learned_variance: bool = False) -> Denoiser:
     torch.manual_seed(0)
     out = 2 if learned_variance else 1
     net = UNet(
-        dims, 1, out, channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_levels=(1,), head_channels=8,
+        dims,
+        1,
+        out,
+        channels=8,
+        channel_mult=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        head_channels=8,
         num_classes=3,
     )
     for p in net.parameters():  # the output layer starts at zero; give the network something to say
@@ -44,14 +51,22 @@ def test_sampler_loops_never_read_a_device_value(name: str) -> None:
     ``nonzero``) raises: a sampler that passes runs without host-device synchronisation, with a real
     network, its parameterization and classifier-free guidance in the loop."""
     den = _denoiser(learned_variance=name == "ddpm_learned_variance").to("meta")
-    fn = den if name == "ddpm_learned_variance" else classifier_free_guidance(
-        den, 2.0, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], 3)}
+    fn = (
+        den
+        if name == "ddpm_learned_variance"
+        else classifier_free_guidance(
+            den, 2.0, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], 3)}
+        )
     )
     x = torch.empty(2, 1, 8, 8, device="meta")
     cond = {"class_labels": torch.tensor([0, 2], device="meta")}
     nfe = []
     out = SM.get_sampler(name).fn(
-        fn, x, G.karras_sigmas(5, 0.02, 80.0), cond=cond, generator=torch.Generator().manual_seed(0),
+        fn,
+        x,
+        G.karras_sigmas(5, 0.02, 80.0),
+        cond=cond,
+        generator=torch.Generator().manual_seed(0),
         callback=lambda info: nfe.append(info),
     )
     assert out.device.type == "meta" and out.shape == x.shape and len(nfe) >= 4
@@ -118,8 +133,25 @@ def test_batch_size_must_be_positive() -> None:
 def test_cli_sample_batch_size_precision_and_bad_batch(tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
     Trainer(C.resolve_config(tiny_run(run, train={"steps": 1}))).fit()
-    assert main(["sample", str(run), "-n", "5", "--steps", "2", "--batch-size", "2", "--precision", "bf16",
-                 "--out", str(tmp_path / "s.png")]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                str(run),
+                "-n",
+                "5",
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--precision",
+                "bf16",
+                "--out",
+                str(tmp_path / "s.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "s.png").exists()
     assert main(["sample", str(run), "-n", "5", "--batch-size", "0", "--out", str(tmp_path / "t.png")]) == 2
     assert "batch_size must be at least 1" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
