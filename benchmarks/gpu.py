@@ -206,7 +206,7 @@ def section_sampler() -> str:
 
 def section_ddp(out: Path) -> str:
     cfg = str(ROOT / "configs" / "image_digits.yaml")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     cmd = [
         sys.executable,
         "-m",

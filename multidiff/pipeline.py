@@ -118,7 +118,10 @@ def generate(
     """Draw ``n`` samples of shape ``info.shape``; returns ``(x, labels)`` on the CPU.
 
     The prior noise comes from a CPU generator seeded with ``seed``, so a seed gives the same
-    samples on every device. For a class-conditional model, ``labels`` (an int, a tensor of
+    prior, and with a deterministic sampler the same samples, on every device. Stochastic samplers
+    draw their per-step noise on the model's device, from a generator seeded by the CPU one:
+    reproducible on each kind of device (drawing it on the CPU cost 12-16% of a 38M-parameter
+    UNet's evaluation per step on an H100). For a class-conditional model, ``labels`` (an int, a tensor of
     ``n`` labels, or ``None`` for :func:`default_labels`) picks the classes, and
     ``guidance_scale != 1`` applies classifier-free guidance against the null class. Samples
     are returned in data units: divided by the denoiser's ``data_scale`` (1 if it has none).
@@ -160,12 +163,15 @@ def generate(
         )
     data_scale = float(getattr(denoiser, "data_scale", 1.0))
     g = torch.Generator().manual_seed(seed)
+    step_g = (
+        g if device.type == "cpu" else torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+    )
     out = []
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
         cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
         with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
-            x0 = spec.fn(fn, x, sigmas, cond=cond, generator=g, callback=callback, **(options or {}))
+            x0 = spec.fn(fn, x, sigmas, cond=cond, generator=step_g, callback=callback, **(options or {}))
         out.append((x0 / data_scale).float().cpu())
     return torch.cat(out), labels
