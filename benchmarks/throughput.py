@@ -362,12 +362,16 @@ def voxel_layout(preset: str) -> dict:
     return {"ours": r, "widths": widths, "monai": monai}
 
 
+CHECKPOINT_NORMS: bool | None = None  # --checkpoint-norms on|off overrides the voxel preset's value
+
+
 def build_ours_voxel(preset: str, checkpointing: bool) -> nn.Module:
     from modalities.voxel.adapter import VoxelModelConfig, build_unet3d
     from multidiff.modality import DataInfo
 
     res = VOXEL_RESOLUTION[preset]
-    config = VoxelModelConfig(preset=preset, gradient_checkpointing=checkpointing)
+    extra = {} if CHECKPOINT_NORMS is None else {"checkpoint_norms": CHECKPOINT_NORMS}
+    config = VoxelModelConfig(preset=preset, gradient_checkpointing=checkpointing, **extra)
     return build_unet3d(config, DataInfo((1, res, res, res), VOXEL_CLASSES))
 
 
@@ -817,6 +821,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-batch", type=int, default=None, help="sampling batch (default twice the training one)")
     p.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default 2)")
     p.add_argument("--compile", action="store_true", help="torch.compile every model")
+    p.add_argument(
+        "--checkpoint-norms",
+        choices=("preset", "on", "off"),
+        default="preset",
+        help="voxel models: recompute GroupNorm+SiLU in backward (default: as the preset says)",
+    )
     p.add_argument("--amp", choices=("bf16",), default=None, help="run every model under bf16 autocast (GPU)")
     p.add_argument("--out", default=None, help="also write the markdown tables to this file")
     args = p.parse_args(argv)
@@ -837,8 +847,9 @@ def package_version(name: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
-    global AMP
+    global AMP, CHECKPOINT_NORMS
     AMP = torch.bfloat16 if args.amp == "bf16" else None
+    CHECKPOINT_NORMS = {"preset": None, "on": True, "off": False}[args.checkpoint_norms]
     if device.type == "cpu":
         torch.set_num_threads(args.threads or 2)
     peers = (
