@@ -180,3 +180,15 @@ def test_compiled_training_and_sampling_match_eager_on_cpu(tmp_path: Path, monke
     x, _ = generate(comp.ema_denoiser, comp.info, n=4, steps=3, sampler="ddim")
     y, _ = generate(comp.ema_denoiser, comp.info, n=4, steps=3, sampler="ddim", compile=True)
     assert compiled[-1] is comp.ema and torch.allclose(x, y, atol=1e-5)
+
+
+def test_worker_processes_load_the_same_batches(tmp_path: Path) -> None:
+    """``train.num_workers`` moves loading into worker processes without changing a single batch."""
+    runs = {}
+    for workers in (0, 2):
+        d = tiny_run(tmp_path / f"w{workers}", train={"steps": 3, "num_workers": workers})
+        d["data"]["random_flip"] = True
+        tr = Trainer(C.resolve_config(d))
+        tr.fit()
+        runs[workers] = tr.net.state_dict()
+    assert all(torch.equal(runs[0][k], runs[2][k]) for k in runs[0])
