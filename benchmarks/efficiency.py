@@ -91,6 +91,7 @@ from benchmarks.throughput import (
     flops_per_sample,
     interleaved_rates,
     make_inputs,
+    report,
     train_flops_per_sample,
     train_step,
 )
@@ -569,12 +570,7 @@ def main(argv: list[str] | None = None) -> None:
             file=sys.stderr,
         )
     mm_after = matmul_peak(args.mm_sizes, mm_reps, args.min_rep_s)
-    text = tables(results, mm_before, mm_after, mm_numpy, args)
-    print(text)
-    print(f"\nTotal time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(tables(results, mm_before, mm_after, mm_numpy, args), start, args.out)
 
 
 if __name__ == "__main__":

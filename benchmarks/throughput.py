@@ -887,11 +887,15 @@ def main(argv: list[str] | None = None) -> None:
             params = {name: r.params for name, r in voxel[preset].items()}
             print(f"voxel {preset} done ({time.perf_counter() - start:.0f} s); parameters {params}", file=sys.stderr)
         parts.append(voxel_tables(voxel, voxel_notes, args, device))
-    text = "\n\n".join(parts)
+    report("\n\n".join(parts), start, args.out)
+
+
+def report(text: str, start: float, out: str | None) -> None:
+    """Print the tables (and the run's time to stderr); also write them to ``out`` when given."""
     print(text)
     print(f"\nTotal time: {time.perf_counter() - start:.0f} s", file=sys.stderr)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(text + "\n")
 
 
