@@ -249,7 +249,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
         result = trainer.fit()
         last = result.losses[-1][1] if result.losses else float("nan")
-        say(f"done: step {result.step}, last loss {last:.4f}, {result.seconds:.0f}s; checkpoint {result.checkpoint}")
+        if result.interrupted:
+            say(f"interrupted at step {result.step}; checkpoint {result.checkpoint}; continue with --resume")
+        else:
+            say(
+                f"done: step {result.step}, last loss {last:.4f}, {result.seconds:.0f}s; checkpoint {result.checkpoint}"
+            )
     finally:
         trainer.close()
     return 0
@@ -353,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"multidiff: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # training diverged; the message names the checkpoint kept
+        print(f"multidiff: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

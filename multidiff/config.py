@@ -99,6 +99,9 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     grad_clip: float | None = Field(1.0, gt=0)
+    # a step whose loss or gradient is NaN/Inf is skipped (weights, optimizer and EMA untouched);
+    # this many in a row stop the run with a checkpoint of the last good state
+    max_nonfinite_steps: int = Field(5, ge=1)
     ema_decay: float = Field(0.9999, ge=0, lt=1)
     ema_warmup: bool = True
     label_dropout: float = Field(0.1, ge=0, le=1)

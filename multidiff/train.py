@@ -24,9 +24,12 @@ import copy
 import csv
 import json
 import math
+import signal
+import threading
 import time
+import warnings
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +123,7 @@ class TrainResult:
     checkpoint: Path | None
     losses: list[tuple[int, float]] = field(default_factory=list)
     seconds: float = 0.0
+    interrupted: bool = False  # stopped early by SIGINT / SIGTERM (a checkpoint was written)
 
 
 class _MetricsLog:
@@ -206,6 +210,7 @@ class Trainer:
         wrapped = self.ddp or self.net
         self.forward_net: nn.Module = torch.compile(wrapped) if t.compile else wrapped
         self.step = 0
+        self.skipped = False  # whether the last train_step was skipped for a non-finite value
         self._resume_step: int | None = None
         if resume:
             self._resume(resume)
@@ -342,6 +347,18 @@ class Trainer:
             gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
         else:
             gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        # One host read per step; the loss is averaged over processes, so every one decides alike.
+        # Under fp16 an overflowing gradient is the loss scaler's business (it skips and lowers the
+        # scale); only a non-finite loss counts there.
+        loss_all = self.world.mean(total)  # the same verdict on every process
+        bad = ~torch.isfinite(loss_all) if self.scaler.is_enabled() else ~torch.isfinite(loss_all + gnorm)
+        self.skipped = bool(bad)
+        if self.skipped:
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update(new_scale=self.scaler.get_scale() / 2)
+            self.step += 1  # the batch is consumed: a resumed run skips it too
+            return total, gnorm
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
@@ -402,48 +419,131 @@ class Trainer:
 
             bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.adapter.name}", dynamic_ncols=True)
         t0 = time.perf_counter()
-        window_start, window_loss, window_n = time.perf_counter(), torch.zeros((), device=self.device), 0
+        window_start, window_loss, window_n, steps_in_window = (
+            time.perf_counter(),
+            torch.zeros((), device=self.device),
+            0,
+            0,
+        )
         last_ckpt = None
-        while self.step < t.steps:
-            loss, gnorm = self.train_step(batches)
-            window_loss += loss
-            window_n += 1
-            if bar is not None:
-                bar.update(1)
-            if self.step % t.log_every == 0 or self.step == t.steps:
-                now = time.perf_counter()
-                mean_loss = float(self.world.mean(window_loss)) / window_n
-                if not math.isfinite(mean_loss):
-                    raise FloatingPointError(
-                        f"loss is {mean_loss} at step {self.step}; the last good checkpoint is kept "
-                        f"({list_checkpoints(self.run_dir)[-1] if list_checkpoints(self.run_dir) else 'none yet'})"
+        bad_in_row = 0
+        stop = _StopRequest()
+        with stop.installed():
+            while self.step < t.steps:
+                loss, gnorm = self.train_step(batches)
+                steps_in_window += 1
+                if self.skipped:
+                    bad_in_row += 1
+                    warnings.warn(
+                        f"step {self.step}: non-finite loss or gradient (loss {float(loss):.4g}, gradient norm "
+                        f"{float(gnorm):.4g}); step skipped, weights and EMA unchanged ({bad_in_row} in a row)",
+                        RuntimeWarning,
+                        stacklevel=2,
                     )
-                sps = window_n * t.batch_size * t.grad_accum / max(now - window_start, 1e-9)
-                row = {
-                    "step": self.step,
-                    "loss": mean_loss,
-                    "lr": self.opt.param_groups[0]["lr"],
-                    "grad_norm": float(gnorm),
-                    "samples_per_s": round(sps, 2),
-                    "elapsed_s": round(now - t0, 2),
-                }
-                if log is not None:
-                    log.write(row)
-                result.losses.append((self.step, mean_loss))
+                    if bad_in_row >= t.max_nonfinite_steps:
+                        kept = self.save() if main else None
+                        self.world.barrier()
+                        raise FloatingPointError(
+                            f"{bad_in_row} steps in a row had a non-finite loss or gradient (up to step {self.step}); "
+                            f"the last good weights are saved in {kept or self.run_dir / 'checkpoints'}. Lower "
+                            f"train.lr, set train.grad_clip, or use precision fp32 (train.max_nonfinite_steps="
+                            f"{t.max_nonfinite_steps})"
+                        )
+                else:
+                    bad_in_row = 0
+                    window_loss += loss
+                    window_n += 1
                 if bar is not None:
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.0f}")
-                window_start, window_loss, window_n = now, torch.zeros((), device=self.device), 0
-            if t.sample_every and self.step % t.sample_every == 0:
-                self.sample_files(f"step_{self.step:08d}")
-                self.net.train()
-            if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
-                if main:
-                    last_ckpt = self.save()
+                    bar.update(1)
+                if (self.step % t.log_every == 0 or self.step == t.steps) and window_n:
+                    self._log_row(log, result, bar, window_loss, window_n, steps_in_window, gnorm, window_start, t0)
+                    window_start, window_loss, window_n, steps_in_window = (
+                        time.perf_counter(),
+                        torch.zeros((), device=self.device),
+                        0,
+                        0,
+                    )
+                if t.sample_every and self.step % t.sample_every == 0:
+                    self.sample_files(f"step_{self.step:08d}")
+                    self.net.train()
+                if (t.checkpoint_every and self.step % t.checkpoint_every == 0) or self.step == t.steps:
+                    if main:
+                        last_ckpt = self.save()
+                if stop.requested(self.world, self.device):
+                    if main and (last_ckpt is None or last_ckpt.name != f"step_{self.step:08d}"):
+                        last_ckpt = self.save()
+                    result.interrupted = True
+                    break
         if bar is not None:
             bar.close()
         self.world.barrier()  # every process leaves with rank 0's last checkpoint on disk
         result.step, result.checkpoint, result.seconds = self.step, last_ckpt, time.perf_counter() - t0
         return result
+
+    def _log_row(
+        self,
+        log: _MetricsLog | None,
+        result: TrainResult,
+        bar: Any,
+        window_loss: Tensor,
+        window_n: int,
+        steps: int,
+        gnorm: Tensor,
+        window_start: float,
+        t0: float,
+    ) -> None:
+        """One metrics row: the mean loss of the window's good steps (over all processes)."""
+        t = self.t
+        now = time.perf_counter()
+        mean_loss = float(self.world.mean(window_loss)) / window_n
+        sps = steps * t.batch_size * t.grad_accum / max(now - window_start, 1e-9)
+        row = {
+            "step": self.step,
+            "loss": mean_loss,
+            "lr": self.opt.param_groups[0]["lr"],
+            "grad_norm": float(gnorm),
+            "samples_per_s": round(sps, 2),
+            "elapsed_s": round(now - t0, 2),
+        }
+        if log is not None:
+            log.write(row)
+        result.losses.append((self.step, mean_loss))
+        if bar is not None:
+            bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.0f}")
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM during training ask for a clean stop: the loop finishes its step, writes a
+    checkpoint and returns (``TrainResult.interrupted``). A second signal is not caught again."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.flag = True
+        signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))  # a second one acts as usual
+
+    @contextmanager
+    def installed(self) -> Iterator[None]:
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        try:
+            yield
+        finally:
+            for sig, old in self._previous.items():
+                signal.signal(sig, old)
+
+    def requested(self, world: Any, device: torch.device) -> bool:
+        """Under DDP every process must stop at the same step: the flags are all-reduced."""
+        if not world.distributed:
+            return self.flag
+        import torch.distributed as dist
+
+        f = torch.tensor([float(self.flag)], device=device)
+        dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        return bool(f.item())
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
