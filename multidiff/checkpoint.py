@@ -92,7 +92,14 @@ class Checkpoint:
         try:
             return load_file(str(f))
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"cannot read {f}: {e}") from None
+            raise ValueError(f"cannot read {f}: {e}{self._earlier()}") from None
+
+    def _earlier(self) -> str:
+        """A pointer to the newest checkpoint before this one in its run, for error messages."""
+        older = [p for p in list_checkpoints(self.path.parent.parent) if p.name < self.path.name]
+        if not older:
+            return ""
+        return f". An earlier checkpoint: {older[-1]} (multidiff sample {older[-1]}, or train --resume {older[-1]})"
 
     def training_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Optimizer, scaler and RNG state; loaded with ``weights_only=True`` (no arbitrary objects)."""
@@ -100,7 +107,7 @@ class Checkpoint:
         try:
             return torch.load(f, map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f"cannot read {f}: {e}") from None
+            raise ValueError(f"cannot read {f}: {e}{self._earlier()}") from None
 
 
 def save_checkpoint(

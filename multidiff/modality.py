@@ -8,6 +8,7 @@ images, waveforms or voxel grids.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ __all__ = [
     "class_index",
     "coin_flips",
     "example_rand",
+    "read_each",
     "finish_dataset",
     "sample_names",
     "scan_labelled_folder",
@@ -241,6 +243,41 @@ def finish_dataset(
     if not class_conditional and info.num_classes:
         info = DataInfo(info.shape, 0, (), info.extra)
     return ds, info
+
+
+BAD_FILE_POLICIES = ("error", "skip")
+
+
+def read_each(
+    files: Sequence[Path], labels: Sequence[int], read: Any, *, on_bad: str = "error", what: str = "files"
+) -> tuple[list[Any], list[int], list[Path]]:
+    """``read(f)`` for every file, in order, with the data section's ``on_bad_file`` policy.
+
+    A file the reader refuses (it raises ``ValueError`` or ``OSError``, naming the file) stops
+    everything under ``"error"``, the default. Under ``"skip"`` it is left out, and the count and
+    the first names are reported in one warning. Files are only read, never modified.
+    Returns ``(items, labels, skipped files)``.
+    """
+    if on_bad not in BAD_FILE_POLICIES:
+        raise ValueError(f"on_bad_file must be one of {list(BAD_FILE_POLICIES)}, got {on_bad!r}")
+    items: list[Any] = []
+    kept: list[int] = []
+    bad: list[Path] = []
+    for f, y in zip(files, labels):
+        try:
+            items.append(read(f))
+        except (ValueError, OSError) as e:
+            if on_bad == "error":
+                raise ValueError(f"{e} (data.on_bad_file: skip leaves such files out)") from None
+            bad.append(Path(f))
+            continue
+        kept.append(y)
+    if bad:
+        names = ", ".join(repr(str(p)) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        warnings.warn(f"skipped {len(bad)} of {len(files)} {what} that could not be read: {names}", stacklevel=2)
+    if not items:
+        raise ValueError(f"none of the {len(files)} {what} could be read")
+    return items, kept, bad
 
 
 def example_rand(x: Tensor, generator: torch.Generator, *shape: int) -> Tensor:

@@ -235,9 +235,10 @@ class Trainer:
             ckpt = find_checkpoint(self.run_dir)
         else:
             ckpt = find_checkpoint(resume)
-        load_state_dict_checked(self.net, ckpt.weights("model"), str(ckpt.path))
-        load_state_dict_checked(self.ema, ckpt.weights("ema"), str(ckpt.path))
-        st = ckpt.training_state()
+        # every file is read before anything is loaded: a bad one leaves the trainer untouched
+        model, ema, st = ckpt.weights("model"), ckpt.weights("ema"), ckpt.training_state()
+        load_state_dict_checked(self.net, model, str(ckpt.path))
+        load_state_dict_checked(self.ema, ema, str(ckpt.path))
         self.opt.load_state_dict(st["optimizer"])
         if st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])

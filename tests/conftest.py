@@ -19,3 +19,9 @@ def _threads() -> None:
     # One thread: the tensors in tests are tiny, and OpenMP threads that spin on an oversubscribed
     # 2-core machine make small convolutions 100x slower.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # voxel caches (and anything else under MULTIDIFF_CACHE) go to a temporary folder, not ~/.cache
+    monkeypatch.setenv("MULTIDIFF_CACHE", str(tmp_path_factory.getbasetemp() / "multidiff_cache"))

@@ -371,15 +371,18 @@ def test_mesh_folder_labels_and_cache(tmp_path: Path, monkeypatch: pytest.Monkey
     calls = []
     real = vio.voxelize
     monkeypatch.setattr(vio, "voxelize", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("MULTIDIFF_CACHE", str(tmp_path / "home_cache"))
+    before = sorted(p.relative_to(tmp_path / "d") for p in (tmp_path / "d").rglob("*"))
     ds, info = D.mesh_folder(tmp_path / "d", 16)
     assert len(calls) == 5
+    assert sorted(p.relative_to(tmp_path / "d") for p in (tmp_path / "d").rglob("*")) == before  # only read
     assert info.class_names == ("balls", "boxes") and info.num_classes == 2 and info.shape == (1, 16, 16, 16)
     assert info.extra["source"] == "folder" and info.extra["resolution"] == 16
     assert info.extra["representation"] == "occupancy" and info.extra["truncation"] == 3.0
     assert ds.labels.tolist() == [0, 0, 1, 1, 1] and ds.x.shape == (5, 1, 16, 16, 16)
     assert torch.equal(ds.x[0], ds.x[1]) and torch.equal(ds.x[2], ds.x[3]) and torch.equal(ds.x[3], ds.x[4])
     assert outer_layer(ds.x).max() == -1  # the one-voxel margin
-    cache = tmp_path / "d" / ".multidiff_voxel_cache"
+    cache = tmp_path / "home_cache" / "voxels"
     assert len(list(cache.glob("*.npz"))) == 5  # one per file content
     # A second run reads every grid from the cache.
     again, info2 = D.mesh_folder(tmp_path / "d", 16)

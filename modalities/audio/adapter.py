@@ -86,6 +86,8 @@ class AudioDataConfig(StrictModel):
     per_class: int = Field(200, ge=1)
     random_polarity: bool = False
     limit: int | None = Field(None, ge=1)
+    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
+    on_bad_file: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> AudioDataConfig:
@@ -122,6 +124,7 @@ class AudioModality(Modality):
                 crop=data.crop,
                 normalize=data.normalize,
                 limit=data.limit,
+                on_bad=data.on_bad_file,
             )
         else:
             ds, info = D.sc09(

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
+from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from .io import crop_or_pad, normalize_loudness, read_audio, resample, to_channels
 
@@ -148,16 +148,20 @@ def _fit(x: Tensor, sr: int, sample_rate: int, length: int, crop: str, source: s
     return crop_or_pad(x, length, crop) if x.shape[-1] > length else x
 
 
+def _load_clip(
+    f: Path, sample_rate: int, length: int, channels: int, crop: str, normalize: str, target_dbfs: float
+) -> Tensor:
+    x, sr = read_audio(f)
+    x = _fit(to_channels(x, channels, source=str(f)), sr, sample_rate, length, crop, str(f))
+    return crop_or_pad(normalize_loudness(x, normalize, target_dbfs), length)  # the level of the sound, not of padding
+
+
 def _load_clips(
     files: list[Path], sample_rate: int, length: int, channels: int, crop: str, normalize: str, target_dbfs: float
 ) -> Tensor:
     out = torch.empty(len(files), channels, length)
     for i, f in enumerate(files):
-        x, sr = read_audio(f)
-        x = _fit(to_channels(x, channels, source=str(f)), sr, sample_rate, length, crop, str(f))
-        out[i] = crop_or_pad(
-            normalize_loudness(x, normalize, target_dbfs), length
-        )  # the level of the sound, not of padding
+        out[i] = _load_clip(f, sample_rate, length, channels, crop, normalize, target_dbfs)
     return out
 
 
@@ -183,6 +187,7 @@ def audio_folder(
     normalize: str = "rms",
     target_dbfs: float = -20.0,
     limit: int | None = None,
+    on_bad: str = "error",
 ) -> tuple[TensorDataset, DataInfo]:
     """Any folder of WAV/FLAC/OGG files, as ``(N, channels, length)`` clips at ``sample_rate``.
 
@@ -190,7 +195,8 @@ def audio_folder(
     samples (keeping its start or centre), scaled by :func:`~.io.normalize_loudness` (``normalize``
     at ``target_dbfs``, measured on the sound, before padding; ``"none"`` keeps file levels, which
     may exceed 1 in float files) and zero-padded at the end if shorter. Every file is read before training starts, so a bad one
-    fails the run at once, with its name. ``limit`` keeps the first files in sorted order.
+    fails the run at once, with its name (``on_bad="skip"``: left out and counted in
+    ``info.extra["skipped_files"]``). ``limit`` keeps the first files in sorted order.
     """
     _check_format(sample_rate, length, channels, crop, normalize)
     files, labs, classes = scan_folder(path)
@@ -198,10 +204,11 @@ def audio_folder(
         files, labs = files[:limit], labs[:limit]
     if not labels:
         labs, classes = [-1] * len(files), []
-    x = _load_clips(files, int(sample_rate), length, channels, crop, normalize, target_dbfs)
-    extra = {"sample_rate": int(sample_rate), "source": str(path)}
+    read = lambda f: _load_clip(f, int(sample_rate), length, channels, crop, normalize, target_dbfs)  # noqa: E731
+    clips, labs, bad = read_each(files, labs, read, on_bad=on_bad, what="audio files")
+    extra = {"sample_rate": int(sample_rate), "source": str(path), "skipped_files": len(bad)}
     info = DataInfo((channels, length), len(classes), tuple(classes), extra)
-    return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
+    return TensorDataset(torch.stack(clips), torch.tensor(labs, dtype=torch.long)), info
 
 
 def _sc09_files(folder: Path) -> list[list[Path]]:

@@ -74,6 +74,8 @@ class ImageDataConfig(StrictModel):
     random_flip: bool = False
     in_memory: bool = True
     limit: int | None = Field(None, ge=1)
+    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
+    on_bad_file: Literal["error", "skip"] = "error"
 
     @field_validator("size")
     @classmethod
@@ -138,7 +140,13 @@ class ImageModality(Modality):
         elif data.source == "folder":
             assert data.path is not None
             ds, info = D.image_folder(
-                data.path, size, ch, labels=data.class_conditional, in_memory=data.in_memory, limit=data.limit
+                data.path,
+                size,
+                ch,
+                labels=data.class_conditional,
+                in_memory=data.in_memory,
+                limit=data.limit,
+                on_bad=data.on_bad_file,
             )
         else:
             ds, info = D.torchvision_set(

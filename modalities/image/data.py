@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
+from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from .io import IMAGE_SUFFIXES, read_image, resize_center_crop
 
@@ -79,11 +79,13 @@ def image_folder(
     labels: bool = True,
     in_memory: bool = True,
     limit: int | None = None,
+    on_bad: str = "error",
 ) -> tuple[Dataset, DataInfo]:
     """Any folder of PNG/JPEG/BMP/WebP images, resized to cover ``size`` and centre-cropped.
 
     Every file is opened before training starts, so a corrupt file fails the run at once, with
-    its name, instead of hours in.
+    its name, instead of hours in; ``on_bad="skip"`` leaves such files out and counts them
+    (``info.extra["skipped_files"]``).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -92,17 +94,25 @@ def image_folder(
         files, labs = files[:limit], labs[:limit]
     if not labels:
         labs, classes = [-1] * len(files), []
-    info = DataInfo((channels, *size), len(classes), tuple(classes), {"source": str(path)})
     if not in_memory:
-        for f in files:
+
+        def verify(f: Path) -> Path:
             try:
                 with Image.open(f) as im:
                     im.verify()
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 raise ValueError(f"cannot read image {str(f)!r}: {e}") from None
+            return f
+
+        files, labs, bad = read_each(files, labs, verify, on_bad=on_bad, what="images")
+        info = DataInfo(
+            (channels, *size), len(classes), tuple(classes), {"source": str(path), "skipped_files": len(bad)}
+        )
         return LazyImageFolder(files, labs, size, channels), info
-    x = torch.stack([resize_center_crop(read_image(f, channels), size).contiguous() for f in files])
-    return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
+    read = lambda f: resize_center_crop(read_image(f, channels), size).contiguous()  # noqa: E731
+    items, labs, bad = read_each(files, labs, read, on_bad=on_bad, what="images")
+    info = DataInfo((channels, *size), len(classes), tuple(classes), {"source": str(path), "skipped_files": len(bad)})
+    return TensorDataset(torch.stack(items), torch.tensor(labs, dtype=torch.long)), info
 
 
 _TORCHVISION = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}

@@ -86,8 +86,8 @@ class VoxelDataConfig(StrictModel):
     (``path`` to OBJ/STL/PLY/OFF/GLB/GLTF meshes, classes from sub-folders). Meshes are centred,
     scaled to the unit cube and voxelized at ``resolution^3`` as ``occupancy`` (+1 inside, -1
     outside) or ``sdf`` (truncated signed distance, positive inside, ``truncation`` voxels mapped
-    to +-1), cached in ``cache_dir`` (default ``<path>/.multidiff_voxel_cache``) so only the first
-    run voxelizes. Meshes with more than ``max_faces`` faces are refused with a message.
+    to +-1), cached in ``cache_dir`` (default ``~/.cache/multidiff/voxels``, or ``$MULTIDIFF_CACHE/voxels``)
+    so only the first run voxelizes; the data folder is only read. Meshes with more than ``max_faces`` faces are refused with a message.
     ``random_flip`` mirrors grids along the last axis (keeps "up" up).
     """
 
@@ -102,6 +102,8 @@ class VoxelDataConfig(StrictModel):
     max_faces: int = Field(2_000_000, ge=1)
     random_flip: bool = False
     limit: int | None = Field(None, ge=1)
+    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
+    on_bad_file: Literal["error", "skip"] = "error"
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> VoxelDataConfig:
@@ -142,6 +144,7 @@ class VoxelModality(Modality):
                 cache_dir=data.cache_dir,
                 limit=data.limit,
                 max_faces=data.max_faces,
+                on_bad=data.on_bad_file,
             )
         return finish_dataset(ds, info, limit=data.limit, class_conditional=data.class_conditional)
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from multidiff.modality import DataInfo, TensorDataset, scan_labelled_folder
+from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from . import io as vio
 
@@ -279,6 +279,13 @@ def _write_cached(file: Path, grid: Tensor, source: Path) -> None:
         raise
 
 
+def default_cache_dir() -> Path:
+    """Where voxelized meshes are cached by default: ``$MULTIDIFF_CACHE/voxels``, else
+    ``~/.cache/multidiff/voxels``. Entries are keyed by content, so one cache serves every folder."""
+    base = os.environ.get("MULTIDIFF_CACHE")
+    return (Path(base) if base else Path.home() / ".cache" / "multidiff").expanduser() / "voxels"
+
+
 def mesh_folder(
     path: str | Path,
     resolution: int = 32,
@@ -288,8 +295,11 @@ def mesh_folder(
     cache_dir: str | Path | None = None,
     limit: int | None = None,
     max_faces: int = vio.MAX_FACES,
+    on_bad: str = "error",
 ) -> tuple[TensorDataset, DataInfo]:
-    """Any folder of meshes (:data:`MESH_SUFFIXES`), as grids ``(N, 1, R, R, R)``.
+    """Any folder of meshes (:data:`MESH_SUFFIXES`), as grids ``(N, 1, R, R, R)``. A file that
+    cannot be read stops the run with its name; ``on_bad="skip"`` leaves it out and counts it
+    (``info.extra["skipped_files"]``).
 
     Files are found by :func:`~multidiff.modality.scan_labelled_folder` (classes from first-level
     sub-folders in sorted order, or unlabelled files at the top level; hidden files skipped).
@@ -300,9 +310,10 @@ def mesh_folder(
     fails the run at once, with its name.
 
     Grids are cached, one ``.npz`` per file, resolution, representation (and truncation for SDF)
-    under ``cache_dir`` (default ``<path>/.multidiff_voxel_cache``, a hidden folder the scan skips),
-    keyed by the file's content hash (see :func:`mesh_cache_key`), so the second run voxelizes
-    nothing. An unwritable cache folder only costs the caching (with a warning).
+    under ``cache_dir`` (default :func:`default_cache_dir`: ``$MULTIDIFF_CACHE/voxels``, else
+    ``~/.cache/multidiff/voxels``; the data folder is only read), keyed by the file's content hash
+    (see :func:`mesh_cache_key`), so the second run voxelizes nothing, wherever the folder moves.
+    An unwritable cache folder only costs the caching (with a warning).
     """
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
         raise ValueError(f"mesh_folder: resolution must be a whole number >= 8, got {resolution!r}")
@@ -313,7 +324,7 @@ def mesh_folder(
     files, labs, classes = scan_labelled_folder(root, MESH_SUFFIXES, "meshes")
     if limit is not None:
         files, labs = files[:limit], labs[:limit]
-    cache: Path | None = Path(cache_dir).expanduser() if cache_dir is not None else root / ".multidiff_voxel_cache"
+    cache: Path | None = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -321,8 +332,10 @@ def mesh_folder(
         cache = None
     from tqdm.auto import tqdm
 
-    x = torch.empty(len(files), 1, resolution, resolution, resolution)
-    for i, f in enumerate(tqdm(files, desc="voxelizing meshes", unit="mesh", disable=None, leave=False)):
+    bar = tqdm(total=len(files), desc="voxelizing meshes", unit="mesh", disable=None, leave=False)
+
+    def read(f: Path) -> Tensor:
+        bar.update(1)
         entry = cache / mesh_cache_key(f, resolution, representation, truncation) if cache else None
         grid = _read_cached(entry, resolution) if entry is not None else None
         if grid is None:
@@ -332,8 +345,15 @@ def mesh_folder(
                     _write_cached(entry, grid, f)
                 except OSError as e:
                     warnings.warn(f"cannot write the voxel cache {str(entry)!r}: {e}", stacklevel=2)
-        x[i] = grid
+        return grid
+
+    try:
+        grids, labs, bad = read_each(files, labs, read, on_bad=on_bad, what="meshes")
+    finally:
+        bar.close()
+    x = torch.stack(grids)
     extra = {
+        "skipped_files": len(bad),
         "resolution": resolution,
         "representation": representation,
         "truncation": float(truncation),
