@@ -138,14 +138,23 @@ def save_checkpoint(
         "git_revision": _git_revision(),
         **meta,
     }
-    save_file(_state_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    save_file(_state_for_safetensors(ema), str(tmp / "ema.safetensors"), metadata={"format": FORMAT})
-    torch.save(state, tmp / "state.pt")
-    (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        save_file(_state_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        save_file(_state_for_safetensors(ema), str(tmp / "ema.safetensors"), metadata={"format": FORMAT})
+        torch.save(state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except OSError as e:  # a full disk, a quota, a vanished mount: the last good checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = list_checkpoints(run_dir)
+        raise OSError(
+            e.errno,
+            f"cannot write checkpoint {final} ({e.strerror or e}); "
+            + (f"the last good checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"),
+        ) from None
     if final.exists():  # the same step saved again (a resumed run): swap, then drop the old one
         old = root / f".old_step_{step:08d}_{os.getpid()}"
         os.replace(final, old)

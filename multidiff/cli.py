@@ -358,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"multidiff: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # training diverged; the message names the checkpoint kept
-        print(f"multidiff: error: {e}", file=sys.stderr)
+    except (FloatingPointError, MemoryError, OSError) as e:  # diverged, out of memory, disk full...
+        print(f"multidiff: error: {e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
         return 1
 
 

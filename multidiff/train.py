@@ -431,7 +431,10 @@ class Trainer:
         stop = _StopRequest()
         with stop.installed():
             while self.step < t.steps:
-                loss, gnorm = self.train_step(batches)
+                try:
+                    loss, gnorm = self.train_step(batches)
+                except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+                    raise _out_of_memory(e, t, self.device) from None
                 steps_in_window += 1
                 if self.skipped:
                     bad_in_row += 1
@@ -545,6 +548,23 @@ class _StopRequest:
         f = torch.tensor([float(self.flag)], device=device)
         dist.all_reduce(f, op=dist.ReduceOp.MAX)
         return bool(f.item())
+
+
+def _out_of_memory(e: BaseException, t: C.TrainConfig, device: torch.device) -> BaseException:
+    """An out-of-memory error as a message saying what to lower; any other error unchanged."""
+    text = str(e)
+    if (
+        not isinstance(e, torch.cuda.OutOfMemoryError)
+        and "out of memory" not in text
+        and "can't allocate memory" not in text
+    ):
+        return e
+    return MemoryError(
+        f"out of memory on {device} at train.batch_size={t.batch_size}: lower train.batch_size and raise "
+        f"train.grad_accum to keep the batch (e.g. --set train.batch_size={max(1, t.batch_size // 2)} --set "
+        f"train.grad_accum={2 * t.grad_accum}), or use precision bf16, model.gradient_checkpointing: true, or a "
+        f"smaller model ({text.splitlines()[0] if text else type(e).__name__})"
+    )
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

@@ -306,3 +306,49 @@ def test_bad_files_stop_the_run_by_name_or_are_skipped_and_counted(tmp_path: Pat
     assert len(ds) == 3 and info.extra["skipped_files"] == 4 and info.class_names == ("a", "b")
     assert sorted(int(y) for _, y in (ds[i] for i in range(len(ds)))) == [0, 0, 1]
     assert _snapshot(root) == before  # nothing in the data folder was written, moved or deleted
+
+
+# --- resources ------------------------------------------------------------------------------
+
+
+def test_out_of_memory_says_what_to_lower(tmp_path: Path, monkeypatch, capsys) -> None:
+    def oom(self, *a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_micro_loss", oom)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "r")))
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "out of memory on cpu at train.batch_size=16" in err and "--set train.batch_size=8" in err
+    assert "train.grad_accum=2" in err and "Tried to allocate 2.00 GiB" in err
+
+
+def test_a_full_disk_stops_cleanly_with_the_last_good_checkpoint_intact(tmp_path: Path, monkeypatch, capsys) -> None:
+    import errno
+
+    from multidiff import checkpoint as CK
+
+    real = CK.torch.save
+    calls = {"n": 0}
+
+    def full(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint's state.pt
+            Path(f).write_bytes(b"\0" * 10)  # part of it got out
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(CK.torch, "save", full)
+    run = tmp_path / "r"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(run, train={"steps": 6, "checkpoint_every": 2})))
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write checkpoint" in err and "No space left on device" in err
+    assert f"the last good checkpoint {run / 'checkpoints' / 'step_00000002'} is intact" in err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002"]  # no half-written folder
+    monkeypatch.setattr(CK.torch, "save", real)
+    assert main(["train", str(cfg), "--resume"]) == 0
+    assert [p.name for p in list_checkpoints(run)][-1] == "step_00000006"
