@@ -352,3 +352,11 @@ def test_a_full_disk_stops_cleanly_with_the_last_good_checkpoint_intact(tmp_path
     monkeypatch.setattr(CK.torch, "save", real)
     assert main(["train", str(cfg), "--resume"]) == 0
     assert [p.name for p in list_checkpoints(run)][-1] == "step_00000006"
+
+
+def test_a_yaml_config_that_would_run_code_is_refused_without_running_it(tmp_path: Path, capsys) -> None:
+    marker = tmp_path / "pwned"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f"modality: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["train", str(cfg)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err and not marker.exists()
