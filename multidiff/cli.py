@@ -246,6 +246,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"multidiff train: {cfg.adapter.describe(cfg.data)}, {sum(p.numel() for p in trainer.net.parameters()):,} "
             f"parameters, {trainer.device}{procs}, steps {trainer.step} -> {cfg.run.train.steps}, "
             f"run folder {trainer.run_dir}"
+            + (f"; skipped {n} unreadable data files" if (n := trainer.info.extra.get("skipped_files")) else "")
         )
         result = trainer.fit()
         last = result.losses[-1][1] if result.losses else float("nan")

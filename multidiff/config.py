@@ -110,6 +110,8 @@ class TrainConfig(StrictModel):
     compile: bool = False
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
+    # torch.use_deterministic_algorithms: bit-identical reruns on GPUs too, at some speed
+    deterministic: bool = False
     seed: int = 0
     num_workers: int = Field(0, ge=0)
     log_every: int = Field(50, ge=1)

@@ -24,6 +24,7 @@ import copy
 import csv
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -176,6 +177,10 @@ class Trainer:
         self.adapter = cfg.adapter
         if t.threads is not None:  # CPU intra-op threads; fewer than cores helps when the machine is shared
             torch.set_num_threads(t.threads)
+        if t.deterministic:  # process-wide; cuBLAS needs its workspace fixed before the first call
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
         torch.manual_seed(t.seed)
         # rank 0 builds the data first (downloads, voxel caches); the others then read what it wrote
         if not self.world.is_main:

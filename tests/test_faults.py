@@ -102,7 +102,9 @@ def test_too_many_nonfinite_steps_stop_with_the_last_good_weights_saved(tmp_path
 
 
 def _write_config(tmp_path: Path, steps: int, every: int) -> Path:
-    d = tiny_run(tmp_path / "run", train={"steps": steps, "checkpoint_every": every, "log_every": 1})
+    d = tiny_run(
+        tmp_path / "run", train={"steps": steps, "checkpoint_every": every, "log_every": 1, "deterministic": True}
+    )
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(d))
     return p
@@ -360,3 +362,12 @@ def test_a_yaml_config_that_would_run_code_is_refused_without_running_it(tmp_pat
     cfg.write_text(f"modality: !!python/object/apply:os.system ['touch {marker}']\n")
     assert main(["train", str(cfg)]) == 2
     assert "is not valid YAML" in capsys.readouterr().err and not marker.exists()
+
+
+def test_deterministic_turns_on_deterministic_algorithms(tmp_path: Path) -> None:
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        Trainer(C.resolve_config(tiny_run(tmp_path / "r", train={"deterministic": True})))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    finally:
+        torch.use_deterministic_algorithms(False)
