@@ -327,6 +327,21 @@ def test_out_of_memory_says_what_to_lower(tmp_path: Path, monkeypatch, capsys) -
     assert "train.grad_accum=2" in err and "Tried to allocate 2.00 GiB" in err
 
 
+def test_a_real_cpu_allocation_failure_gets_the_same_advice(tmp_path: Path, monkeypatch, capsys) -> None:
+    real = Trainer._micro_loss
+
+    def greedy(self, *a, **k):
+        torch.empty(2**38)  # 1 TiB: the CPU allocator refuses
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "_micro_loss", greedy)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "r")))
+    assert main(["train", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "out of memory on cpu at train.batch_size=16" in err and "can't allocate memory" in err
+
+
 def test_a_full_disk_stops_cleanly_with_the_last_good_checkpoint_intact(tmp_path: Path, monkeypatch, capsys) -> None:
     import errno
 
