@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,8 +82,6 @@ def test_the_example_modality_reads_a_folder_of_csv_files(tmp_path: Path) -> Non
                 w.writerows([[j * (1 if cls == "up" else -1), 2 * j] for j in range(10 + i)])
     (tmp_path / "d" / "down" / "bad.csv").write_text("a,b\n1,oops\n")
     data = TimeSeriesDataConfig(source="folder", path=str(tmp_path / "d"), channels=2, length=16, on_bad_file="skip")
-    import pytest
-
     with pytest.warns(UserWarning, match="skipped 1 of 6 CSV series"):
         ds, info = TimeSeriesModality().build_dataset(data)
     assert info.class_names == ("down", "up") and info.shape == (2, 16) and len(ds) == 5
