@@ -42,16 +42,12 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
-    group: bool = False  # a process group is in use (torchrun, even with one process)
+    distributed: bool = False  # a process group is in use (torchrun, even with one process)
     owns_group: bool = False  # this process created the process group (and destroys it in close())
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.group
 
     def barrier(self) -> None:
         if self.distributed:
@@ -84,7 +80,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
     this returns a world of one, without a process group, and ``device`` unchanged.
     """
     if dist.is_initialized():  # the caller set the group up itself
-        world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), group=True)
+        world = World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), distributed=True)
     elif launched_by_torchrun():
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if device.type == "cuda":
@@ -96,7 +92,7 @@ def setup(device: torch.device) -> tuple[World, torch.device]:
             torch.cuda.set_device(local)
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
-        world = World(dist.get_rank(), dist.get_world_size(), local, group=True, owns_group=True)
+        world = World(dist.get_rank(), dist.get_world_size(), local, distributed=True, owns_group=True)
     else:
         return World(), device
     if device.type == "cuda":

@@ -316,7 +316,7 @@ class Trainer:
                 labels = labels.to(self.device, non_blocking=True).long()
                 cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
         sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
-        noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype).to(self.device)
+        noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on self.device
         den = self.denoiser if self.forward_net is self.net else self.denoiser.with_net(self.forward_net)
         with self.autocast():
             loss = diffusion_loss(
@@ -425,12 +425,11 @@ class Trainer:
 
             bar = tqdm(total=t.steps, initial=self.step, desc=f"train {self.adapter.name}", dynamic_ncols=True)
         t0 = time.perf_counter()
-        window_start, window_loss, window_n, steps_in_window = (
-            time.perf_counter(),
-            torch.zeros((), device=self.device),
-            0,
-            0,
-        )
+
+        def new_window() -> tuple[float, Tensor, int, int]:  # start, loss sum and count of good steps, steps
+            return time.perf_counter(), torch.zeros((), device=self.device), 0, 0
+
+        window_start, window_loss, window_n, steps_in_window = new_window()
         last_ckpt = None
         bad_in_row = 0
         stop = _StopRequest()
@@ -466,12 +465,7 @@ class Trainer:
                     bar.update(1)
                 if (self.step % t.log_every == 0 or self.step == t.steps) and window_n:
                     self._log_row(log, result, bar, window_loss, window_n, steps_in_window, gnorm, window_start, t0)
-                    window_start, window_loss, window_n, steps_in_window = (
-                        time.perf_counter(),
-                        torch.zeros((), device=self.device),
-                        0,
-                        0,
-                    )
+                    window_start, window_loss, window_n, steps_in_window = new_window()
                 if t.sample_every and self.step % t.sample_every == 0:
                     self.sample_files(f"step_{self.step:08d}")
                     self.net.train()
