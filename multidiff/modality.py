@@ -33,6 +33,9 @@ __all__ = [
     "example_rand",
     "read_each",
     "finish_dataset",
+    "input_file",
+    "mask_from_array",
+    "read_npy",
     "sample_names",
     "scan_labelled_folder",
 ]
@@ -190,17 +193,22 @@ class Modality(ABC):
     """The adapter interface; subclass it and register the class under ``multidiff.modalities``.
 
     A subclass must implement :meth:`build_dataset`, :meth:`build_network` and
-    :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures` and :meth:`describe` have defaults.
+    :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures`, :meth:`describe`,
+    :meth:`read_input` and :meth:`read_mask` have defaults.
 
     Class attributes:
         name: the modality's name in configs (``modality: image``).
         ModelConfig: pydantic model of the ``model:`` section.
         DataConfig: pydantic model of the ``data:`` section.
+        input_suffixes: the file kinds :meth:`read_input` accepts (``(".png", ".jpg")``); none by default.
+        mask_suffixes: the file kinds :meth:`read_mask` accepts; ``.npy`` by default.
     """
 
     name: ClassVar[str] = ""
     ModelConfig: ClassVar[type[StrictModel]] = StrictModel
     DataConfig: ClassVar[type[StrictModel]] = StrictModel
+    input_suffixes: ClassVar[tuple[str, ...]] = ()
+    mask_suffixes: ClassVar[tuple[str, ...]] = (".npy",)
 
     @abstractmethod
     def build_dataset(self, data: Any) -> tuple[Dataset, DataInfo]:
@@ -232,6 +240,31 @@ class Modality(ABC):
     def describe(self, data: Any) -> str:
         """One line saying what the data is, for logs."""
         return self.name
+
+    def read_input(self, path: Path, info: DataInfo, data: Any) -> Tensor:
+        """One example from a user's file (the start of an edit): a float32 tensor of shape
+        ``info.shape`` in the units the training set (:meth:`build_dataset`) produced and
+        :meth:`save_samples` takes, prepared the way the training data was (``data`` is the run's
+        validated data section).
+
+        Raises ``ValueError`` naming the file when it is missing, unreadable or another kind of
+        data (saying which of :attr:`input_suffixes` this modality reads). The default reads nothing.
+        """
+        raise ValueError(
+            f"the {self.name!r} modality cannot read input files (its adapter does not implement read_input); "
+            f"got {str(path)!r}"
+        )
+
+    def read_mask(self, path: Path, info: DataInfo) -> Tensor:
+        """A mask for masked generation (inpainting) from a file: bool, shape ``(1, *spatial)`` or
+        ``info.shape`` (broadcastable to ``info.shape``), True where new content is generated.
+
+        The default reads ``.npy`` arrays (nonzero: generate) of shape ``info.shape[1:]`` (given a
+        leading axis of one), ``(1, *spatial)`` or ``info.shape``; any other file, or a wrong shape,
+        raises ``ValueError`` naming the file (and both shapes).
+        """
+        p = input_file(path, self.mask_suffixes, f"the {self.name!r} modality's masks")
+        return mask_from_array(read_npy(p, "mask"), p, info)
 
 
 def finish_dataset(
@@ -294,6 +327,51 @@ def coin_flips(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """A per-example boolean mask, shaped ``(B, 1, ..., 1)`` to broadcast against ``x``, true with
     probability ``p``; drawn with :func:`example_rand` for reproducible augmentation."""
     return (example_rand(x, generator) < p).view(-1, *([1] * (x.ndim - 1)))
+
+
+def input_file(path: str | Path, suffixes: Sequence[str], what: str) -> Path:
+    """``path`` as a :class:`~pathlib.Path` once it is known to be an existing file with one of
+    ``suffixes`` (any case); else ``ValueError`` naming the file and, for another kind of file,
+    ``what`` reads which suffixes (``what``: "the 'image' modality")."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"input file {str(p)!r} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
+    if p.suffix.lower() not in {s.lower() for s in suffixes}:
+        kind = f"a {p.suffix} file" if p.suffix else "a file without a suffix"
+        raise ValueError(f"cannot read {str(p)!r}: it is {kind}, and {what} reads {', '.join(suffixes) or 'no files'}")
+    return p
+
+
+def read_npy(path: Path, what: str = "array") -> Any:
+    """The array in a ``.npy`` file (numbers or booleans; never unpickled), or ``ValueError`` naming it."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # a corrupt header, a pickled object array, random bytes
+        raise ValueError(f"cannot read {what} {str(path)!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(arr, np.ndarray) or not (arr.dtype == bool or np.issubdtype(arr.dtype, np.number)):
+        raise ValueError(f"{what} {str(path)!r} holds {getattr(arr, 'dtype', type(arr).__name__)}, expected numbers")
+    return arr
+
+
+def mask_from_array(arr: Any, path: Path, info: DataInfo) -> Tensor:
+    """A bool mask (nonzero: True) of shape ``(1, *spatial)`` or ``info.shape`` from an array of
+    shape ``info.shape[1:]``, ``(1, *spatial)`` or ``info.shape``; ``ValueError`` naming ``path``
+    and both shapes otherwise, or when it holds NaN or infinity."""
+    import numpy as np
+
+    spatial = tuple(info.shape[1:])
+    shape = tuple(arr.shape)
+    if shape not in (spatial, (1, *spatial), tuple(info.shape)):
+        raise ValueError(
+            f"mask {str(path)!r} has shape {shape}; expected {spatial}, {(1, *spatial)} or {tuple(info.shape)} "
+            f"for examples of shape {tuple(info.shape)}"
+        )
+    if arr.dtype != bool and not np.isfinite(arr).all():
+        raise ValueError(f"mask {str(path)!r} holds NaN or infinite values")
+    mask = torch.from_numpy(np.asarray(arr != 0))
+    return mask[None] if shape == spatial else mask
 
 
 def sample_names(n: int, info: DataInfo, labels: Tensor | None) -> list[str]:

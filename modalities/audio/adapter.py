@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,8 +18,11 @@ from multidiff.modality import (
     StrictModel,
     coin_flips,
     finish_dataset,
+    input_file,
     sample_names,
 )
+
+from .data import AUDIO_SUFFIXES
 
 __all__ = ["PRESETS", "AudioModelConfig", "AudioDataConfig", "AudioModality", "build_unet1d"]
 
@@ -107,6 +112,7 @@ class AudioModality(Modality):
     name: ClassVar[str] = "audio"
     ModelConfig: ClassVar[type[StrictModel]] = AudioModelConfig
     DataConfig: ClassVar[type[StrictModel]] = AudioDataConfig
+    input_suffixes: ClassVar[tuple[str, ...]] = AUDIO_SUFFIXES
 
     def build_dataset(self, data: AudioDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
         from . import data as D
@@ -142,6 +148,37 @@ class AudioModality(Modality):
         if not data.random_polarity:
             return x
         return torch.where(coin_flips(x, generator), -x, x)
+
+    def read_input(self, path: Path, info: DataInfo, data: AudioDataConfig) -> Tensor:  # type: ignore[override]
+        """A WAV/FLAC/OGG file (through soundfile) as ``info.shape = (C, L)``, as the training clips were made.
+
+        Mixed to ``C`` channels (stereo to mono by averaging, mono to stereo by repeating),
+        resampled to the model's rate (``info.extra["sample_rate"]``), cropped to its first ``L``
+        samples or zero-padded at the end (either with a warning saying by how much), and, for a
+        model trained on a folder, scaled like its clips (``data.normalize`` at -20 dBFS, measured
+        before padding). Built-in tones and SC09 were never normalised, so their inputs keep the
+        file's level: floats nominally in [-1, 1] (a float file may exceed 1).
+        """
+        from .data import _fit
+        from .io import crop_or_pad, normalize_loudness, read_audio, to_channels
+
+        p = input_file(path, self.input_suffixes, "the 'audio' modality")
+        channels, length = info.shape[0], info.shape[-1]
+        rate = int(info.extra.get("sample_rate", data.sample_rate))
+        x, sr = read_audio(p)
+        x = to_channels(x, channels, source=str(p))
+        n = math.ceil(x.shape[-1] * rate / sr)  # samples after resampling (see io.resample)
+        x = _fit(x, sr, rate, length, "start", str(p))
+        if n != length:
+            what = f"cropped to its first {length}" if n > length else f"zero-padded at the end to {length}"
+            warnings.warn(
+                f"input {str(p)!r} is {n} samples ({n / rate:.3f} s) at {rate} Hz; {what} samples "
+                f"({length / rate:.3f} s, {abs(n - length)} samples {'cut' if n > length else 'added'})",
+                stacklevel=2,
+            )
+        if data.source == "folder":
+            x = normalize_loudness(x, data.normalize, -20.0)  # audio_folder's target_dbfs
+        return crop_or_pad(x, length).float().contiguous()
 
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
         """One WAV per clip in the folder ``path`` (named by index and class) and a spectrogram grid."""

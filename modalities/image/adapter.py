@@ -5,17 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from multidiff.modality import DataInfo, Modality, PresetModelConfig, StrictModel, coin_flips, finish_dataset
+from multidiff.modality import (
+    DataInfo,
+    Modality,
+    PresetModelConfig,
+    StrictModel,
+    coin_flips,
+    finish_dataset,
+    input_file,
+    mask_from_array,
+    read_npy,
+)
 from multidiff.nn import UNet
 
 from . import data as D
-from .io import save_grid
+from .io import IMAGE_SUFFIXES, read_image, resize_center_crop, save_grid
 
-__all__ = ["PRESETS", "ImageModelConfig", "ImageDataConfig", "ImageModality", "build_unet"]
+__all__ = ["PRESETS", "ImageModelConfig", "ImageDataConfig", "ImageModality", "build_unet", "read_mask_image"]
 
 # 2D UNet presets, smallest to largest. ``attention_resolutions`` are side lengths (as in DDPM:
 # attention at 16x16 for 32x32 images); the adapter turns them into UNet levels for the data size.
@@ -102,6 +114,47 @@ class ImageDataConfig(StrictModel):
         return 1 if self.source in ("digits", "mnist", "fashion_mnist") else 3
 
 
+def _cover_crop_nearest(mask: Tensor, size: tuple[int, int]) -> Tensor:
+    """A bool ``(1, H, W)`` mask resized as :func:`~.io.resize_center_crop` resizes an image (cover
+    ``size`` keeping the aspect ratio, crop the centre), by nearest neighbour, so it lines up with
+    the image it was drawn on."""
+    h, w = mask.shape[-2:]
+    th, tw = size
+    scale = max(th / h, tw / w)
+    nh, nw = max(th, round(h * scale)), max(tw, round(w * scale))
+    x = mask[None].float()
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="nearest-exact")
+    top, left = (nh - th) // 2, (nw - tw) // 2
+    return x[0, :, top : top + th, left : left + tw] > 0.5
+
+
+def read_mask_image(path: Path) -> Tensor:
+    """A picture as a bool mask ``(1, H, W)``: True where it is white, i.e. where its brightest colour
+    channel is at least half of full scale (alpha ignored), or nonzero when it holds only 0s and 1s
+    (a label map). ``ValueError`` naming the file if it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGBA" if "A" in im.mode or "transparency" in im.info else "RGB")
+            arr = np.asarray(im)
+            bands = im.getbands()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read mask {str(path)!r}: {e}") from None
+    if arr.ndim == 3:
+        arr = arr[..., [i for i, b in enumerate(bands) if b != "A"]].max(-1)
+    if arr.dtype == bool:
+        mask = arr
+    elif arr.max() <= 1:
+        mask = arr > 0
+    else:
+        full = 255 if arr.dtype == np.uint8 else 65535  # 8-bit, or 16-bit PNG (PIL's I;16 and I modes)
+        mask = arr >= (full + 1) // 2
+    return torch.from_numpy(np.ascontiguousarray(mask))[None]
+
+
 def build_unet(
     model: ImageModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
 ) -> UNet:
@@ -130,6 +183,8 @@ class ImageModality(Modality):
     name: ClassVar[str] = "image"
     ModelConfig: ClassVar[type[StrictModel]] = ImageModelConfig
     DataConfig: ClassVar[type[StrictModel]] = ImageDataConfig
+    input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
+    mask_suffixes: ClassVar[tuple[str, ...]] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
     def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
         size, ch = data.hw, data.num_channels
@@ -163,6 +218,25 @@ class ImageModality(Modality):
         if not data.random_flip:
             return x
         return torch.where(coin_flips(x, generator), x.flip(-1), x)
+
+    def read_input(self, path: Path, info: DataInfo, data: ImageDataConfig | None = None) -> Tensor:  # type: ignore[override]
+        """A PNG/JPEG/BMP/WebP file as ``info.shape = (C, H, W)`` in [-1, 1], as a folder source reads
+        it: RGB, or BT.601 luma for one channel (an RGB model repeats a grey file's channel), resized
+        to cover ``(H, W)`` keeping its aspect ratio and centre-cropped. ``data`` is not needed."""
+        p = input_file(path, self.input_suffixes, "the 'image' modality")
+        channels, size = info.shape[0], tuple(info.shape[1:])
+        if channels not in (1, 3):
+            raise ValueError(f"cannot read {str(p)!r} for images of {channels} channels: only 1 or 3 are supported")
+        return resize_center_crop(read_image(p, channels), size).contiguous()  # type: ignore[arg-type]
+
+    def read_mask(self, path: Path, info: DataInfo) -> Tensor:  # type: ignore[override]
+        """A mask ``(1, H, W)`` (True: generate) from a picture (white: generate; see
+        :func:`read_mask_image`), resized by nearest neighbour the way :meth:`read_input` resizes the
+        image it goes with, or a ``.npy`` array (nonzero: generate) at the model's size exactly."""
+        p = input_file(path, self.mask_suffixes, "the 'image' modality's masks")
+        if p.suffix.lower() == ".npy":
+            return mask_from_array(read_npy(p, "mask"), p, info)
+        return _cover_crop_nearest(read_mask_image(p), tuple(info.shape[1:]))  # type: ignore[arg-type]
 
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
         """One PNG grid; for class-conditional samples in the default label order, one class per column."""

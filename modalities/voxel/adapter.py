@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -16,10 +18,15 @@ from multidiff.modality import (
     StrictModel,
     coin_flips,
     finish_dataset,
+    input_file,
     sample_names,
 )
 
-__all__ = ["PRESETS", "VoxelModelConfig", "VoxelDataConfig", "VoxelModality", "build_unet3d"]
+from .data import MESH_SUFFIXES
+
+GRID_SUFFIXES = (".npy", ".npz")
+
+__all__ = ["PRESETS", "VoxelModelConfig", "VoxelDataConfig", "VoxelModality", "build_unet3d", "read_grid_input"]
 
 # 3D UNet presets. Every level halves all three axes (unlike guided-diffusion's 3D mode, which
 # keeps the first); attention only where a grid has at most 8^3 = 512 positions.
@@ -119,10 +126,81 @@ def build_unet3d(
     return model.build_unet(3, info, noise_scale=noise_scale, learned_variance=learned_variance, factor=2)
 
 
+def _split_index(path: Path) -> tuple[Path, int | None]:
+    """``grids.npz#3`` as ``(grids.npz, 3)``; any other path (or one that exists as written) as ``(path, None)``."""
+    head, sep, tail = str(path).rpartition("#")
+    if sep and tail.isdigit() and not Path(path).expanduser().exists():
+        return Path(head), int(tail)
+    return Path(path), None
+
+
+def _sample_grids(path: Path) -> np.ndarray | None:
+    """The batch ``(B, 1, R, R, R)`` of a ``.npz`` laid out as :meth:`VoxelModality.save_samples`
+    writes it (arrays ``grids`` and ``labels``), or None for any other ``.npz``."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "grids" not in z.files:
+                return None
+            grids = z["grids"]
+    except Exception as e:  # a corrupt zip, random bytes
+        raise ValueError(f"cannot read grid {str(path)!r}: {type(e).__name__}: {e}") from None
+    return grids if grids.ndim == 5 else None
+
+
+def read_grid_input(path: Path, index: int | None, resolution: int) -> Tensor:
+    """Grid ``index`` (default 0) of a file as ``(1, R, R, R)`` float32 at ``resolution``.
+
+    A ``grids.npz`` from :meth:`VoxelModality.save_samples` gives its grid exactly as saved (a
+    model's samples may overshoot [-1, 1] a little; only NaN and infinity are refused), so samples
+    round-trip. Any other ``.npy``/``.npz`` holds one grid, read by :func:`~.io.read_grid` (values
+    in [-1, 1], booleans as occupancy). Errors name the file: an index out of range, a grid of
+    another resolution (both sizes)."""
+    from .io import read_grid
+
+    grids = _sample_grids(path) if path.suffix.lower() == ".npz" else None
+    if grids is None:
+        if index:
+            raise ValueError(f"grid file {str(path)!r} holds one grid; #{index} is out of range (only #0)")
+        return read_grid(path, resolution)
+    i = 0 if index is None else index
+    if not 0 <= i < len(grids):
+        raise ValueError(
+            f"grid file {str(path)!r} holds {len(grids)} grids; #{i} is out of range (0 to {len(grids) - 1})"
+        )
+    g = grids[i]
+    if g.ndim != 4 or g.shape[0] != 1 or len(set(g.shape[1:])) != 1:
+        raise ValueError(f"grid file {str(path)!r} holds grids of shape {g.shape}; expected (1, R, R, R)")
+    if g.shape[-1] != resolution:
+        raise ValueError(
+            f"grid file {str(path)!r} is {g.shape[-1]}^3, expected {resolution}^3 (the model's resolution)"
+        )
+    if g.dtype == bool:
+        g = np.where(g, 1.0, -1.0)
+    if not np.issubdtype(g.dtype, np.number) or not np.isfinite(g).all():
+        raise ValueError(f"grid file {str(path)!r} holds non-numeric, NaN or infinite values in grid #{i}")
+    return torch.from_numpy(g.astype(np.float32))
+
+
+def _as_representation(grid: Tensor, data: VoxelDataConfig, path: Path) -> Tensor:
+    """An occupancy grid (only -1 and +1) given to an SDF model becomes the SDF
+    (:func:`~.io.occupancy_to_sdf` at ``data.truncation``), with a warning; anything else is kept."""
+    from .io import occupancy_to_sdf
+
+    if data.representation != "sdf" or not bool(((grid == 1) | (grid == -1)).all()):
+        return grid
+    warnings.warn(
+        f"grid {str(path)!r} holds only -1 and +1 (occupancy); converted to the model's truncated SDF "
+        f"(truncation {data.truncation:g} voxels)",
+        stacklevel=3,
+    )
+    return occupancy_to_sdf(grid, data.truncation)
+
+
 class VoxelModality(Modality):
     name: ClassVar[str] = "voxel"
     ModelConfig: ClassVar[type[StrictModel]] = VoxelModelConfig
     DataConfig: ClassVar[type[StrictModel]] = VoxelDataConfig
+    input_suffixes: ClassVar[tuple[str, ...]] = MESH_SUFFIXES + GRID_SUFFIXES
 
     def build_dataset(self, data: VoxelDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
         from . import data as D
@@ -158,6 +236,28 @@ class VoxelModality(Modality):
         if not data.random_flip:
             return x
         return torch.where(coin_flips(x, generator), x.flip(-1), x)
+
+    def read_input(self, path: Path, info: DataInfo, data: VoxelDataConfig) -> Tensor:  # type: ignore[override]
+        """A mesh or a grid file as ``info.shape = (1, R, R, R)``: values in [-1, 1], positive inside.
+
+        A mesh (OBJ/STL/PLY/OFF/GLB/glTF) is voxelized as a folder source voxelizes it
+        (:func:`~.io.voxelize_file`: centred, scaled to the cube less one voxel per side, in
+        ``data.representation`` with ``data.truncation``; more than ``data.max_faces`` faces refused).
+        A grid is a ``.npy`` of shape ``(R, R, R)`` or ``(1, R, R, R)``, or a ``.npz``: one grid, or
+        the ``grids.npz`` :meth:`save_samples` writes, whose grid ``k`` is named ``grids.npz#k``
+        (default 0) and comes back exactly as saved (see :func:`read_grid_input`). An occupancy
+        grid given to an SDF model is converted, with a warning.
+        """
+        from .io import voxelize_file
+
+        file, index = _split_index(Path(path))
+        p = input_file(file, self.input_suffixes, "the 'voxel' modality")
+        if index is not None and p.suffix.lower() != ".npz":
+            raise ValueError(f"cannot read {str(path)!r}: '#{index}' picks a grid of a .npz file only")
+        r = info.shape[-1]
+        if p.suffix.lower() in GRID_SUFFIXES:
+            return _as_representation(read_grid_input(p, index, r), data, p).contiguous()
+        return voxelize_file(p, r, data.representation, data.truncation, max_faces=data.max_faces)
 
     def save_samples(  # type: ignore[override]
         self,
