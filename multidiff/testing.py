@@ -125,6 +125,25 @@ class GaussianMixture:
             raise ValueError(f"no component has class {label}")
         return GaussianMixture(self.means[keep], self.vars[keep].sqrt(), self.weights[keep], self.labels[keep])
 
+    def given(self, known: Tensor, mask: Tensor) -> GaussianMixture:
+        """The exact distribution of the coordinates where ``mask`` is true given that the others
+        equal ``known`` (one example, ``known`` of shape :attr:`shape`; ``mask`` broadcastable to it).
+
+        With diagonal components the unknown coordinates are independent of the known ones within
+        a component, so the conditional is a mixture of the same components restricted to the
+        unknown coordinates, reweighted by how well each explains the known values:
+        ``w_k' ~ w_k N(known; mu_k, var_k)`` over the known coordinates. Returned as a mixture over
+        the flattened unknown coordinates, ``(n_unknown,)``, with the components in the same order.
+        """
+        m = torch.broadcast_to(torch.as_tensor(mask, dtype=torch.bool), self.shape).reshape(-1)
+        if not m.any():
+            raise ValueError("the mask selects no coordinate")
+        a = torch.as_tensor(known, dtype=torch.float64).reshape(-1)
+        mu, var = self.means.reshape(self.n_components, -1), self.vars.reshape(self.n_components, -1)
+        ll = -0.5 * (torch.log(2 * math.pi * var[:, ~m]) + (a[~m] - mu[:, ~m]) ** 2 / var[:, ~m]).sum(1)
+        w = torch.softmax(ll + self.weights.log(), dim=0)
+        return GaussianMixture(mu[:, m], var[:, m].sqrt(), w, self.labels)
+
     # --- sampling -----------------------------------------------------------------------
 
     def sample(self, n: int, *, generator: torch.Generator | None = None, sigma: float = 0.0) -> tuple[Tensor, Tensor]:
