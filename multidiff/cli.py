@@ -2,6 +2,7 @@
 
 ``multidiff train CONFIG``       trains the model a YAML config describes (``--set``, ``--resume``)
 ``multidiff sample CHECKPOINT``  samples a trained model with any sampler, guidance scale and class
+``multidiff edit EDIT CHECKPOINT`` edits a file: inpaint, sdedit, invert, interpolate, diffedit
 ``multidiff demo``               trains a small model on built-in data on a CPU and writes what it made
 ``multidiff samplers``           lists the registered samplers
 ``multidiff modalities``         lists the installed modality adapters
@@ -268,7 +269,16 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.checkpoint, device=args.device)
     if args.class_label is not None and pipe.info.num_classes == 0:
         raise ValueError("--class given, but this model is unconditional")
-    label = class_index(args.class_label, pipe.info.class_names or [str(i) for i in range(pipe.info.num_classes)])
+    names = pipe.info.class_names or [str(i) for i in range(pipe.info.num_classes)]
+    label = class_index(args.class_label, names)
+    if args.negative_class is not None and pipe.info.num_classes == 0:
+        raise ValueError("--negative-class given, but this model is unconditional")
+    negative = class_index(args.negative_class, names)
+    classifier = None
+    if args.classifier_scale:
+        from .cli_edit import run_classifier
+
+        classifier = run_classifier(pipe)
     t0 = time.perf_counter()
     x, labels = pipe.generate(
         args.num,
@@ -281,6 +291,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         compile=args.compile or None,
+        negative_label=negative,
+        classifier=classifier,
+        classifier_scale=args.classifier_scale,
     )
     out = Path(args.out) if args.out else pipe.checkpoint.path.parent.parent / "samples" / f"sample_seed{args.seed}"
     paths = pipe.adapter.save_samples(x, out, pipe.info, labels=labels)
@@ -344,7 +357,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for many samples)")
     sa.add_argument("--out", help="output path (default: <run>/samples/sample_seed<seed>)")
+    sa.add_argument(
+        "--negative-class", help="class to steer away from: the negative condition of guidance (with --guidance)"
+    )
+    sa.add_argument(
+        "--classifier-scale",
+        type=float,
+        default=0.0,
+        help="classifier guidance by a classifier of the run's training data (trained once, cached; 0 = off)",
+    )
     sa.set_defaults(func=_cmd_sample)
+    from .cli_edit import add_edit_parser
+
+    add_edit_parser(sub)
     s = sub.add_parser("samplers", help="list the registered samplers")
     s.set_defaults(func=_cmd_samplers)
     m = sub.add_parser("modalities", help="list the installed modality adapters")

@@ -18,7 +18,7 @@ from ._util import amp_dtype
 from .checkpoint import Checkpoint, find_checkpoint, load_state_dict_checked
 from .denoiser import Denoiser, default_noise_cond
 from .grids import make_grid
-from .guidance import classifier_free_guidance
+from .guidance import classifier_free_guidance, x0_classifier_guidance
 from .modality import DataInfo
 from .samplers import get_sampler
 
@@ -114,6 +114,9 @@ def generate(
     compile: bool = False,
     options: dict[str, Any] | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    negative_label: int | None = None,
+    classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
+    classifier_scale: float = 0.0,
 ) -> tuple[Tensor, Tensor | None]:
     """Draw ``n`` samples of shape ``info.shape``; returns ``(x, labels)`` on the CPU.
 
@@ -130,6 +133,12 @@ def generate(
     support it, fp16 on older ones, float32 on CPUs; the sampler's own arithmetic and the returned
     samples stay float32 or float64), ``compile`` wraps the network in ``torch.compile``, and
     ``batch_size`` bounds how many samples go through the network at once.
+
+    Guidance: ``negative_label`` replaces the null class as classifier-free guidance's negative
+    condition (``D_neg + w (D_cond - D_neg)``: steer away from that class; no effect at ``w = 1``).
+    ``classifier(x, labels) -> log p(labels | x)`` (``(B,)``, differentiable, on data in data
+    units) with ``classifier_scale > 0`` adds classifier guidance on the denoiser's estimate
+    (:func:`multidiff.guidance.x0_classifier_guidance`); it costs a backward pass per step.
     """
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
@@ -157,11 +166,25 @@ def generate(
         denoiser = denoiser.with_net(torch.compile(denoiser.net))
     amp = amp_dtype(precision, device)
     fn: Callable[..., Tensor] = denoiser
-    if k > 0 and guidance_scale != 1.0:
-        fn = classifier_free_guidance(
-            denoiser, guidance_scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], k)}
+    if negative_label is not None and not (k > 0 and 0 <= negative_label < k):
+        raise ValueError(
+            f"the negative class must lie in [0, {k - 1}], got {negative_label}"
+            if k
+            else "this model is unconditional; it takes no negative class"
         )
     data_scale = float(getattr(denoiser, "data_scale", 1.0))
+    if k > 0 and guidance_scale != 1.0:
+        neg = k if negative_label is None else negative_label
+        fn = classifier_free_guidance(
+            denoiser, guidance_scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], neg)}
+        )
+    if classifier is not None and classifier_scale != 0:
+        if labels is None:
+            raise ValueError("classifier guidance needs class labels: this model is unconditional")
+        clf = classifier
+        fn = x0_classifier_guidance(
+            fn, lambda d, class_labels, **_: clf(d / data_scale, class_labels), classifier_scale
+        )
     g = torch.Generator().manual_seed(seed)
     step_g = (
         g if device.type == "cpu" else torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
