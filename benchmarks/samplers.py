@@ -5,6 +5,7 @@ Run from the repository root::
     PYTHONPATH=. python benchmarks/samplers.py            # full run (a few minutes on 2 cores)
     PYTHONPATH=. python benchmarks/samplers.py --quick    # smoke run (NFE 10 and 20, few samples)
     PYTHONPATH=. python benchmarks/samplers.py --out results.md
+    PYTHONPATH=. python benchmarks/samplers.py --quick --csv samplers.csv   # then: multidiff plot samplers samplers.csv
 
 Problems
     Two Gaussian mixtures from :mod:`multidiff.testing` whose denoiser is known in closed form, so
@@ -843,6 +844,32 @@ def environment(date: str | None, used: dict[str, bool]) -> str:
     )
 
 
+def write_csv(path: str, problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]) -> None:
+    """Every (problem, method, NFE) result as a row of :data:`multidiff.plots.SAMPLER_CSV_FIELDS`
+    (``nan`` where a metric does not apply), and per problem and NFE the noise floor of true
+    samples (impl ``true samples``), for ``multidiff plot samplers``."""
+    import csv
+
+    from multidiff.plots import FLOOR_IMPL, SAMPLER_CSV_FIELDS
+
+    metrics = ("ode", "ode_med", "ll", "tv", "sw")
+    rows = []
+    for p in problems:
+        for m in methods:
+            for n in nfes:
+                r = results[(p.name, m.label, n)]
+                rows.append(
+                    [p.name, m.impl, m.name, m.config, m.family, int(m.stochastic), n, r["nfe"]]
+                    + [r[k] for k in metrics]
+                )
+        floor = [p.floor[k] for k in metrics]  # evaluated as stochastic: no ODE error
+        rows += [[p.name, FLOOR_IMPL, "noise floor", "-", "", 1, n, 0, *floor] for n in nfes]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(SAMPLER_CSV_FIELDS)
+        w.writerows(rows)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -850,6 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 10 and 20, few samples (under a minute)")
     ap.add_argument("--out", help="also write the markdown to this file")
+    ap.add_argument("--csv", help="also write every result as CSV, for multidiff plot samplers")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--no-peers", action="store_true", help="only multidiff's samplers")
     ap.add_argument("--seed", type=int, default=0)
@@ -931,6 +959,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
+    if args.csv:
+        write_csv(args.csv, problems, methods, results, nfes)
     return 0
 
 

@@ -4,6 +4,7 @@
 ``multidiff sample CHECKPOINT``  samples a trained model with any sampler, guidance scale and class
 ``multidiff edit EDIT CHECKPOINT`` edits a file: inpaint, sdedit, invert, interpolate, diffedit
 ``multidiff demo``               trains a small model on built-in data on a CPU and writes what it made
+``multidiff plot WHAT``          plots schedules, forward noising, loss curves or sampler accuracy (a PNG)
 ``multidiff samplers``           lists the registered samplers
 ``multidiff modalities``         lists the installed modality adapters
 
@@ -16,12 +17,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from . import grids, registry
 from . import samplers as SM
-from . import schedules as S
 from .testing import GaussianMixture, sliced_wasserstein
 
 
@@ -63,49 +64,27 @@ def _plot_demo(out: Path, gm: GaussianMixture, truth: torch.Tensor, results: dic
     return path
 
 
-def _plot_schedules(out: Path) -> Path:
-    import matplotlib
+def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> tuple[list[Path], list[list[str]]]:
+    """Every sampler on the exact 8-mode ring against the exact probability-flow ODE solution;
+    returns the pictures and the table's rows (header first)."""
+    from tqdm.auto import tqdm
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .plots import plot_schedules
 
-    t = torch.linspace(0, 1, 401, dtype=torch.float64)
-    named = {
-        "linear (DDPM)": S.DiscreteSchedule.linear(),
-        "cosine": S.CosineSchedule(),
-        "sigmoid": S.SigmoidSchedule(),
-        "EDM": S.EDMSchedule(),
-        "cosine shifted 64->256": S.ShiftedSchedule(S.CosineSchedule(), 64, 256),
-        "linear, zero terminal SNR": S.zero_terminal_snr(S.DiscreteSchedule.linear()),
-    }
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, sch in named.items():
-        a1.plot(t, sch.logsnr(t), label=name)
-        a2.plot(t, S.alpha(sch, t), label=name)
-    a1.set_xlabel("t"), a1.set_ylabel("log-SNR"), a1.set_ylim(-20, 15)
-    a2.set_xlabel("t"), a2.set_ylabel("alpha (VP signal scale)")
-    a1.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "schedules.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> list[Path]:
-    """Every sampler on the exact 8-mode ring against the exact probability-flow ODE solution."""
     n = 400 if quick else 2000
+    names = ("ddpm", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")
     gm = GaussianMixture.ring(8)
     denoiser = gm.denoiser()
     sigma_min, sigma_max = 0.002, 80.0
     g = torch.Generator().manual_seed(seed)
     x_t = sigma_max * torch.randn(n, 2, generator=g, dtype=torch.float64)
     truth, _ = gm.sample(n, generator=g)
+    bar = tqdm(total=len(names) + 1, desc="samplers on the ring", disable=quick, dynamic_ncols=True, leave=False)
     exact = gm.ode_solution(x_t, sigma_max, steps=400 if quick else 1000)
-    print(f"\nsamplers on an 8-mode Gaussian ring, {n} samples, against the exact PF-ODE solution:")
-    print(f"{'sampler':<16}{'grid':<8}{'NFE':>5}{'ODE error':>12}{'mode-weight err':>17}{'sliced W1':>11}")
+    bar.update(1)
+    rows = [["sampler", "grid", "NFE", "ODE error", "mode-weight err", "sliced W1"]]
     results: dict[str, torch.Tensor] = {}
-    for name in ("ddpm", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde"):
+    for name in names:
         spec = SM.get_sampler(name)
         steps = (nfe + 1) // 2 if name == "heun" else nfe
         # Exponential integrators take large steps in log-SNR well; Heun's trapezoid in sigma and the
@@ -116,12 +95,19 @@ def _mixture_demo(out: Path, nfe: int, seed: int, quick: bool) -> list[Path]:
         x0 = spec.fn(counter, x_t, sigmas, generator=torch.Generator().manual_seed(seed))
         err = "" if spec.stochastic else f"{(x0 - exact).norm(dim=1).mean():.2e}"
         mw = (gm.mode_weights(x0) - gm.weights).abs().sum() / 2
-        print(f"{name:<16}{grid_kind:<8}{counter.nfe:>5}{err:>12}{mw:>17.3f}{sliced_wasserstein(x0, truth):>11.3f}")
+        rows.append([name, grid_kind, str(counter.nfe), err, f"{mw:.3f}", f"{sliced_wasserstein(x0, truth):.3f}"])
         results[name] = x0
-    return [
+        bar.update(1)
+    bar.close()
+    print(f"\nsamplers on an 8-mode Gaussian ring, {n} samples, against the exact PF-ODE solution:")
+    widths = (16, 8, 5, 12, 17, 11)
+    for r in rows:
+        print("".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    pictures = [
         _plot_demo(out, gm, truth, {k: results[k] for k in ("ddpm", "euler", "dpmpp_2m", "unipc")}, nfe),
-        _plot_schedules(out),
+        plot_schedules(out / "schedules.png"),
     ]
+    return pictures, rows
 
 
 DEMO_AUDIO_STEPS = 600
@@ -187,6 +173,109 @@ def demo_configs(
     ]
 
 
+def _demo_samples(trainer: Any, tag: str, progress: bool) -> list[Path]:
+    """The run's ``sample`` section drawn from the EMA model, with a progress bar over the sampler's
+    steps; the adapter's files go where :meth:`Trainer.sample_files` puts them."""
+    from tqdm.auto import tqdm
+
+    from .pipeline import generate
+
+    s = trainer.cfg.run.sample
+    trainer.ema_denoiser.eval()
+    with tqdm(total=s.steps, desc=f"sample {tag}", unit="step", disable=not progress, leave=False) as bar:
+        x, labels = generate(
+            trainer.ema_denoiser,
+            trainer.info,
+            n=s.num_samples,
+            sampler=s.sampler,
+            steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            seed=s.seed,
+            callback=lambda _: bar.update(1),
+        )
+    return trainer.adapter.save_samples(x, trainer.run_dir / "samples" / tag, trainer.info, labels=labels)
+
+
+_CAPTIONS = {
+    "noising.png": "forward noising of training examples, t from 0 (left) to 1",
+    "trajectory.png": "the sampler's x0 estimate along a denoising trajectory (last column: the sample)",
+    "spectrograms.png": "spectrograms of the sampled clips",
+    "audio_real_spectrograms.png": "spectrograms of training clips, to compare",
+    "preview.png": "the sampled shapes (meshes below)",
+    "voxel_real_preview.png": "training shapes, to compare",
+    "ring_samples.png": "samples of the ring by four samplers, beside true samples",
+    "schedules.png": "noise schedules compared: alpha, sigma and log-SNR against t",
+}
+_PAGE_STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "figure{display:inline-block;vertical-align:top;margin:0 1em 1em 0}"
+    "figure img{max-width:100%;image-rendering:pixelated;border:1px solid #ddd}"
+    "figcaption{font-size:.85em;color:#555;max-width:520px}"
+    ".clips{display:flex;flex-wrap:wrap;gap:.5em 1.5em}.clip{font-size:.85em}"
+    "table{border-collapse:collapse;font-size:.9em}td,th{padding:.2em .8em;border-bottom:1px solid #ddd}"
+    "td:nth-child(n+3),th:nth-child(n+3){text-align:right}"
+)
+
+
+def _demo_index_section(out: Path, title: str, text: str, paths: list[Path]) -> list[str]:
+    """One run's part of ``index.html``: pictures inline, audio players, links to the other files."""
+    from html import escape
+    from urllib.parse import quote
+
+    def rel(p: Path) -> str:
+        return quote(Path(p).resolve().relative_to(out.resolve()).as_posix())
+
+    html = [f"<section><h2>{escape(title)}</h2>"] + ([f"<p>{escape(text)}</p>"] if text else [])
+    for p in (p for p in paths if p.suffix == ".png"):
+        what = "training loss" if p.name.startswith("loss_") else _CAPTIONS.get(p.name, "samples")
+        html.append(
+            f'<figure><a href="{rel(p)}"><img src="{rel(p)}" alt="{escape(what)}" loading="lazy"></a>'
+            f"<figcaption>{escape(what)}<br><code>{escape(rel(p))}</code></figcaption></figure>"
+        )
+    wavs = [p for p in paths if p.suffix == ".wav"]
+    if wavs:
+        html.append('<div class="clips">')
+        html += [
+            f'<div class="clip"><audio controls preload="none" src="{rel(p)}"></audio><br>{escape(p.stem)}</div>'
+            for p in wavs
+        ]
+        html.append("</div>")
+    others = [p for p in paths if p.suffix not in (".png", ".wav")]
+    if others:
+        links = " ".join(f'<a href="{rel(p)}">{escape(p.name)}</a>' for p in others)
+        html.append(f"<p>Files (meshes open in any 3D viewer): {links}</p>")
+    return [*html, "</section>"]
+
+
+def write_demo_index(
+    out: Path, sections: list[tuple[str, str, list[Path]]], table: list[list[str]], pictures: list[Path]
+) -> Path:
+    """``out/index.html``: every run's files (``sections``: title, one line, paths under ``out``),
+    then the sampler ``table`` (header row first) with its ``pictures``; relative links only, no
+    scripts, nothing fetched."""
+    from html import escape
+
+    html = [
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>multidiff demo</title>',
+        f"<style>{_PAGE_STYLE}</style></head><body><h1>multidiff demo</h1>",
+        "<p>Small diffusion models trained on built-in data, and samplers checked against exact answers.</p>",
+    ]
+    for title, text, paths in sections:
+        html += _demo_index_section(out, title, text, paths)
+    head, *rows = table or [[]]
+    samplers = _demo_index_section(out, "Samplers on an 8-mode Gaussian ring", "", pictures)
+    samplers[1:1] = [
+        "<p>Every sampler from the same noise, against the exact probability-flow ODE solution:</p><table>",
+        "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in head) + "</tr>",
+        *("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in rows),
+        "</table>",
+    ]
+    html += [*samplers, "</body></html>"]
+    path = out / "index.html"
+    path.write_text("\n".join(html) + "\n", encoding="utf-8")
+    return path
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .config import resolve_config
     from .plots import plot_loss
@@ -200,6 +289,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     audio_steps = args.audio_steps if args.audio_steps is not None else (20 if args.quick else DEMO_AUDIO_STEPS)
     voxel_steps = args.voxel_steps if args.voxel_steps is not None else (10 if args.quick else DEMO_VOXEL_STEPS)
     paths: list[Path] = []
+    sections: list[tuple[str, str, list[Path]]] = []
     for what, d in demo_configs(out, image_steps, audio_steps, args.quick, voxel_steps):
         if d["modality"] not in available_modalities():
             print(f"skipping {what}: the {d['modality']!r} modality is not installed")
@@ -211,16 +301,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             f"{trainer.net.dims}D UNet on built-in {what} for {cfg.run.train.steps} steps on {trainer.device}"
         )
         result = trainer.fit()
-        print(f"trained in {result.seconds:.0f}s, final loss {result.losses[-1][1]:.4f}")
+        summary = f"trained in {result.seconds:.0f}s, final loss {result.losses[-1][1]:.4f}"
+        print(summary)
         run = Path(cfg.run.out_dir)
-        paths += trainer.sample_files(run.name.removesuffix("_run"))
-        paths += cfg.adapter.save_pictures(
+        tag = run.name.removesuffix("_run")
+        made = _demo_samples(trainer, tag, progress=not args.quick)
+        made += cfg.adapter.save_pictures(
             trainer.ema_denoiser, trainer.dataset, trainer.info, out, guidance_scale=cfg.run.sample.guidance_scale
         )
-        paths.append(plot_loss(result.run_dir / "metrics.csv", out / f"loss_{run.name.removesuffix('_run')}.png"))
+        made.append(plot_loss(result.run_dir / "metrics.csv", out / f"loss_{tag}.png"))
         names = trainer.info.class_names
-        print(f"sample more: multidiff sample {run}" + (f" --class {names[-1]} --guidance 3" if names else ""))
-    paths += _mixture_demo(out, args.nfe, args.seed, args.quick)
+        more = f"multidiff sample {run}" + (f" --class {names[-1]} --guidance 3" if names else "")
+        print(f"sample more: {more}")
+        sections.append((what, f"{cfg.run.train.steps} steps, {summary}; sample more: {more}", made))
+        paths += made
+    pictures, table = _mixture_demo(out, args.nfe, args.seed, args.quick)
+    paths += pictures
     print()
     for p in paths:
         if p.suffix != ".wav":
@@ -228,6 +324,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     wavs = [p for p in paths if p.suffix == ".wav"]
     if wavs:
         print(f"wrote {len(wavs)} WAV files in {wavs[0].parent}")
+    print(f"open {write_demo_index(out, sections, table, pictures)} to see everything together")
     return 0
 
 
@@ -305,6 +402,107 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot_out(args: argparse.Namespace, default: str) -> Path:
+    return Path(args.out or default)
+
+
+def _cmd_plot_schedules(args: argparse.Namespace) -> int:
+    from .plots import plot_schedules
+
+    print(f"wrote {plot_schedules(_plot_out(args, 'schedules.png'))}")
+    return 0
+
+
+def _noising_source(path: str) -> tuple[Any, Any]:
+    """The resolved config and data description of a checkpoint, a run folder or a YAML config
+    (whose data set is built to learn the example shape)."""
+    from .checkpoint import find_checkpoint
+    from .config import load_config, resolve_config
+    from .modality import DataInfo
+
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(p)
+        return cfg, cfg.adapter.build_dataset(cfg.data)[1]
+    ckpt = find_checkpoint(p)
+    return resolve_config(ckpt.config, source=str(ckpt.path / "meta.json")), DataInfo.from_json(ckpt.meta["data_info"])
+
+
+def _cmd_plot_noising(args: argparse.Namespace) -> int:
+    from .config import build_schedule
+    from .plots import noised_copies, plot_noising
+
+    if args.levels < 2:
+        raise ValueError(f"--levels must be at least 2, got {args.levels}")
+    cfg, info = _noising_source(args.source)
+    adapter = cfg.adapter
+    if args.input is not None:
+        if not Path(args.input).exists():
+            raise ValueError(f"input file {args.input!r} does not exist")
+        read = getattr(adapter, "read_input", None)
+        if read is None:
+            raise ValueError(f"the {adapter.name!r} modality cannot read input files; leave out --input")
+        x0, what = read(Path(args.input), info, cfg.data), Path(args.input).name
+    else:
+        x0, what = adapter.build_dataset(cfg.data)[0][0][0], "the first training example"
+    if tuple(x0.shape) != tuple(info.shape):
+        raise ValueError(f"{args.input!r} gives an example of shape {tuple(x0.shape)}, the model takes {info.shape}")
+    d = cfg.run.diffusion
+    schedule = build_schedule(d.schedule, size=max(info.shape[1:], default=1))
+    t = torch.linspace(0, 1, args.levels, dtype=torch.float64)
+    copies = noised_copies(x0, schedule, t, data_scale=d.data_scale, seed=args.seed)
+    out = _plot_out(args, "noising.png")
+    files = adapter.save_noising(
+        copies, out.with_name(f"{out.stem}_{adapter.name}"), info, levels=[f"t={v:.2f}" for v in t.tolist()]
+    )
+    pngs = [f for f in files if Path(f).suffix.lower() == ".png"]
+    if not pngs:
+        raise ValueError(f"the {adapter.name!r} adapter wrote no PNG picture of the noised copies")
+    title = f"forward noising of {what} ({d.schedule.kind} schedule, {adapter.name})"
+    for f in files:
+        print(f"wrote {f}")
+    print(f"wrote {plot_noising(pngs[0], schedule, t, out, title=title)}")
+    return 0
+
+
+def _cmd_plot_loss(args: argparse.Namespace) -> int:
+    from .plots import plot_loss
+
+    print(f"wrote {plot_loss(args.runs, _plot_out(args, 'loss.png'))}")
+    return 0
+
+
+def _cmd_plot_samplers(args: argparse.Namespace) -> int:
+    from .plots import plot_samplers
+
+    print(f"wrote {plot_samplers(args.csv, _plot_out(args, 'samplers.png'))}")
+    return 0
+
+
+def _add_plot_parser(sub: Any) -> None:
+    """``multidiff plot schedules | noising | loss | samplers``, each writing one PNG."""
+    pl = sub.add_parser("plot", help="plot schedules, forward noising, loss curves or sampler accuracy (PNG)")
+    what = pl.add_subparsers(dest="what", required=True)
+    ps = what.add_parser("schedules", help="alpha, sigma and log-SNR against t for the usual noise schedules")
+    ps.add_argument("--out", help="the PNG (default: schedules.png)")
+    ps.set_defaults(func=_cmd_plot_schedules)
+    pn = what.add_parser("noising", help="an input noised at several levels of a model's schedule")
+    pn.add_argument("source", metavar="CHECKPOINT_OR_CONFIG", help="a checkpoint, a run folder or a YAML config")
+    pn.add_argument("--input", help="a file of the model's modality (default: the first training example)")
+    pn.add_argument("--levels", type=int, default=8, help="noise levels, t evenly spaced in [0, 1] (default 8)")
+    pn.add_argument("--seed", type=int, default=0)
+    pn.add_argument("--out", help="the PNG (default: noising.png; the adapter's files go beside it)")
+    pn.set_defaults(func=_cmd_plot_noising)
+    pc = what.add_parser("loss", help="training loss curves of one or more runs, overlaid")
+    pc.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or their metrics.csv / metrics.jsonl)")
+    pc.add_argument("--out", help="the PNG (default: loss.png)")
+    pc.set_defaults(func=_cmd_plot_loss)
+    pb = what.add_parser("samplers", help="sampler accuracy against NFE from benchmarks/samplers.py --csv")
+    pb.add_argument("csv", metavar="BENCH_CSV", help="the CSV that python benchmarks/samplers.py --csv FILE wrote")
+    pb.add_argument("--out", help="the PNG (default: samplers.png)")
+    pb.set_defaults(func=_cmd_plot_samplers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multidiff", description="Diffusion models over any kind of data.")
     p.add_argument("--version", action="version", version=f"multidiff {__import__('multidiff').__version__}")
@@ -324,6 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--quick", action="store_true", help="a few seconds: a smaller model, few steps (a smoke test)")
     d.set_defaults(func=_cmd_demo)
+    _add_plot_parser(sub)
     t = sub.add_parser("train", help="train the model a YAML config describes")
     t.add_argument("config", help="a YAML run config (see configs/)")
     t.add_argument(

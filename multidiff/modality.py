@@ -237,6 +237,16 @@ class Modality(ABC):
         """Pictures of the process for this kind of data (noising, trajectories); none by default."""
         return []
 
+    def save_noising(self, x: Tensor, path: Path, info: DataInfo, *, levels: Sequence[str]) -> list[Path]:
+        """Write one example's forward noising, ``x (L, *info.shape)`` at the ``L`` noise levels named
+        by ``levels`` (``"t=0.43"``), as files a user can open, with at least one PNG; return them.
+
+        By default :meth:`save_samples` writes the copies as samples of ``L`` classes named by the
+        levels, so an adapter whose pictures show a title or a column per class labels every level.
+        """
+        named = DataInfo(info.shape, len(levels), tuple(levels), info.extra)
+        return self.save_samples(x, path, named, labels=torch.arange(len(levels)))
+
     def describe(self, data: Any) -> str:
         """One line saying what the data is, for logs."""
         return self.name

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -56,6 +58,17 @@ def test_demo_writes_pictures(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert find_checkpoint(tmp_path / "shapes_run").step == 10
     grids = np.load(tmp_path / "shapes_run" / "samples" / "shapes" / "grids.npz")
     assert grids["grids"].shape == (12, 1, 16, 16, 16) and np.isfinite(grids["grids"]).all()
+    assert out.strip().splitlines()[-1] == f"open {tmp_path / 'index.html'} to see everything together"
+    page = (tmp_path / "index.html").read_text()
+    links = re.findall(r'(?:src|href)="([^"]*)"', page)
+    assert "<script" not in page and not [u for u in links if "://" in u or u.startswith("/")]
+    assert all((tmp_path / unquote(u)).is_file() for u in links), [
+        u for u in links if not (tmp_path / unquote(u)).is_file()
+    ]
+    linked = {unquote(u) for u in links}
+    assert {"digits_run/samples/digits.png", "loss_tones.png", "shapes_run/samples/shapes/preview.png"} <= linked
+    assert {"ring_samples.png", "schedules.png", "shapes_run/samples/shapes/000_sphere.obj"} <= linked
+    assert page.count("<audio controls") == len(wavs) and "<td>dpmpp_2m</td>" in page
 
 
 def test_train_then_sample_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
