@@ -22,7 +22,7 @@ from . import editing as E
 from . import grids
 from .samplers import get_sampler
 
-__all__ = ["add_edit_parser", "region_mask", "edit_denoiser"]
+__all__ = ["add_edit_parser", "region_mask", "run_classifier"]
 
 
 def region_mask(spec: str, shape: tuple[int, ...]) -> Tensor:
@@ -56,23 +56,6 @@ def region_mask(spec: str, shape: tuple[int, ...]) -> Tensor:
     return mask
 
 
-def edit_denoiser(pipe: Any, guidance: float | None, negative_label: int | None) -> Callable[..., Tensor]:
-    """The pipeline's denoiser with classifier-free guidance at ``guidance`` (default: the run's
-    ``sample.guidance_scale``) against the null class or ``negative_label``."""
-    from .guidance import classifier_free_guidance
-
-    k = pipe.info.num_classes
-    scale = pipe.config.run.sample.guidance_scale if guidance is None else guidance
-    if negative_label is not None and not k:
-        raise ValueError("--negative-class given, but this model is unconditional")
-    if k and scale != 1.0:
-        neg = k if negative_label is None else negative_label
-        return classifier_free_guidance(
-            pipe.denoiser, scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], neg)}
-        )
-    return pipe.denoiser
-
-
 def _label(pipe: Any, text: str | None, flag: str = "--class") -> int | None:
     from .modality import class_index
 
@@ -87,39 +70,8 @@ def _label(pipe: Any, text: str | None, flag: str = "--class") -> int | None:
         raise ValueError(str(e).replace("--class", flag)) from None
 
 
-def _cond(pipe: Any, label: int | None, n: int, device: torch.device) -> dict[str, Tensor]:
-    """``class_labels`` for ``n`` samples: ``label``, or the null class (unconditional) when none."""
-    k = pipe.info.num_classes
-    if not k:
-        return {}
-    return {"class_labels": torch.full((n,), k if label is None else label, dtype=torch.long, device=device)}
-
-
-def _read(pipe: Any, path: str) -> Tensor:
-    """The input in the denoiser's space, ``(1, *info.shape)`` on its device."""
-    x = pipe.adapter.read_input(Path(path), pipe.info, pipe.config.data)
-    if tuple(x.shape) != tuple(pipe.info.shape):
-        raise ValueError(f"{path}: read as shape {tuple(x.shape)}, the model takes {tuple(pipe.info.shape)}")
-    return (x.float() * pipe.denoiser.data_scale).unsqueeze(0).to(_device(pipe))
-
-
-def _device(pipe: Any) -> torch.device:
-    return next(pipe.denoiser.parameters()).device
-
-
-def _sigmas(pipe: Any, args: argparse.Namespace) -> Tensor:
-    s = pipe.config.run.sample
-    return grids.make_grid(
-        args.grid or s.grid,
-        args.steps or s.steps,
-        schedule=pipe.denoiser.schedule,
-        sigma_min=s.sigma_min,
-        sigma_max=s.sigma_max,
-    )
-
-
 def _save(pipe: Any, x: Tensor, out: Path, labels: Tensor | None = None) -> list[Path]:
-    return pipe.adapter.save_samples((x / pipe.denoiser.data_scale).float().cpu(), out, pipe.info, labels=labels)
+    return pipe.adapter.save_samples(pipe.to_data(x), out, pipe.info, labels=labels)
 
 
 def _out(args: argparse.Namespace, pipe: Any) -> Path:
@@ -148,7 +100,7 @@ def _report(paths: list[Path], t0: float, what: str) -> None:
 def _cmd_inpaint(args: argparse.Namespace) -> int:
     pipe = _load(args)
     t0 = time.perf_counter()
-    x = _read(pipe, args.input[0])
+    x = pipe.read_input(args.input[0])
     if (args.mask is None) == (args.region is None):
         raise ValueError("give the region to generate with exactly one of --mask FILE or --region SPEC")
     mask = (
@@ -160,16 +112,16 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     label = _label(pipe, args.class_label)
     out = E.inpaint(
-        edit_denoiser(pipe, args.guidance, _label(pipe, args.negative_class, "--negative-class")),
+        pipe.guided_denoiser(args.guidance, _label(pipe, args.negative_class, "--negative-class")),
         known,
         m,
-        _sigmas(pipe, args),
+        pipe.sampling_grid(args.steps, args.grid),
         method=args.method,
         sampler=args.sampler or pipe.config.run.sample.sampler,
         jump_length=args.jump_length,
         resample=args.resample,
         particles=args.particles,
-        cond=_cond(pipe, label, n, x.device),
+        cond=pipe.condition(label, n),
         generator=g,
     )
     folder = _out(args, pipe)
@@ -183,18 +135,18 @@ def _cmd_inpaint(args: argparse.Namespace) -> int:
 def _cmd_sdedit(args: argparse.Namespace) -> int:
     pipe = _load(args)
     t0 = time.perf_counter()
-    x = _read(pipe, args.input[0])
+    x = pipe.read_input(args.input[0])
     n = args.num
     g = torch.Generator().manual_seed(args.seed)
     label = _label(pipe, args.class_label)
     out = E.sdedit(
-        edit_denoiser(pipe, args.guidance, _label(pipe, args.negative_class, "--negative-class")),
+        pipe.guided_denoiser(args.guidance, _label(pipe, args.negative_class, "--negative-class")),
         x.expand(n, *x.shape[1:]).clone(),
         args.strength,
         steps=args.steps or pipe.config.run.sample.steps,
         sampler=args.sampler or pipe.config.run.sample.sampler,
         grid=args.grid or pipe.config.run.sample.grid,
-        cond=_cond(pipe, label, n, x.device),
+        cond=pipe.condition(label, n),
         generator=g,
     )
     folder = _out(args, pipe)
@@ -209,11 +161,11 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 
     pipe = _load(args)
     t0 = time.perf_counter()
-    x = _read(pipe, args.input[0])
-    sigmas = _sigmas(pipe, args)
+    x = pipe.read_input(args.input[0])
+    sigmas = pipe.sampling_grid(args.steps, args.grid)
     label = _label(pipe, args.class_label)
-    den = edit_denoiser(pipe, args.guidance, None)
-    cond = _cond(pipe, label, 1, x.device)
+    den = pipe.guided_denoiser(args.guidance, None)
+    cond = pipe.condition(label, 1)
     z = E.invert(den, x, sigmas, solver=args.solver, cond=cond)
     back = get_sampler(args.solver).fn(den, z, sigmas, cond=cond)
     err = ((back - x).pow(2).mean().sqrt() / pipe.denoiser.data_scale).item()
@@ -234,16 +186,16 @@ def _cmd_invert(args: argparse.Namespace) -> int:
 def _cmd_interpolate(args: argparse.Namespace) -> int:
     pipe = _load(args)
     t0 = time.perf_counter()
-    xa, xb = _read(pipe, args.input[0]), _read(pipe, args.input[1])
+    xa, xb = pipe.read_input(args.input[0]), pipe.read_input(args.input[1])
     la, lb = _label(pipe, args.class_label), _label(pipe, args.class_b, "--class-b")
-    den = edit_denoiser(pipe, args.guidance, None)
-    ca = _cond(pipe, la, 1, xa.device)
-    cb = _cond(pipe, lb if lb is not None else la, 1, xa.device)
+    den = pipe.guided_denoiser(args.guidance, None)
+    ca = pipe.condition(la, 1)
+    cb = pipe.condition(lb if lb is not None else la, 1)
     frames = E.interpolate(
         den,
         xa,
         xb,
-        _sigmas(pipe, args),
+        pipe.sampling_grid(args.steps, args.grid),
         args.frames,
         cond_a=ca,
         cond_b=cb,
@@ -260,17 +212,17 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
 def _cmd_diffedit(args: argparse.Namespace) -> int:
     pipe = _load(args)
     t0 = time.perf_counter()
-    x = _read(pipe, args.input[0])
+    x = pipe.read_input(args.input[0])
     q = _label(pipe, args.class_label)
     r = _label(pipe, args.reference_class, "--reference-class")
     if q is None:
         raise ValueError("diffedit needs the class to edit towards: --class")
     g = torch.Generator().manual_seed(args.seed)
     out, mask = E.diffedit(
-        edit_denoiser(pipe, args.guidance, None),
+        pipe.guided_denoiser(args.guidance, None),
         x,
-        cond_query=_cond(pipe, q, 1, x.device),
-        cond_ref=_cond(pipe, r, 1, x.device),
+        cond_query=pipe.condition(q, 1),
+        cond_ref=pipe.condition(r, 1),
         strength=args.strength,
         steps=args.steps or pipe.config.run.sample.steps,
         grid=args.grid or pipe.config.run.sample.grid,
@@ -395,7 +347,7 @@ def run_classifier(pipe: Any, *, cache_dir: Path | None = None) -> Callable[[Ten
         num_classes=pipe.info.num_classes,
         epochs=10,
         progress=True,
-    ).to(_device(pipe))
+    ).to(pipe.device)
     clf.requires_grad_(False)
 
     def log_prob(x: Tensor, labels: Tensor) -> Tensor:

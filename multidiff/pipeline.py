@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,15 @@ from .guidance import classifier_free_guidance, x0_classifier_guidance
 from .modality import DataInfo
 from .samplers import get_sampler
 
-__all__ = ["Pipeline", "build_denoiser", "load_pipeline", "generate", "resolve_device", "default_labels"]
+__all__ = [
+    "Pipeline",
+    "class_guidance",
+    "build_denoiser",
+    "load_pipeline",
+    "generate",
+    "resolve_device",
+    "default_labels",
+]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -77,6 +86,76 @@ class Pipeline:
         }
         opts.update({k: v for k, v in kwargs.items() if v is not None})
         return generate(self.denoiser, self.info, n=n, **opts)
+
+    # --- editing helpers: the model's own space, grid and guidance --------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    def guided_denoiser(
+        self, guidance_scale: float | None = None, negative_label: int | None = None
+    ) -> Callable[..., Tensor]:
+        """The denoiser with classifier-free guidance at ``guidance_scale`` (default: the run's
+        ``sample.guidance_scale``) against the null class, or against ``negative_label``."""
+        scale = self.config.run.sample.guidance_scale if guidance_scale is None else guidance_scale
+        return class_guidance(self.denoiser, self.info.num_classes, scale, negative_label)
+
+    def condition(self, label: int | None, n: int) -> dict[str, Tensor]:
+        """``class_labels`` for ``n`` samples on the model's device: ``label``, or the null class
+        (unconditional) when ``None``; empty for an unconditional model."""
+        k = self.info.num_classes
+        if not k:
+            return {}
+        return {"class_labels": torch.full((n,), k if label is None else label, dtype=torch.long, device=self.device)}
+
+    def sampling_grid(self, steps: int | None = None, grid: str | None = None) -> Tensor:
+        """The sigma grid of the run's ``sample`` section, with ``steps`` and ``grid`` overridden."""
+        s = self.config.run.sample
+        return make_grid(
+            grid or s.grid,
+            steps or s.steps,
+            schedule=self.denoiser.schedule,
+            sigma_min=s.sigma_min,
+            sigma_max=s.sigma_max,
+        )
+
+    def read_input(self, path: str | Path) -> Tensor:
+        """A user's file as ``(1, *info.shape)`` in the denoiser's space (data times
+        ``data_scale``), on the model's device; read by the modality (``Modality.read_input``)."""
+        x = self.adapter.read_input(Path(path), self.info, self.config.data)
+        if tuple(x.shape) != tuple(self.info.shape):
+            raise ValueError(f"{path}: read as shape {tuple(x.shape)}, the model takes {tuple(self.info.shape)}")
+        return self.from_data(x.unsqueeze(0))
+
+    def from_data(self, x: Tensor) -> Tensor:
+        """Examples in data units (as the training set holds them) to the denoiser's space."""
+        return (x.float() * self.denoiser.data_scale).to(self.device)
+
+    def to_data(self, x: Tensor) -> Tensor:
+        """The denoiser's space back to data units, float32 on the CPU (what ``save_samples`` takes)."""
+        return (x / self.denoiser.data_scale).float().cpu()
+
+
+def class_guidance(
+    denoiser: Callable[..., Tensor], num_classes: int, scale: float, negative_label: int | None = None
+) -> Callable[..., Tensor]:
+    """Classifier-free guidance of a class-conditional model at ``scale`` against its null class
+    (label ``num_classes``) or against ``negative_label``; the denoiser itself when ``scale`` is 1
+    or the model is unconditional."""
+    k = num_classes
+    if negative_label is not None and not (k and 0 <= negative_label < k):
+        raise ValueError(
+            f"the negative class must lie in [0, {k - 1}], got {negative_label}"
+            if k
+            else "this model is unconditional; it takes no negative class"
+        )
+    if not k or scale == 1.0:
+        return denoiser
+    neg = k if negative_label is None else negative_label
+    return classifier_free_guidance(
+        denoiser, scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], neg)}
+    )
 
 
 def load_pipeline(path: str, *, device: str = "auto", weights: str = "ema") -> Pipeline:
@@ -165,19 +244,8 @@ def generate(
     if compile and isinstance(denoiser, Denoiser):
         denoiser = denoiser.with_net(torch.compile(denoiser.net))
     amp = amp_dtype(precision, device)
-    fn: Callable[..., Tensor] = denoiser
-    if negative_label is not None and not (k > 0 and 0 <= negative_label < k):
-        raise ValueError(
-            f"the negative class must lie in [0, {k - 1}], got {negative_label}"
-            if k
-            else "this model is unconditional; it takes no negative class"
-        )
     data_scale = float(getattr(denoiser, "data_scale", 1.0))
-    if k > 0 and guidance_scale != 1.0:
-        neg = k if negative_label is None else negative_label
-        fn = classifier_free_guidance(
-            denoiser, guidance_scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], neg)}
-        )
+    fn = class_guidance(denoiser, k, guidance_scale, negative_label)
     if classifier is not None and classifier_scale != 0:
         if labels is None:
             raise ValueError("classifier guidance needs class labels: this model is unconditional")
