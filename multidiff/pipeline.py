@@ -128,6 +128,22 @@ class Pipeline:
             raise ValueError(f"{path}: read as shape {tuple(x.shape)}, the model takes {tuple(self.info.shape)}")
         return self.from_data(x.unsqueeze(0))
 
+    def training_examples(self, n: int = 1, label: int | None = None, seed: int = 0) -> Tensor:
+        """``n`` examples of the run's training data (of class ``label`` when given), in the
+        denoiser's space on its device: inputs for edits when the user gives no file."""
+        ds, _ = self.adapter.build_dataset(self.config.data)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+        items = []
+        for i in idx.tolist():
+            x, y = ds[i]
+            if label is None or int(y) == label:
+                items.append(torch.as_tensor(x))
+                if len(items) == n:
+                    break
+        if len(items) < n:
+            raise ValueError(f"the training data holds {len(items)} examples of class {label}, {n} were asked for")
+        return self.from_data(torch.stack(items))
+
     def from_data(self, x: Tensor) -> Tensor:
         """Examples in data units (as the training set holds them) to the denoiser's space."""
         return (x.float() * self.denoiser.data_scale).to(self.device)

@@ -1,0 +1,100 @@
+"""Inpaint and interpolate images with a trained image model, through the Python API.
+
+    python examples/edit_images.py runs/image_digits                      # built-in digits as inputs
+    python examples/edit_images.py runs/image_digits --input a.png --input b.png --region 0.5:1,0:1
+    python examples/edit_images.py runs/image_digits --method smc --particles 16
+
+Writes to ``--out`` (default ``edited_images``):
+
+* ``inpainting.png``: one row per input: the input, the input with the region blanked, and
+  ``-n`` inpaintings; the known pixels are kept exactly (checked here);
+* ``interpolation.png``: the two inputs mapped to noise by the probability-flow ODE and decoded
+  along the spherical path between them; the first and last frames reconstruct the inputs.
+
+``multidiff edit inpaint|interpolate`` does the same from the command line for any modality.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from multidiff import editing as E
+from multidiff.cli_edit import region_mask
+from multidiff.modality import class_index
+from multidiff.pipeline import load_pipeline
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--input", action="append", default=[], help="image files (default: two training examples)")
+    p.add_argument("--class", dest="labels", action="append", default=[], help="class of each input (names or indices)")
+    p.add_argument("--region", default="0.5:1,0:1", help="box to regenerate, fractions of (height, width)")
+    p.add_argument("--method", choices=E.MASK_METHODS, default="repaint")
+    p.add_argument("--particles", type=int, default=16, help="for --method smc")
+    p.add_argument("-n", "--num", type=int, default=6, help="inpaintings per input")
+    p.add_argument("--frames", type=int, default=8, help="interpolation frames")
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="edited_images")
+    args = p.parse_args(argv)
+
+    pipe = load_pipeline(args.checkpoint, device=args.device)
+    if pipe.adapter.name != "image":
+        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not an image one")
+    from modalities.image.io import save_grid
+
+    try:
+        labels = [class_index(c, pipe.info.class_names) for c in args.labels]
+        if args.input:
+            inputs = torch.cat([pipe.read_input(f) for f in args.input])
+        else:
+            labels = labels or ([3, 8] if pipe.info.num_classes >= 9 else [None, None])
+            inputs = torch.cat([pipe.training_examples(1, y, seed=args.seed) for y in labels])
+        mask = region_mask(args.region, pipe.info.shape).to(pipe.device)
+    except ValueError as e:
+        p.error(str(e))
+    labels += [None] * (len(inputs) - len(labels))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    den = pipe.guided_denoiser(args.guidance)
+    sigmas = pipe.sampling_grid(args.steps)
+    g = torch.Generator().manual_seed(args.seed)
+
+    rows = []
+    for x, y in zip(inputs, labels):
+        known = x.expand(args.num, *x.shape)
+        result = E.inpaint(
+            den,
+            known,
+            mask,
+            sigmas,
+            method=args.method,
+            particles=args.particles,
+            cond=pipe.condition(y, args.num),
+            generator=g,
+        )
+        assert torch.equal(result[~mask.expand_as(known)], known[~mask.expand_as(known)]), "known pixels changed"
+        rows.append(torch.cat([x[None], torch.where(mask, torch.zeros_like(x), x)[None], result]))
+    grid = pipe.to_data(torch.cat(rows))
+    print(save_grid(grid, out / "inpainting.png", nrow=args.num + 2))
+
+    if len(inputs) >= 2:
+        ca, cb = pipe.condition(labels[0], 1), pipe.condition(labels[1], 1)
+        frames = E.interpolate(
+            den, inputs[:1], inputs[1:2], pipe.sampling_grid(args.steps), args.frames, cond_a=ca, cond_b=cb
+        )
+        err = (frames[[0, -1]] - inputs[:2]).abs().max().item() / pipe.denoiser.data_scale
+        print(save_grid(pipe.to_data(frames), out / "interpolation.png", nrow=args.frames))
+        print(f"interpolation ends reconstruct the inputs within {err:.3f} (max abs, data units)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
