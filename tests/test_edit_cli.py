@@ -250,3 +250,58 @@ def test_bad_edit_inputs_exit_2_with_one_line(image_run: Path, audio_run: Path, 
         assert code == 2, (argv, out, err)
         assert needle in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "never").exists()
+
+
+def _example(name: str):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_editing_examples_run(image_run: Path, audio_run: Path, voxel_run: Path, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    assert (
+        _example("edit_images").main(
+            [
+                str(image_run),
+                "--steps",
+                "3",
+                "-n",
+                "2",
+                "--frames",
+                "3",
+                "--out",
+                str(tmp_path / "i"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "i" / "inpainting.png").size[0] > 0 and (tmp_path / "i" / "interpolation.png").exists()
+    assert (
+        _example("edit_audio").main([str(audio_run), "--steps", "3", "--out", str(tmp_path / "a"), "--device", "cpu"])
+        == 0
+    )
+    wavs = sorted(p.name for p in (tmp_path / "a").glob("*.wav"))
+    assert wavs == ["continuation_0.wav", "continuation_1.wav", "infill_0.wav", "infill_1.wav", "input.wav"]
+    src, _ = sf.read(tmp_path / "a" / "input.wav")
+    cont, _ = sf.read(tmp_path / "a" / "continuation_0.wav")
+    assert np.abs(cont[:256] - src[:256]).max() <= 1.5 / 32768
+    assert (
+        _example("complete_shapes").main(
+            [str(voxel_run), "--steps", "3", "-n", "2", "--out", str(tmp_path / "v"), "--device", "cpu"]
+        )
+        == 0
+    )
+    grids = np.load(tmp_path / "v" / "grids.npz")["grids"]
+    assert grids.shape == (3, 1, 8, 8, 8)
+    assert np.array_equal(
+        grids[1:, :, :, :, :4], np.broadcast_to(grids[0, :, :, :, :4], (2, 1, 8, 8, 4))
+    )  # given part kept
+    assert (tmp_path / "v" / "preview.png").exists()
