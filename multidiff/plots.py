@@ -87,10 +87,11 @@ def plot_schedules(out: str | Path, schedules: dict[str, S.Schedule] | None = No
     plt = _pyplot()
     t = torch.linspace(0, 1, 401, dtype=torch.float64)
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3.6))
-    for name, sch in (schedules or named_schedules()).items():
-        a1.plot(t, S.alpha(sch, t), label=name, lw=1.3)
-        a2.plot(t, S.sigma_vp(sch, t), label=name, lw=1.3)
-        a3.plot(t, sch.logsnr(t), label=name, lw=1.3)
+    for i, (name, sch) in enumerate((schedules or named_schedules()).items()):
+        style = {"ls": ("-", "-", "-.", "-", "-", "--")[i % 6], "lw": 1.3, "label": name}  # near-twins dashed
+        a1.plot(t, S.alpha(sch, t), **style)
+        a2.plot(t, S.sigma_vp(sch, t), **style)
+        a3.plot(t, sch.logsnr(t), **style)
     for ax, label in ((a1, "alpha (signal scale)"), (a2, "sigma (noise scale, VP)"), (a3, "log-SNR")):
         ax.set_xlabel("t"), ax.set_ylabel(label), ax.grid(alpha=0.3)
     a3.set_ylim(-20, 15)
