@@ -111,7 +111,7 @@ def test_the_markers_select_the_quick_commands() -> None:
     cmds = [c for _, c in quick_commands()]
     assert "multidiff demo --quick" in cmds
     assert sum(c.startswith("multidiff plot ") for c in cmds) >= 5
-    assert sum(c.startswith("multidiff sample runs/") for c in cmds) == 3
+    assert sum(c.startswith("multidiff sample runs/") for c in cmds) >= 3
     assert not [c for c in cmds if c.startswith(("multidiff train", "pip", "torchrun"))]
 
 
