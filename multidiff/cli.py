@@ -413,9 +413,9 @@ def _cmd_plot_schedules(args: argparse.Namespace) -> int:
     return 0
 
 
-def _noising_source(path: str) -> tuple[Any, Any]:
-    """The resolved config and data description of a checkpoint, a run folder or a YAML config
-    (whose data set is built to learn the example shape)."""
+def _noising_source(path: str) -> tuple[Any, Any, Any]:
+    """The resolved config, data description and (for a YAML config, whose data set is built to
+    learn the example shape; else ``None``) training set of a checkpoint, run folder or config."""
     from .checkpoint import find_checkpoint
     from .config import load_config, resolve_config
     from .modality import DataInfo
@@ -423,9 +423,11 @@ def _noising_source(path: str) -> tuple[Any, Any]:
     p = Path(path)
     if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
         cfg = load_config(p)
-        return cfg, cfg.adapter.build_dataset(cfg.data)[1]
+        dataset, info = cfg.adapter.build_dataset(cfg.data)
+        return cfg, info, dataset
     ckpt = find_checkpoint(p)
-    return resolve_config(ckpt.config, source=str(ckpt.path / "meta.json")), DataInfo.from_json(ckpt.meta["data_info"])
+    cfg = resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
+    return cfg, DataInfo.from_json(ckpt.meta["data_info"]), None
 
 
 def _cmd_plot_noising(args: argparse.Namespace) -> int:
@@ -434,7 +436,7 @@ def _cmd_plot_noising(args: argparse.Namespace) -> int:
 
     if args.levels < 2:
         raise ValueError(f"--levels must be at least 2, got {args.levels}")
-    cfg, info = _noising_source(args.source)
+    cfg, info, dataset = _noising_source(args.source)
     adapter = cfg.adapter
     if args.input is not None:
         if not Path(args.input).exists():
@@ -444,9 +446,10 @@ def _cmd_plot_noising(args: argparse.Namespace) -> int:
             raise ValueError(f"the {adapter.name!r} modality cannot read input files; leave out --input")
         x0, what = read(Path(args.input), info, cfg.data), Path(args.input).name
     else:
-        x0, what = adapter.build_dataset(cfg.data)[0][0][0], "the first training example"
+        dataset = dataset if dataset is not None else adapter.build_dataset(cfg.data)[0]
+        x0, what = dataset[0][0], "the first training example"
     if tuple(x0.shape) != tuple(info.shape):
-        raise ValueError(f"{args.input!r} gives an example of shape {tuple(x0.shape)}, the model takes {info.shape}")
+        raise ValueError(f"{what} gives an example of shape {tuple(x0.shape)}, the model takes {info.shape}")
     d = cfg.run.diffusion
     schedule = build_schedule(d.schedule, size=max(info.shape[1:], default=1))
     t = torch.linspace(0, 1, args.levels, dtype=torch.float64)

@@ -193,8 +193,8 @@ class Modality(ABC):
     """The adapter interface; subclass it and register the class under ``multidiff.modalities``.
 
     A subclass must implement :meth:`build_dataset`, :meth:`build_network` and
-    :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures`, :meth:`describe`,
-    :meth:`read_input` and :meth:`read_mask` have defaults.
+    :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures`, :meth:`save_noising`,
+    :meth:`describe`, :meth:`read_input` and :meth:`read_mask` have defaults.
 
     Class attributes:
         name: the modality's name in configs (``modality: image``).
