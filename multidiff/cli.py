@@ -189,8 +189,14 @@ def _demo_samples(trainer: Any, tag: str, progress: bool) -> list[Path]:
             n=s.num_samples,
             sampler=s.sampler,
             steps=s.steps,
+            grid=s.grid,
+            sigma_min=s.sigma_min,
+            sigma_max=s.sigma_max,
             guidance_scale=s.guidance_scale,
             seed=s.seed,
+            batch_size=s.batch_size,
+            precision=s.precision,
+            options=dict(s.options),
             callback=lambda _: bar.update(1),
         )
     return trainer.adapter.save_samples(x, trainer.run_dir / "samples" / tag, trainer.info, labels=labels)
