@@ -149,3 +149,25 @@ def test_x0_classifier_guidance_steers_towards_the_class() -> None:
         out = SM.sample(x0_classifier_guidance(d, clf, scale), x_t, sig, "dpmpp_2m", cond={"class_labels": y})
         frac.append((gm.posterior(out, 0.0).argmax(1) == 2).double().mean().item())
     assert frac[0] < 0.25 and frac[1] > 0.8, frac
+
+
+def test_class_guidance_negative_equal_to_the_null_class_and_scale_one_change_nothing(case) -> None:
+    from multidiff.pipeline import class_guidance
+
+    gm, x, sigma, y = case
+    k = 3  # the mixture's classes; label k is the null class of a trained model, here "unconditional"
+    d = lambda x, s, class_labels: gm.denoiser()(x, s, class_labels=torch.where(class_labels >= k, NULL, class_labels))  # noqa: E731
+    plain = classifier_free_guidance(d, 3.0, negative={"class_labels": torch.full_like(y, k)})
+    assert torch.allclose(
+        class_guidance(d, k, 3.0)(x, sigma, class_labels=y), plain(x, sigma, class_labels=y), atol=1e-12
+    )
+    # at scale 1 a negative class changes nothing: the conditional denoiser itself
+    assert torch.allclose(
+        class_guidance(d, k, 1.0, negative_label=2)(x, sigma, class_labels=y), d(x, sigma, class_labels=y), atol=1e-12
+    )
+    # and a negative class does change a guided prediction
+    assert not torch.allclose(
+        class_guidance(d, k, 3.0, negative_label=2)(x, sigma, class_labels=y), plain(x, sigma, class_labels=y)
+    )
+    with pytest.raises(ValueError, match="negative class must lie in"):
+        class_guidance(d, k, 3.0, negative_label=k)
