@@ -164,7 +164,7 @@ def _cmd_invert(args: argparse.Namespace) -> int:
     x = pipe.read_input(args.input[0])
     sigmas = pipe.sampling_grid(args.steps, args.grid)
     label = _label(pipe, args.class_label)
-    den = pipe.guided_denoiser(args.guidance, None)
+    den = pipe.guided_denoiser(1.0 if args.guidance is None else args.guidance)  # an unguided ODE inverts best
     cond = pipe.condition(label, 1)
     z = E.invert(den, x, sigmas, solver=args.solver, cond=cond)
     back = get_sampler(args.solver).fn(den, z, sigmas, cond=cond)
@@ -188,7 +188,7 @@ def _cmd_interpolate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     xa, xb = pipe.read_input(args.input[0]), pipe.read_input(args.input[1])
     la, lb = _label(pipe, args.class_label), _label(pipe, args.class_b, "--class-b")
-    den = pipe.guided_denoiser(args.guidance, None)
+    den = pipe.guided_denoiser(1.0 if args.guidance is None else args.guidance)  # an unguided ODE inverts best
     ca = pipe.condition(la, 1)
     cb = pipe.condition(lb if lb is not None else la, 1)
     frames = E.interpolate(
