@@ -174,32 +174,12 @@ def demo_configs(
 
 
 def _demo_samples(trainer: Any, tag: str, progress: bool) -> list[Path]:
-    """The run's ``sample`` section drawn from the EMA model, with a progress bar over the sampler's
-    steps; the adapter's files go where :meth:`Trainer.sample_files` puts them."""
+    """:meth:`Trainer.sample_files` with a progress bar over the sampler's steps."""
     from tqdm.auto import tqdm
 
-    from .pipeline import generate
-
-    s = trainer.cfg.run.sample
-    trainer.ema_denoiser.eval()
-    with tqdm(total=s.steps, desc=f"sample {tag}", unit="step", disable=not progress, leave=False) as bar:
-        x, labels = generate(
-            trainer.ema_denoiser,
-            trainer.info,
-            n=s.num_samples,
-            sampler=s.sampler,
-            steps=s.steps,
-            grid=s.grid,
-            sigma_min=s.sigma_min,
-            sigma_max=s.sigma_max,
-            guidance_scale=s.guidance_scale,
-            seed=s.seed,
-            batch_size=s.batch_size,
-            precision=s.precision,
-            options=dict(s.options),
-            callback=lambda _: bar.update(1),
-        )
-    return trainer.adapter.save_samples(x, trainer.run_dir / "samples" / tag, trainer.info, labels=labels)
+    steps = trainer.cfg.run.sample.steps
+    with tqdm(total=steps, desc=f"sample {tag}", unit="step", disable=not progress, leave=False) as bar:
+        return trainer.sample_files(tag, callback=lambda _: bar.update(1))
 
 
 _CAPTIONS = {

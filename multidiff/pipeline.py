@@ -70,20 +70,7 @@ class Pipeline:
 
     def generate(self, n: int, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
         """``generate(self.denoiser, self.info, n=n, ...)`` with the run's ``sample`` section as defaults."""
-        s = self.config.run.sample
-        opts = {
-            "sampler": s.sampler,
-            "steps": s.steps,
-            "grid": s.grid,
-            "sigma_min": s.sigma_min,
-            "sigma_max": s.sigma_max,
-            "guidance_scale": s.guidance_scale,
-            "seed": s.seed,
-            "batch_size": s.batch_size,
-            "precision": s.precision,
-            "compile": s.compile,
-            "options": dict(s.options),
-        }
+        opts = sample_options(self.config.run.sample)
         opts.update({k: v for k, v in kwargs.items() if v is not None})
         return generate(self.denoiser, self.info, n=n, **opts)
 
@@ -151,6 +138,23 @@ class Pipeline:
     def to_data(self, x: Tensor) -> Tensor:
         """The denoiser's space back to data units, float32 on the CPU (what ``save_samples`` takes)."""
         return (x / self.denoiser.data_scale).float().cpu()
+
+
+def sample_options(s: C.SampleConfig) -> dict[str, Any]:
+    """:func:`generate`'s keyword arguments from a run's ``sample`` section."""
+    return {
+        "sampler": s.sampler,
+        "steps": s.steps,
+        "grid": s.grid,
+        "sigma_min": s.sigma_min,
+        "sigma_max": s.sigma_max,
+        "guidance_scale": s.guidance_scale,
+        "seed": s.seed,
+        "batch_size": s.batch_size,
+        "precision": s.precision,
+        "compile": s.compile,
+        "options": dict(s.options),
+    }
 
 
 def class_guidance(

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +52,7 @@ from .checkpoint import (
 from .denoiser import Denoiser
 from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
-from .pipeline import build_denoiser, generate, resolve_device
+from .pipeline import build_denoiser, generate, resolve_device, sample_options
 
 __all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels", "read_metrics"]
 
@@ -374,29 +374,19 @@ class Trainer:
 
     # --- the loop -----------------------------------------------------------------------
 
-    def sample_files(self, tag: str) -> list[Path]:
+    def sample_files(self, tag: str, callback: Callable[[dict[str, Any]], None] | None = None) -> list[Path]:
         """Sample with the EMA model as the ``sample`` section says and write the adapter's files
-        (on rank 0 only; the other processes wait)."""
+        (on rank 0 only; the other processes wait). ``callback`` goes to the sampler (a progress bar)."""
         if not self.world.is_main:
             self.world.barrier()
             return []
-        s = self.cfg.run.sample
         self.ema_denoiser.eval()
         x, labels = generate(
             self.ema_denoiser,
             self.info,
-            n=s.num_samples,
-            sampler=s.sampler,
-            steps=s.steps,
-            grid=s.grid,
-            sigma_min=s.sigma_min,
-            sigma_max=s.sigma_max,
-            guidance_scale=s.guidance_scale,
-            seed=s.seed,
-            batch_size=s.batch_size,
-            precision=s.precision,
-            compile=s.compile,
-            options=dict(s.options),
+            n=self.cfg.run.sample.num_samples,
+            callback=callback,
+            **sample_options(self.cfg.run.sample),
         )
         paths = self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
         self.world.barrier()
