@@ -80,19 +80,21 @@ def image_judge(
     )
 
 
-def voxel_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: torch.Tensor, cache: str):
-    """Built-in shapes: a 3D classifier trained on a separate, larger draw of them (seed 1, 600 per
-    class; the diffusion model never saw these) with the cube's 48 symmetries as augmentation,
-    scored on the config's held-out 20%. A folder of meshes: as for images."""
+JUDGE_PER_CLASS = 600  # shapes per class the voxel judge trains on
+
+
+def shapes_judge_classifier(cfg, cache: str, device: str | None = None):
+    """The 3D classifier that judges built-in shapes: trained on a separate, larger draw (seed 1,
+    600 per class; the diffusion model never saw these) with the cube's 48 symmetries as
+    augmentation; cached by content, so every script that asks gets the same network."""
     from modalities.voxel.data import shapes
     from modalities.voxel.metrics import random_cube_symmetry
 
     d = cfg.data
-    if d.source != "shapes":
-        return image_judge(cfg, x, y, tr, ho, cache)
-    t0 = time.perf_counter()
-    big, _ = shapes(d.resolution, per_class=600, representation=d.representation, truncation=d.truncation, seed=1)
-    clf = cached_classifier(
+    big, _ = shapes(
+        d.resolution, per_class=JUDGE_PER_CLASS, representation=d.representation, truncation=d.truncation, seed=1
+    )
+    return cached_classifier(
         big.x,
         big.labels,
         cache_dir=cache,
@@ -100,10 +102,22 @@ def voxel_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: tor
         widths=(16, 32, 64),
         epochs=12,
         augment=random_cube_symmetry,
+        device=device,
     )
+
+
+def voxel_judge(cfg, x: torch.Tensor, y: torch.Tensor, tr: torch.Tensor, ho: torch.Tensor, cache: str):
+    """Built-in shapes: a 3D classifier trained on a separate, larger draw of them (seed 1, 600 per
+    class; the diffusion model never saw these) with the cube's 48 symmetries as augmentation,
+    scored on the config's held-out 20%. A folder of meshes: as for images."""
+    d = cfg.data
+    if d.source != "shapes":
+        return image_judge(cfg, x, y, tr, ho, cache)
+    t0 = time.perf_counter()
+    clf = shapes_judge_classifier(cfg, cache)
     acc = class_accuracy(clf, x[ho], y[ho])
     return classifier_judge(clf), (
-        f"Judge: a 3D classifier trained on {len(big)} other built-in shapes (seed 1), {acc:.3f} accurate on the "
+        f"Judge: a 3D classifier trained on {JUDGE_PER_CLASS * clf.num_classes} other built-in shapes (seed 1), {acc:.3f} accurate on the "
         f"held-out 20% of the training shapes ({time.perf_counter() - t0:.0f} s to train or load)."
     )
 

@@ -107,24 +107,12 @@ def parse_setting(s: str) -> tuple[dict, bool]:
 
 
 def judge_for(cfg, cache: str, device: str):
-    """quality.py's voxel judge (same data, arguments and cache key), trained on ``device``."""
-    from modalities.voxel.data import shapes
-    from modalities.voxel.metrics import random_cube_symmetry
-    from multidiff.evaluate import classifier_judge
-    from multidiff.metrics import cached_classifier
+    """quality.py's voxel judge (the same function, so the same data, arguments and cache key), on ``device``."""
+    from quality import shapes_judge_classifier  # benchmarks/ is on the path when this runs as a script
 
-    d = cfg.data
-    big, _ = shapes(d.resolution, per_class=600, representation=d.representation, truncation=d.truncation, seed=1)
-    clf = cached_classifier(
-        big.x,
-        big.labels,
-        cache_dir=cache,
-        tag=f"quality:voxel-judge-v1:{cfg.adapter.describe(d)}",
-        widths=(16, 32, 64),
-        epochs=12,
-        augment=random_cube_symmetry,
-        device=device,
-    )
+    from multidiff.evaluate import classifier_judge
+
+    clf = shapes_judge_classifier(cfg, cache, device=device)
     return clf, classifier_judge(clf)
 
 
