@@ -11,7 +11,7 @@ quality.py) it prints three tables:
    below the unconditional one at large ``sigma`` means the network has learned what the class
    looks like; equal errors there mean it ignores the label. The identity's error is ``sigma``.
 2. **SDEdit class accuracy.** The real shapes noised to ``strength`` and denoised under their own
-   class (guidance 2, the config's sampler and steps), scored by quality.py's judge: 1.0 at
+   class (guidance 2, the config's sampler, steps and grid), scored by quality.py's judge: 1.0 at
    strength 0, the plain sampler's accuracy at 1. The strength where it falls tells whether
    fine detail (small strength) or the global form (large) is lost.
 3. **Sampler comparison**: guidance-2 class accuracy of ``--per-class`` samples per class for
@@ -69,7 +69,7 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
     s = cfg.run.sample
     lines += ["", f"| SDEdit strength | sigma | class accuracy ({s.sampler}, {s.steps} steps, guidance 2) |", "|---:|---:|---:|"]
     for st in STRENGTHS:
-        out = sdedit(guided, x, st, steps=s.steps, sampler=s.sampler, schedule=den.schedule,
+        out = sdedit(guided, x, st, steps=s.steps, sampler=s.sampler, grid=s.grid, schedule=den.schedule,
                      cond={"class_labels": y}, generator=torch.Generator().manual_seed(0))
         lines.append(f"| {st:g} | {strength_to_sigma(st, den.schedule):.2f} | {class_accuracy(clf, out, y):.3f} |")
     labels = torch.arange(info.num_classes).repeat_interleave(per_class)
