@@ -92,7 +92,12 @@ def shapes_judge_classifier(cfg, cache: str, device: str | None = None):
 
     d = cfg.data
     big, _ = shapes(
-        d.resolution, per_class=JUDGE_PER_CLASS, representation=d.representation, truncation=d.truncation, seed=1
+        d.resolution,
+        per_class=JUDGE_PER_CLASS,
+        representation=d.representation,
+        truncation=d.truncation,
+        max_tilt=d.max_tilt,
+        seed=1,
     )
     return cached_classifier(
         big.x,

@@ -63,6 +63,8 @@ class PresetModelConfig(StrictModel):
     num_res_blocks: int | None = Field(None, ge=1)
     head_channels: int = Field(64, ge=1)
     dropout: float | None = Field(None, ge=0, lt=1)
+    # GroupNorm groups (the largest count up to this that divides each width; 32, as in DDPM, by default)
+    groups: int | None = Field(None, ge=1)
 
     @field_validator("channel_mult")
     @classmethod

@@ -49,6 +49,18 @@ def test_preset_sizes_grow_and_base_checkpoints() -> None:
     assert build_unet3d(tiny, DataInfo((1, 16, 16, 16), 0)).gradient_checkpointing
 
 
+def test_groups_and_max_tilt_are_used() -> None:
+    norms = lambda net: {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}  # noqa: E731
+    info = DataInfo((1, 16, 16, 16), 6)
+    assert norms(build_unet3d(VoxelModelConfig(preset="tiny"), info)) == {24, 32}  # widths 24, 48, 96; at most 32
+    assert norms(build_unet3d(VoxelModelConfig(preset="tiny", groups=8), info)) == {8}
+    upright = VoxelDataConfig(source="shapes", per_class=2, max_tilt=0)
+    ds, info = VoxelModality().build_dataset(upright)
+    assert info.extra["max_tilt"] == 0.0
+    assert "tilted at most 0 degrees" in VoxelModality().describe(upright)
+    assert "tilted" not in VoxelModality().describe(VoxelDataConfig(source="shapes"))
+
+
 def test_config_errors_name_the_key() -> None:
     with pytest.raises(ValueError, match="model.attention_levels"):
         VoxelModelConfig(preset="tiny", attention_levels=[5]).resolved()
@@ -56,6 +68,10 @@ def test_config_errors_name_the_key() -> None:
         VoxelDataConfig(source="folder")
     with pytest.raises(C.ConfigError, match="data.representation"):
         C.resolve_config({"modality": "voxel", "data": {"representation": "pointcloud"}})
+    with pytest.raises(C.ConfigError, match="data.max_tilt"):
+        C.resolve_config({"modality": "voxel", "data": {"max_tilt": 270}})
+    with pytest.raises(C.ConfigError, match="model.groups"):
+        C.resolve_config({"modality": "voxel", "model": {"groups": 0}})
 
 
 def test_flip_augmentation_mirrors_the_last_axis() -> None:

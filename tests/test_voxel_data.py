@@ -119,7 +119,13 @@ def test_shapes_layout_labels_and_determinism() -> None:
     assert ds.x.shape == (24, 1, 16, 16, 16) and ds.x.dtype == torch.float32
     assert torch.equal(ds.labels, torch.arange(24) % 6) and ds.labels.dtype == torch.long
     assert info.shape == (1, 16, 16, 16) and info.num_classes == 6 and info.class_names == D.SHAPES
-    assert info.extra == {"resolution": 16, "representation": "occupancy", "truncation": 3.0, "source": "shapes"}
+    assert info.extra == {
+        "resolution": 16,
+        "representation": "occupancy",
+        "truncation": 3.0,
+        "source": "shapes",
+        "max_tilt": 180.0,
+    }
     assert set(ds.x.unique().tolist()) == {-1.0, 1.0}
     filled = (ds.x > 0).flatten(1).float().mean(1)
     assert filled.min() > 0.02 and filled.max() < 0.5  # every example holds a shape of a visible size
@@ -156,6 +162,41 @@ def test_shapes_keep_a_one_voxel_margin(r: int) -> None:
         assert mesh.bounds.min() >= -0.5 + 0.5 / r and mesh.bounds.max() <= 0.5 - 0.5 / r
 
 
+@pytest.mark.parametrize("max_tilt", [0.0, 30.0, 90.0, 180.0])
+def test_rotations_tilt_the_shape_axis_at_most_max_tilt(max_tilt: float) -> None:
+    u = torch.rand(4000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rot = D._rotations(u, max_tilt)
+    eye = torch.eye(3, dtype=torch.float64).expand(len(u), 3, 3)
+    assert torch.allclose(rot @ rot.transpose(1, 2), eye, atol=1e-9)  # orthonormal
+    assert torch.allclose(torch.linalg.det(rot), torch.ones(len(u), dtype=torch.float64))  # no mirror
+    up = rot[:, :, 1]  # where the shape's own y axis points in the world
+    tilt = torch.rad2deg(torch.arccos(up[:, 1].clamp(-1, 1)))
+    assert tilt.max() <= max_tilt + 1e-4
+    assert tilt.max() >= max_tilt - 3  # the whole cap is reached
+    # The axis is uniform on its cap: cos(tilt) uniform on [cos(max_tilt), 1], so its mean is halfway.
+    lo = math.cos(math.radians(max_tilt))
+    assert abs(up[:, 1].mean().item() - (1 + lo) / 2) < 0.03
+    # ... and every turn about the vertical is as likely (the horizontal part has mean zero).
+    if max_tilt > 0:
+        assert up[:, [0, 2]].mean(0).abs().max() < 0.03 * math.sin(math.radians(min(max_tilt, 90)))
+
+
+def test_upright_shapes_stand_up() -> None:
+    flat, _ = D.shapes(16, per_class=6, max_tilt=0.0)
+    any_way, _ = D.shapes(16, per_class=6)
+    tori = slice(2, None, 6)  # class 2: a torus lies flat when upright, its ring around the vertical
+
+    def extent(x: torch.Tensor, dim: int) -> torch.Tensor:  # occupied layers along a grid axis
+        others = [d for d in (2, 3, 4) if d != dim]
+        return (x > 0).any(others[0], keepdim=True).any(others[1], keepdim=True).flatten(1).sum(1).float()
+
+    height = extent(flat.x[tori], 3)  # grid axis 1 of (D, H, W) is y, the up axis
+    width = torch.maximum(extent(flat.x[tori], 2), extent(flat.x[tori], 4))
+    assert (height < 0.6 * width).all()
+    tilted = extent(any_way.x[tori], 3) / torch.maximum(extent(any_way.x[tori], 2), extent(any_way.x[tori], 4))
+    assert (tilted >= 0.6).any()  # any orientation: some tori stand on edge
+
+
 def test_same_seed_same_shapes_at_every_resolution() -> None:
     a, _ = D.shapes(16, per_class=1)
     b, _ = D.shapes(32, per_class=1)
@@ -172,6 +213,8 @@ def test_same_seed_same_shapes_at_every_resolution() -> None:
         ({"representation": "mesh"}, "'mesh'"),
         ({"truncation": 0.0}, "0.0"),
         ({"truncation": float("nan")}, "nan"),
+        ({"max_tilt": -1.0}, "-1.0"),
+        ({"max_tilt": 200.0}, "200.0"),
     ],
 )
 def test_shapes_validate_their_arguments(kwargs: dict, bad: str) -> None:

@@ -95,7 +95,10 @@ class VoxelDataConfig(StrictModel):
     outside) or ``sdf`` (truncated signed distance, positive inside, ``truncation`` voxels mapped
     to +-1), cached in ``cache_dir`` (default ``~/.cache/multidiff/voxels``, or ``$MULTIDIFF_CACHE/voxels``)
     so only the first run voxelizes; the data folder is only read. Meshes with more than ``max_faces`` faces are refused with a message.
-    ``random_flip`` mirrors grids along the last axis (keeps "up" up).
+    ``random_flip`` mirrors grids along the last axis (keeps "up" up). ``max_tilt`` (built-in
+    shapes only): how far, in degrees, a shape's own axis may tilt from the vertical; 180 (the
+    default) is any orientation, uniform on SO(3); 0 keeps shapes upright and turns them about the
+    vertical only, as in aligned mesh collections.
     """
 
     source: Literal["shapes", "folder"] = "shapes"
@@ -104,6 +107,7 @@ class VoxelDataConfig(StrictModel):
     representation: Literal["occupancy", "sdf"] = "occupancy"
     truncation: float = Field(3.0, gt=0)
     per_class: int = Field(200, ge=1)
+    max_tilt: float = Field(180.0, ge=0, le=180)
     class_conditional: bool = True
     cache_dir: str | None = None
     max_faces: int = Field(2_000_000, ge=1)
@@ -211,6 +215,7 @@ class VoxelModality(Modality):
                 per_class=data.per_class,
                 representation=data.representation,
                 truncation=data.truncation,
+                max_tilt=data.max_tilt,
             )
         else:
             assert data.path is not None
@@ -309,4 +314,6 @@ class VoxelModality(Modality):
 
     def describe(self, data: VoxelDataConfig) -> str:  # type: ignore[override]
         src = data.source + (f" {data.path}" if data.path else "")
+        if data.source == "shapes" and data.max_tilt < 180:
+            src += f" tilted at most {data.max_tilt:g} degrees"
         return f"voxels from {src}, {data.representation} at {data.resolution}^3"

@@ -121,9 +121,19 @@ def _support(kind: str, u: Tensor, p: dict[str, Tensor]) -> Tensor:
     return torch.maximum(h * u[..., 1], -h * u[..., 1] + r * radial)  # cone: apex or base rim
 
 
-def _rotations(u: Tensor) -> Tensor:
-    """Rotations ``(n, 3, 3)`` from uniforms ``u (n, 3)``, uniform on SO(3) when ``u`` is: Shoemake's
-    uniform random quaternion (Graphics Gems III, 1992)."""
+def _rotations(u: Tensor, max_tilt: float = 180.0) -> Tensor:
+    """Rotations ``(n, 3, 3)`` from uniforms ``u (n, 3)``.
+
+    ``max_tilt >= 180``: uniform on SO(3), Shoemake's uniform random quaternion (Graphics Gems III,
+    1992). Below: ``R_y(turn) R_x(tilt) R_y(spin)`` (Euler angles y-x-y) with the shape's own ``y``
+    axis uniform on the spherical cap within ``max_tilt`` degrees of the world's ``y`` (up), since
+    ``cos(tilt)`` is uniform on ``[cos(max_tilt), 1]``, and turn and spin uniform: ``0`` keeps every
+    shape upright, turned about the vertical only, as aligned mesh collections are.
+    """
+    if max_tilt < 180:
+        turn, spin = 2 * math.pi * u[:, 0], 2 * math.pi * u[:, 2]
+        cos_t = 1 - u[:, 1] * (1 - math.cos(math.radians(max_tilt)))
+        return _rot_y(turn) @ _rot_x(cos_t, (1 - cos_t * cos_t).clamp(min=0).sqrt()) @ _rot_y(spin)
     a, b = (1 - u[:, 0]).sqrt(), u[:, 0].sqrt()
     w, x = a * torch.sin(2 * math.pi * u[:, 1]), a * torch.cos(2 * math.pi * u[:, 1])
     y, z = b * torch.sin(2 * math.pi * u[:, 2]), b * torch.cos(2 * math.pi * u[:, 2])
@@ -135,6 +145,16 @@ def _rotations(u: Tensor) -> Tensor:
         ],
         1,
     )
+
+
+def _rot_y(angle: Tensor) -> Tensor:
+    c, s, o, i = angle.cos(), angle.sin(), torch.zeros_like(angle), torch.ones_like(angle)
+    return torch.stack([torch.stack([c, o, s], -1), torch.stack([o, i, o], -1), torch.stack([-s, o, c], -1)], 1)
+
+
+def _rot_x(c: Tensor, s: Tensor) -> Tensor:
+    o, i = torch.zeros_like(c), torch.ones_like(c)
+    return torch.stack([torch.stack([i, o, o], -1), torch.stack([o, c, -s], -1), torch.stack([o, s, c], -1)], 1)
 
 
 def _unit_params(kind: str, a: Tensor) -> dict[str, Tensor]:
@@ -167,11 +187,14 @@ def shapes(
     per_class: int = 200,
     representation: str = "occupancy",
     truncation: float = 3.0,
+    max_tilt: float = 180.0,
     seed: int = 0,
 ) -> tuple[TensorDataset, DataInfo]:
     """Parametric primitives, one class per kind of :data:`SHAPES`; needs no files and no download.
 
-    Example ``i`` is class ``i % 6``. Each draws, from ``seed`` alone: a rotation uniform on SO(3);
+    Example ``i`` is class ``i % 6``. Each draws, from ``seed`` alone: a rotation, uniform on SO(3)
+    (``max_tilt`` 180, the default) or with the shape's own axis (a solid of revolution's, the box's
+    ``y``) within ``max_tilt`` degrees of the vertical and any turn about it (see :func:`_rotations`);
     aspect parameters (see :func:`_unit_params`); a size making the largest side of its rotated
     bounding box 65-85% of the cube (smaller ones are hard to tell apart at 16^3) (capped so a one-voxel margin remains at small resolutions);
     a position uniform over the places where the whole shape keeps at least one voxel of margin to
@@ -186,11 +209,13 @@ def shapes(
     if not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"shapes: per_class must be a whole number >= 1, got {per_class!r}")
     vio._check_representation(representation, truncation)
+    if not 0 <= max_tilt <= 180:
+        raise ValueError(f"shapes: max_tilt must lie in [0, 180] degrees, got {max_tilt!r}")
     r, k_classes = resolution, len(SHAPES)
     n = k_classes * per_class
     # One row of uniforms per example, so example i is the same whatever per_class is.
     u = torch.rand(n, 9, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    rot, size_u, place_u, aspect_u = _rotations(u[:, :3]), u[:, 3], u[:, 4:7], u[:, 7:9]
+    rot, size_u, place_u, aspect_u = _rotations(u[:, :3], max_tilt), u[:, 3], u[:, 4:7], u[:, 7:9]
     labels = torch.arange(n) % k_classes
 
     margin = 1.0 / r + 1e-4  # one voxel, and a hair, so no surface passes through an outer voxel centre
@@ -223,7 +248,13 @@ def shapes(
             else:
                 grid = (-d / truncation).clamp(-1, 1)
             x[idx[b]] = grid.reshape(-1, 1, r, r, r)
-    extra = {"resolution": r, "representation": representation, "truncation": float(truncation), "source": "shapes"}
+    extra = {
+        "resolution": r,
+        "representation": representation,
+        "truncation": float(truncation),
+        "source": "shapes",
+        "max_tilt": float(max_tilt),
+    }
     return TensorDataset(x, labels), DataInfo((1, r, r, r), k_classes, SHAPES, extra)
 
 
