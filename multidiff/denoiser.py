@@ -9,6 +9,7 @@ and parameterization into that contract.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -20,7 +21,7 @@ from .parameterization import PARAMETERIZATIONS, Scalings, scalings
 NoiseCond = Literal["t", "timestep", "logsnr", "log_sigma"]
 NOISE_CONDS: tuple[str, ...] = ("t", "timestep", "logsnr", "log_sigma")
 
-__all__ = ["Denoiser", "NoiseCond", "default_noise_cond", "noise_condition"]
+__all__ = ["Denoiser", "NoiseCond", "default_noise_cond", "noise_condition", "self_conditioned"]
 
 
 def default_noise_cond(parameterization: str, schedule: S.Schedule | None) -> str:
@@ -106,6 +107,8 @@ class Denoiser(nn.Module):
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
         self.data_scale = float(data_scale)
+        # the network takes ``self_cond``, its own earlier x0 estimate (see :func:`self_conditioned`)
+        self.self_condition = bool(getattr(net, "self_condition", False))
 
     @property
     def vp(self) -> bool:
@@ -149,3 +152,25 @@ class Denoiser(nn.Module):
         out, var, sc = self.raw(x, sigma, **cond)
         assert var is not None
         return self._x0(x, out, sc), (var.to(x.dtype) + 1) / 2
+
+
+def self_conditioned(denoiser: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A self-conditioned model's denoiser for one sampling run: every call gets the previous
+    call's estimate as ``self_cond`` (Chen et al. 2023, "Analog Bits", alg. 2).
+
+    The first call, and any call whose batch has another shape than the last (so each branch of
+    a batched guidance call keeps its own estimate), gets none, the zeros it was also trained on.
+    A call that passes ``self_cond`` itself is left alone. Make a fresh one per sampling run: it
+    holds state.
+    """
+    last: dict[tuple[int, ...], Tensor] = {}
+
+    def fn(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        if "self_cond" not in cond:
+            cond["self_cond"] = last.get(tuple(x.shape))
+        out = denoiser(x, sigma, **cond)
+        last.clear()
+        last[tuple(x.shape)] = out.detach()
+        return out
+
+    return fn

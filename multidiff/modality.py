@@ -65,6 +65,10 @@ class PresetModelConfig(StrictModel):
     dropout: float | None = Field(None, ge=0, lt=1)
     # GroupNorm groups (the largest count up to this that divides each width; 32, as in DDPM, by default)
     groups: int | None = Field(None, ge=1)
+    # self-conditioning (Chen et al. 2023, "Analog Bits", sec. 3.2): the network also sees its own
+    # earlier x0 estimate; half of each training batch gets one (an extra no-grad forward on it),
+    # and the samplers feed each step the previous step's estimate
+    self_condition: bool = False
 
     @field_validator("channel_mult")
     @classmethod

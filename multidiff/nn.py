@@ -241,6 +241,10 @@ class UNet(nn.Module):
             channels before the first level and unfold after the last (space-to-depth, as the
             patching of simple diffusion, Hoogeboom et al. 2023, sec. 3.3): the network runs at
             a coarser grid with more channels, much cheaper for 3D data.
+        self_condition: take a second input, ``self_cond``, the model's own earlier estimate of
+            x0 (same shape as ``x``), as extra input channels (self-conditioning, Chen et al.
+            2023, "Analog Bits", sec. 3.2); ``self_cond=None`` feeds zeros, the estimate-free
+            mode that self-conditioned training also teaches.
 
     Any spatial size works: an axis that is not a multiple of ``patch_size * factor ** (levels - 1)``
     is zero-padded up to one and the output cropped back.
@@ -266,9 +270,11 @@ class UNet(nn.Module):
         gradient_checkpointing: bool = False,
         checkpoint_norms: bool = False,
         patch_size: int | Sequence[int] = 1,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         self.patch = _factors(patch_size, dims)
+        self.self_condition = bool(self_condition)
         self.gradient_checkpointing = gradient_checkpointing
         levels = len(channel_mult)
         if levels < 1 or num_res_blocks < 1 or channels < 1:
@@ -287,7 +293,7 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, emb) if num_classes > 0 else None
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
-        self.stem = conv_nd(dims, in_channels * fold, channels, 3, padding=1)
+        self.stem = conv_nd(dims, in_channels * fold * (2 if self_condition else 1), channels, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:
             return ResBlock(dims, cin, cout, emb, dropout=dropout, groups=groups, checkpoint_norm=checkpoint_norms)
@@ -342,13 +348,23 @@ class UNet(nn.Module):
             raise ValueError("this network is unconditional (num_classes=0) but got class_labels")
         return emb
 
-    def forward(self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, self_cond: Tensor | None = None
+    ) -> Tensor:
         if x.ndim != self.dims + 2:
             raise ValueError(
                 f"this UNet has {self.dims} spatial axes and takes (B, C, *spatial) of rank {self.dims + 2}, got shape {tuple(x.shape)}"
             )
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+        if self.self_condition:
+            if self_cond is None:
+                self_cond = torch.zeros_like(x)
+            elif self_cond.shape != x.shape:
+                raise ValueError(f"self_cond must have the shape of x, {tuple(x.shape)}, got {tuple(self_cond.shape)}")
+            x = torch.cat([x, self_cond.to(x.dtype)], dim=1)
+        elif self_cond is not None:
+            raise ValueError("this network was built without self_condition=True; it takes no self_cond")
         spatial = x.shape[2:]
         pad = [(-s) % m for s, m in zip(spatial, self.multiple)]
         if any(pad):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from . import config as C
 from ._util import amp_dtype
 from .checkpoint import Checkpoint, find_checkpoint, load_state_dict_checked
-from .denoiser import Denoiser, default_noise_cond
+from .denoiser import Denoiser, default_noise_cond, self_conditioned
 from .grids import make_grid
 from .guidance import classifier_free_guidance, x0_classifier_guidance
 from .modality import DataInfo
@@ -174,7 +174,7 @@ def class_guidance(
         return denoiser
     neg = k if negative_label is None else negative_label
     return classifier_free_guidance(
-        denoiser, scale, negative=lambda c: {"class_labels": torch.full_like(c["class_labels"], neg)}
+        denoiser, scale, negative=lambda c: {**c, "class_labels": torch.full_like(c["class_labels"], neg)}
     )
 
 
@@ -246,7 +246,7 @@ def generate(
     spec = get_sampler(sampler)
     schedule = getattr(denoiser, "schedule", None)
     sigmas = make_grid(grid, steps, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max)
-    param = next(iter(denoiser.parameters())) if isinstance(denoiser, nn.Module) else None
+    param = next(iter(denoiser.parameters()), None) if isinstance(denoiser, nn.Module) else None
     device = param.device if param is not None else torch.device("cpu")
     k = info.num_classes
     if isinstance(labels, int):
@@ -265,14 +265,20 @@ def generate(
         denoiser = denoiser.with_net(torch.compile(denoiser.net))
     amp = amp_dtype(precision, device)
     data_scale = float(getattr(denoiser, "data_scale", 1.0))
-    fn = class_guidance(denoiser, k, guidance_scale, negative_label)
-    if classifier is not None and classifier_scale != 0:
-        if labels is None:
-            raise ValueError("classifier guidance needs class labels: this model is unconditional")
-        clf = classifier
-        fn = x0_classifier_guidance(
-            fn, lambda d, class_labels, **_: clf(d / data_scale, class_labels), classifier_scale
-        )
+    if classifier is not None and classifier_scale != 0 and labels is None:
+        raise ValueError("classifier guidance needs class labels: this model is unconditional")
+
+    def guided(base: Callable[..., Tensor]) -> Callable[..., Tensor]:
+        fn = class_guidance(base, k, guidance_scale, negative_label)
+        if classifier is not None and classifier_scale != 0:
+            clf = classifier
+            fn = x0_classifier_guidance(
+                fn, lambda d, class_labels, **_: clf(d / data_scale, class_labels), classifier_scale
+            )
+        return fn
+
+    # a self-conditioned model gets each step the previous estimate, a fresh state per batch
+    self_cond = bool(getattr(denoiser, "self_condition", False))
     g = torch.Generator().manual_seed(seed)
     step_g = (
         g if device.type == "cpu" else torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
@@ -282,6 +288,7 @@ def generate(
         b = min(batch_size, n - start)
         x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
         cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
+        fn = guided(self_conditioned(denoiser) if self_cond else denoiser)
         with torch.autocast(device.type, dtype=amp) if amp is not None else nullcontext():
             x0 = spec.fn(fn, x, sigmas, cond=cond, generator=step_g, callback=callback, **(options or {}))
         out.append((x0 / data_scale).float().cpu())

@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler, default_collate
 
 from . import config as C
-from ._util import amp_dtype
+from ._util import amp_dtype, append_dims
 from .checkpoint import (
     find_checkpoint,
     grow_class_embedding,
@@ -318,11 +318,29 @@ class Trainer:
         sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
         noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on self.device
         den = self.denoiser if self.forward_net is self.net else self.denoiser.with_net(self.forward_net)
+        if self.denoiser.self_condition:
+            cond["self_cond"] = self._self_cond_estimate(den, x0, sigma, noise, cond)
         with self.autocast():
             loss = diffusion_loss(
                 den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
             )
         return loss.mean()
+
+    @torch.no_grad()
+    def _self_cond_estimate(
+        self, den: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]
+    ) -> Tensor:
+        """Self-conditioning's input (Chen et al. 2023, "Analog Bits", alg. 1): the model's own
+        estimate, without gradient, for the first half of the rows (in random order already), zeros
+        for the rest, so the network learns both to refine an estimate and to start from none."""
+        est = torch.zeros_like(x0)
+        h = x0.shape[0] // 2
+        if h:
+            s = sigma[:h].to(x0.dtype)
+            x = x0[:h] + append_dims(s, x0.ndim) * noise[:h]
+            with self.autocast():
+                est[:h] = den(x, s, **{k: v[:h] for k, v in cond.items()}).to(x0.dtype)
+        return est
 
     @torch.no_grad()
     def _update_ema(self) -> None:

@@ -176,6 +176,8 @@ def build_unet(
         num_classes=info.num_classes,
         learned_variance=learned_variance,
         noise_scale=noise_scale,
+        groups=r.get("groups", 32),
+        self_condition=r["self_condition"],
     )
 
 
