@@ -8,13 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
+from helpers import tiny_run
 
 from multidiff import config as C
 from multidiff.cli import main
 from multidiff.train import Trainer
-
-from helpers import tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,7 @@ def test_guided_branches_each_keep_their_own_estimate() -> None:
         sigma_min=0.01,
         sigma_max=10.0,
     )
-    (first, _), (second, prev) = den.calls[0], den.calls[1]
+    (first, _), (second, _) = den.calls[0], den.calls[1]
     assert first is None and second.shape == (8, 1)  # conditional rows, then the null class's
     torch.testing.assert_close(second, den.calls[0][1])
     assert not torch.equal(second[:4], second[4:])
