@@ -55,7 +55,10 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
     den = pipe.denoiser
     clf = shapes_judge_classifier(cfg, cache)
     g = torch.Generator().manual_seed(0)
-    lines = [f"### {run} ({pipe.checkpoint.step} steps, {cfg.run.diffusion.parameterization}, {cfg.run.diffusion.weighting})", ""]
+    lines = [
+        f"### {run} ({pipe.checkpoint.step} steps, {cfg.run.diffusion.parameterization}, {cfg.run.diffusion.weighting})",
+        "",
+    ]
     lines += ["| sigma | RMS, class | RMS, null class | RMS far field, class |", "|---:|---:|---:|---:|"]
     with torch.no_grad():
         for s in SIGMAS:
@@ -67,17 +70,31 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
             )
     guided = pipe.guided_denoiser(2.0)
     s = cfg.run.sample
-    lines += ["", f"| SDEdit strength | sigma | class accuracy ({s.sampler}, {s.steps} steps, guidance 2) |", "|---:|---:|---:|"]
+    lines += [
+        "",
+        f"| SDEdit strength | sigma | class accuracy ({s.sampler}, {s.steps} steps, guidance 2) |",
+        "|---:|---:|---:|",
+    ]
     for st in STRENGTHS:
-        out = sdedit(guided, x, st, steps=s.steps, sampler=s.sampler, grid=s.grid, schedule=den.schedule,
-                     cond={"class_labels": y}, generator=torch.Generator().manual_seed(0))
+        out = sdedit(
+            guided,
+            x,
+            st,
+            steps=s.steps,
+            sampler=s.sampler,
+            grid=s.grid,
+            schedule=den.schedule,
+            cond={"class_labels": y},
+            generator=torch.Generator().manual_seed(0),
+        )
         lines.append(f"| {st:g} | {strength_to_sigma(st, den.schedule):.2f} | {class_accuracy(clf, out, y):.3f} |")
     labels = torch.arange(info.num_classes).repeat_interleave(per_class)
     lines += ["", f"| sampler/steps/grid | class accuracy, guidance 2 ({len(labels)} samples) |", "|---|---:|"]
     for setting in settings:
         sampler, steps, grid = setting.split("/")
-        samples, lab = pipe.generate(len(labels), labels=labels, guidance_scale=2.0, seed=1,
-                                     sampler=sampler, steps=int(steps), grid=grid)
+        samples, lab = pipe.generate(
+            len(labels), labels=labels, guidance_scale=2.0, seed=1, sampler=sampler, steps=int(steps), grid=grid
+        )
         lines.append(f"| {setting} | {class_accuracy(clf, samples, lab):.3f} |")
     return "\n".join(lines)
 
@@ -87,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run folders of shapes models")
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated sampler/steps/grid")
-    p.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"), help="quality.py's judge cache")
+    p.add_argument(
+        "--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"), help="quality.py's judge cache"
+    )
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     if a.threads:
