@@ -158,19 +158,19 @@ def self_conditioned(denoiser: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """A self-conditioned model's denoiser for one sampling run: every call gets the previous
     call's estimate as ``self_cond`` (Chen et al. 2023, "Analog Bits", alg. 2).
 
-    The first call, and any call whose batch has another shape than the last (so each branch of
-    a batched guidance call keeps its own estimate), gets none, the zeros it was also trained on.
-    A call that passes ``self_cond`` itself is left alone. Make a fresh one per sampling run: it
-    holds state.
+    The first call, and a call whose batch has another shape than the previous one, gets none:
+    the zeros it was also trained on. Under batched classifier-free guidance the conditional and
+    the null rows thus each get back their own estimate. A call that passes ``self_cond`` itself
+    is left alone. Make a fresh one per sampling run: it holds state.
     """
-    last: dict[tuple[int, ...], Tensor] = {}
+    last: Tensor | None = None
 
     def fn(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        nonlocal last
         if "self_cond" not in cond:
-            cond["self_cond"] = last.get(tuple(x.shape))
+            cond["self_cond"] = last if last is not None and last.shape == x.shape else None
         out = denoiser(x, sigma, **cond)
-        last.clear()
-        last[tuple(x.shape)] = out.detach()
+        last = out.detach()
         return out
 
     return fn
