@@ -369,6 +369,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         steps=args.steps,
         grid=args.grid,
         guidance_scale=args.guidance,
+        guidance_interval=args.guidance_interval,
         labels=label,
         seed=args.seed,
         batch_size=args.batch_size,
@@ -533,6 +534,13 @@ def build_parser() -> argparse.ArgumentParser:
     sa.add_argument("--steps", type=int, help="sampler steps")
     sa.add_argument("--grid", choices=grids.GRIDS, help="sigma grid")
     sa.add_argument("--guidance", type=float, help="classifier-free guidance scale (1 = none)")
+    sa.add_argument(
+        "--guidance-interval",
+        nargs=2,
+        type=float,
+        metavar=("SIGMA_LO", "SIGMA_HI"),
+        help="guide only for SIGMA_LO < sigma <= SIGMA_HI (default: the run's sample.guidance_interval)",
+    )
     sa.add_argument("--class", dest="class_label", help="class index or name (default: every class in turn)")
     sa.add_argument("-n", "--num", type=int, default=64, help="number of samples (default 64)")
     sa.add_argument("--seed", type=int, default=0)

@@ -146,6 +146,9 @@ class SampleConfig(StrictModel):
     sigma_min: float | None = Field(None, gt=0)
     sigma_max: float | None = Field(None, gt=0)
     guidance_scale: float = Field(1.0, ge=0)
+    # [sigma_lo, sigma_hi]: guide only for sigma_lo < sigma <= sigma_hi, the conditional model
+    # alone elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval")
+    guidance_interval: tuple[float, float] | None = None
     num_samples: int = Field(64, ge=1)
     batch_size: int = Field(256, ge=1)
     seed: int = 0
@@ -161,6 +164,13 @@ class SampleConfig(StrictModel):
 
         if v not in available_samplers():
             raise ValueError(f"unknown sampler {v!r}; expected one of {', '.join(available_samplers())}")
+        return v
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"expected [sigma_lo, sigma_hi] with 0 <= sigma_lo < sigma_hi, got {list(v)}")
         return v
 
 

@@ -84,9 +84,11 @@ class Pipeline:
         self, guidance_scale: float | None = None, negative_label: int | None = None
     ) -> Callable[..., Tensor]:
         """The denoiser with classifier-free guidance at ``guidance_scale`` (default: the run's
-        ``sample.guidance_scale``) against the null class, or against ``negative_label``."""
-        scale = self.config.run.sample.guidance_scale if guidance_scale is None else guidance_scale
-        return class_guidance(self.denoiser, self.info.num_classes, scale, negative_label)
+        ``sample.guidance_scale``) against the null class, or against ``negative_label``, within
+        the run's ``sample.guidance_interval``."""
+        s = self.config.run.sample
+        scale = s.guidance_scale if guidance_scale is None else guidance_scale
+        return class_guidance(self.denoiser, self.info.num_classes, scale, negative_label, s.guidance_interval)
 
     def condition(self, label: int | None, n: int) -> dict[str, Tensor]:
         """``class_labels`` for ``n`` samples on the model's device: ``label``, or the null class
@@ -149,6 +151,7 @@ def sample_options(s: C.SampleConfig) -> dict[str, Any]:
         "sigma_min": s.sigma_min,
         "sigma_max": s.sigma_max,
         "guidance_scale": s.guidance_scale,
+        "guidance_interval": s.guidance_interval,
         "seed": s.seed,
         "batch_size": s.batch_size,
         "precision": s.precision,
@@ -158,11 +161,15 @@ def sample_options(s: C.SampleConfig) -> dict[str, Any]:
 
 
 def class_guidance(
-    denoiser: Callable[..., Tensor], num_classes: int, scale: float, negative_label: int | None = None
+    denoiser: Callable[..., Tensor],
+    num_classes: int,
+    scale: float,
+    negative_label: int | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> Callable[..., Tensor]:
     """Classifier-free guidance of a class-conditional model at ``scale`` against its null class
-    (label ``num_classes``) or against ``negative_label``; the denoiser itself when ``scale`` is 1
-    or the model is unconditional."""
+    (label ``num_classes``) or against ``negative_label``, only for ``interval[0] < sigma <=
+    interval[1]`` if given; the denoiser itself when ``scale`` is 1 or the model is unconditional."""
     k = num_classes
     if negative_label is not None and not (k and 0 <= negative_label < k):
         raise ValueError(
@@ -174,7 +181,10 @@ def class_guidance(
         return denoiser
     neg = k if negative_label is None else negative_label
     return classifier_free_guidance(
-        denoiser, scale, negative=lambda c: {**c, "class_labels": torch.full_like(c["class_labels"], neg)}
+        denoiser,
+        scale,
+        negative=lambda c: {**c, "class_labels": torch.full_like(c["class_labels"], neg)},
+        interval=None if interval is None else (float(interval[0]), float(interval[1])),
     )
 
 
@@ -206,6 +216,7 @@ def generate(
     sigma_min: float | None = None,
     sigma_max: float | None = None,
     guidance_scale: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
     labels: Tensor | int | None = None,
     seed: int = 0,
     batch_size: int = 256,
@@ -233,7 +244,8 @@ def generate(
     samples stay float32 or float64), ``compile`` wraps the network in ``torch.compile``, and
     ``batch_size`` bounds how many samples go through the network at once.
 
-    Guidance: ``negative_label`` replaces the null class as classifier-free guidance's negative
+    Guidance: ``guidance_interval = (sigma_lo, sigma_hi)`` applies it only for ``sigma_lo < sigma
+    <= sigma_hi`` (Kynkäänniemi et al. 2024), the conditional denoiser elsewhere. ``negative_label`` replaces the null class as classifier-free guidance's negative
     condition (``D_neg + w (D_cond - D_neg)``: steer away from that class; no effect at ``w = 1``).
     ``classifier(x, labels) -> log p(labels | x)`` (``(B,)``, differentiable, on data in data
     units) with ``classifier_scale > 0`` adds classifier guidance on the denoiser's estimate
@@ -269,7 +281,7 @@ def generate(
         raise ValueError("classifier guidance needs class labels: this model is unconditional")
 
     def guided(base: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn = class_guidance(base, k, guidance_scale, negative_label)
+        fn = class_guidance(base, k, guidance_scale, negative_label, guidance_interval)
         if classifier is not None and classifier_scale != 0:
             clf = classifier
             fn = x0_classifier_guidance(

@@ -198,6 +198,12 @@ def test_sample_with_a_negative_class_and_classifier_guidance(image_run: Path, t
     )
     assert code == 0, err
     assert (tmp_path / "neg.png").exists()
+    args = ("sample", str(image_run), "-n", "4", "--steps", "2", "--guidance", "2", "--guidance-interval")
+    code, stdout, err = _run(capsys, *args, "0.5", "20", "--out", str(tmp_path / "window.png"))
+    assert code == 0, err
+    assert (tmp_path / "window.png").exists()
+    code, stdout, err = _run(capsys, *args, "20", "0.5", "--out", str(tmp_path / "never.png"))
+    assert code == 2 and "interval" in err and not (tmp_path / "never.png").exists()
     code, stdout, err = _run(
         capsys,
         "sample",

@@ -171,3 +171,37 @@ def test_class_guidance_negative_equal_to_the_null_class_and_scale_one_change_no
     )
     with pytest.raises(ValueError, match="negative class must lie in"):
         class_guidance(d, k, 3.0, negative_label=k)
+
+
+def test_generate_guidance_interval_on_the_mixture(rank_shape) -> None:
+    """``generate(guidance_interval=...)``: an interval holding every sigma of the grid is full
+    guidance, one holding none is the conditional model (scale 1), and one in between is neither."""
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
+
+    shape = rank_shape if rank_shape else (1,)
+    gm = GaussianMixture.random(shape, 6, seed=1, n_classes=3)
+    k = 3
+    d = lambda x, s, class_labels: gm.denoiser()(x, s, class_labels=torch.where(class_labels >= k, NULL, class_labels))  # noqa: E731
+    kw = dict(n=6, labels=torch.tensor([0, 1, 2, 0, 1, 2]), sampler="euler", steps=8, sigma_min=0.02, sigma_max=40.0)
+    info = DataInfo(shape, k)
+    full, _ = generate(d, info, guidance_scale=3.0, **kw)
+    plain, _ = generate(d, info, guidance_scale=1.0, **kw)
+    everywhere, _ = generate(d, info, guidance_scale=3.0, guidance_interval=(0.0, 40.0), **kw)
+    nowhere, _ = generate(d, info, guidance_scale=3.0, guidance_interval=(50.0, 100.0), **kw)
+    middle, _ = generate(d, info, guidance_scale=3.0, guidance_interval=(0.3, 5.0), **kw)
+    torch.testing.assert_close(everywhere, full)
+    torch.testing.assert_close(nowhere, plain)
+    assert not torch.allclose(middle, full) and not torch.allclose(middle, plain)
+
+
+def test_sample_config_guidance_interval_reaches_generate() -> None:
+    from pydantic import ValidationError
+
+    from multidiff.config import SampleConfig
+    from multidiff.pipeline import sample_options
+
+    assert sample_options(SampleConfig(guidance_interval=(0.3, 5.0)))["guidance_interval"] == (0.3, 5.0)
+    assert sample_options(SampleConfig())["guidance_interval"] is None
+    with pytest.raises(ValidationError, match="guidance_interval[\\s\\S]*sigma_lo < sigma_hi"):
+        SampleConfig(guidance_interval=(5.0, 0.3))
