@@ -67,7 +67,7 @@ SUITES = {
 }
 # The full-length run of a suite, where it differs from the config as shipped: the shapes config
 # is sized to train in a few minutes on 2 CPU cores; its quality run trains 5x as many steps
-# (about 36 min there, 3 on a GPU). ``--as-shipped`` trains the config itself.
+# (36 min there; minutes on a GPU). ``--as-shipped`` trains the config itself.
 FULL_LENGTH = {"voxel": ["train.steps=6000"]}
 
 
