@@ -375,6 +375,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         compile=args.compile or None,
+        cuda_graphs={"on": True, "off": False, "auto": "auto", None: None}[args.cuda_graphs],
         negative_label=negative,
         classifier=classifier,
         classifier_scale=args.classifier_scale,
@@ -552,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="network autocast dtype (default: the run's sample.precision; auto = bf16 on GPUs, fp32 on CPUs)",
     )
     sa.add_argument("--compile", action="store_true", help="torch.compile the network (pays off for many samples)")
+    sa.add_argument(
+        "--cuda-graphs",
+        choices=("auto", "on", "off"),
+        help="replay the network from CUDA graphs (default: the run's sample.cuda_graphs; auto = on CUDA)",
+    )
     sa.add_argument("--out", help="output path (default: <run>/samples/sample_seed<seed>)")
     sa.add_argument(
         "--negative-class", help="class to steer away from: the negative condition of guidance (with --guidance)"

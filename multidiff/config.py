@@ -108,6 +108,8 @@ class TrainConfig(StrictModel):
     # auto: bf16 autocast on GPUs that support it, fp16 + loss scaling on older GPUs, fp32 on CPUs
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # the whole optimizer step as CUDA graphs: auto = on CUDA without DDP or fp16 (multidiff.cuda_graphs)
+    cuda_graphs: bool | Literal["auto"] = "auto"
     device: str = "auto"
     threads: int | None = Field(None, ge=1)
     # torch.use_deterministic_algorithms: bit-identical reruns on GPUs too, at some speed
@@ -155,6 +157,8 @@ class SampleConfig(StrictModel):
     # the network's autocast dtype while sampling (the sampler's own arithmetic stays float32/64)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     compile: bool = False
+    # the network's calls replayed from CUDA graphs (one per batch shape): auto = on CUDA
+    cuda_graphs: bool | Literal["auto"] = "auto"
     options: dict[str, float | int | str | bool] = {}
 
     @field_validator("sampler")

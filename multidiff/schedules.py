@@ -161,6 +161,9 @@ class DiscreteSchedule:
     alphas_cumprod: Tensor
     vp: bool = True
     _logsnr_table: Tensor = field(init=False, repr=False)
+    # the table on each (device, dtype) it was asked for: no host-to-device copy per call (a copy
+    # from pageable memory would also stop a CUDA graph capture)
+    _tables: dict = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         ac = torch.as_tensor(self.alphas_cumprod, dtype=torch.float64)
@@ -170,6 +173,13 @@ class DiscreteSchedule:
             raise ValueError("alphas_cumprod must be strictly decreasing within (0, 1]")
         object.__setattr__(self, "alphas_cumprod", ac)
         object.__setattr__(self, "_logsnr_table", torch.log(ac) - torch.log1p(-ac))
+
+    def _table_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The log-SNR table on ``device`` in ``dtype``, copied there once."""
+        key = (device, dtype)
+        if key not in self._tables:
+            self._tables[key] = self._logsnr_table.to(device, dtype)
+        return self._tables[key]
 
     @classmethod
     def from_betas(cls, betas: Tensor) -> DiscreteSchedule:
@@ -205,7 +215,7 @@ class DiscreteSchedule:
 
     def logsnr(self, t: Tensor) -> Tensor:
         t = _as_tensor(t)
-        table = self._logsnr_table.to(t.device, t.dtype)
+        table = self._table_on(t.device, t.dtype)
         pos = (t.clamp(0, 1) * (self.num_steps - 1)).to(table.dtype)
         lo = pos.floor().long().clamp(max=self.num_steps - 2)
         w = pos - lo
@@ -214,7 +224,7 @@ class DiscreteSchedule:
     def t_from_logsnr(self, lam: Tensor) -> Tensor:
         lam = _as_tensor(lam)
         # The table decreases; search its negation, which increases.
-        neg = (-self._logsnr_table).to(lam.device, lam.dtype)
+        neg = -self._table_on(lam.device, lam.dtype)
         x = (-lam).clamp(neg[0], neg[-1])
         hi = torch.searchsorted(neg, x.contiguous()).clamp(1, self.num_steps - 1)
         lo = hi - 1

@@ -49,6 +49,7 @@ from .checkpoint import (
     load_state_dict_checked,
     save_checkpoint,
 )
+from .cuda_graphs import graphs_enabled, warm_up_and_capture
 from .denoiser import Denoiser
 from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
@@ -196,16 +197,35 @@ class Trainer:
         self.net = self.denoiser.net
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.ema_denoiser = self.denoiser.with_net(self.ema)
-        # one fused kernel for the whole update: on CPU 4x faster than the loop (2-4% of a step)
-        fused = self.device.type in ("cuda", "cpu")
-        self.opt = torch.optim.AdamW(
-            self.net.parameters(), lr=t.lr, betas=t.adam_betas, weight_decay=t.weight_decay, fused=fused or None
-        )
         # bf16 on GPUs that have it, fp16 with loss scaling on older ones, float32 on CPUs ("auto")
         self.amp = amp_dtype(t.precision, self.device)
         amp = self.amp
+        # the whole optimizer step as CUDA graphs (multidiff.cuda_graphs): small models are launch-bound
+        self.graphs = graphs_enabled(
+            t.cuda_graphs,
+            self.device,
+            {
+                "the run is data-parallel (torchrun)": self.world.distributed,
+                "fp16 needs the loss scaler's host-side step": amp == torch.float16,
+            },
+            "train.cuda_graphs",
+        )
+        # one fused kernel for the whole update: on CPU 4x faster than the loop (2-4% of a step);
+        # capturable keeps its step count on the device, as a graph needs
+        fused = self.device.type in ("cuda", "cpu")
+        self.opt = torch.optim.AdamW(
+            self.net.parameters(),
+            lr=t.lr,
+            betas=t.adam_betas,
+            weight_decay=t.weight_decay,
+            fused=fused or None,
+            capturable=self.graphs,
+        )
+        cache = not self.graphs  # autocast's cast cache must be off inside a CUDA graph capture
         self.autocast = (
-            (lambda: torch.autocast(self.device.type, dtype=amp)) if amp is not None else (lambda: nullcontext())
+            (lambda: torch.autocast(self.device.type, dtype=amp, cache_enabled=cache))
+            if amp is not None
+            else (lambda: nullcontext())
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
         self.ddp: DistributedDataParallel | None = None
@@ -216,6 +236,7 @@ class Trainer:
         self.forward_net: nn.Module = torch.compile(wrapped) if t.compile else wrapped
         self.step = 0
         self.skipped = False  # whether the last train_step was skipped for a non-finite value
+        self._graphed: _GraphedStep | None = None
         self._resume_step: int | None = None
         if resume:
             self._resume(resume)
@@ -245,6 +266,8 @@ class Trainer:
         load_state_dict_checked(self.net, model, str(ckpt.path))
         load_state_dict_checked(self.ema, ema, str(ckpt.path))
         self.opt.load_state_dict(st["optimizer"])
+        for group in self.opt.param_groups:  # the saved run may have been graphed or not
+            group["capturable"] = self.graphs
         if st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
         torch.set_rng_state(st["rng_cpu"])
@@ -252,8 +275,11 @@ class Trainer:
         self._resume_step = self.step
 
     def state(self) -> dict[str, Any]:
+        opt = self.opt.state_dict()
+        for group in opt["param_groups"]:  # a graphed step keeps lr in a device tensor
+            group["lr"] = float(group["lr"])
         return {
-            "optimizer": self.opt.state_dict(),
+            "optimizer": opt,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng_cpu": torch.get_rng_state(),
             "step": self.step,
@@ -302,7 +328,12 @@ class Trainer:
         return sample_sigma_uniform_t(sched, n, generator=g, device=self.device)
 
     def _micro_loss(self, x0: Tensor, labels: Tensor, k: int) -> Tensor:
-        d = self.cfg.run.diffusion
+        return self._loss_of(*self._micro_inputs(x0, labels, k))
+
+    def _micro_inputs(self, x0: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Micro-step ``k``'s random draws, all seeded by ``(seed, k)``: the augmented batch in the
+        denoiser's space, its noise levels, noise and (dropped) labels. Everything random happens
+        here, before the network, so a CUDA graph of the rest replays with fresh draws."""
         seed = step_seed(self.t.seed, k)
         # dropout inside the network (each process draws its own masks)
         torch.manual_seed(step_seed(seed, self.world.rank) if self.world.distributed else seed)
@@ -317,9 +348,14 @@ class Trainer:
                 cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
         sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
         noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on self.device
+        return x0, sigma, noise, cond
+
+    def _loss_of(self, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]) -> Tensor:
+        """The mean loss of one micro-batch; no random draw and no host read (CUDA-graph safe)."""
+        d = self.cfg.run.diffusion
         den = self.denoiser if self.forward_net is self.net else self.denoiser.with_net(self.forward_net)
         if self.denoiser.self_condition:
-            cond["self_cond"] = self._self_cond_estimate(den, x0, sigma, noise, cond)
+            cond = {**cond, "self_cond": self._self_cond_estimate(den, x0, sigma, noise, cond)}
         with self.autocast():
             loss = diffusion_loss(
                 den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
@@ -342,6 +378,12 @@ class Trainer:
                 est[:h] = den(x, s, **{k: v[:h] for k, v in cond.items()}).to(x0.dtype)
         return est
 
+    def _clip_gradients(self, params: list[Tensor]) -> Tensor:
+        """The gradients' global norm, after clipping them to ``train.grad_clip`` (no host read)."""
+        if self.t.grad_clip is not None:
+            return torch.nn.utils.clip_grad_norm_(params, self.t.grad_clip)
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         decay = ema_decay(self.step, self.t.ema_decay, self.t.ema_warmup)
@@ -351,7 +393,16 @@ class Trainer:
             b_ema.copy_(b)
 
     def train_step(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm) on the device."""
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss, grad norm) on the device.
+
+        Eagerly, a step with a non-finite loss or gradient is skipped and ``self.skipped`` says so
+        (one host read per step). As CUDA graphs (``train.cuda_graphs``) the skip happens on the
+        device, without a host read, and ``self.skipped`` is ``None``: the loop reads the device's
+        count of skipped steps at each log row (see :class:`_GraphedStep`)."""
+        if self.graphs:
+            if self._graphed is None:
+                self._graphed = _GraphedStep(self)
+            return self._graphed(batches)
         t = self.t
         factor = lr_factor(self.step, t.warmup_steps, t.steps, t.lr_schedule)
         for group in self.opt.param_groups:
@@ -366,11 +417,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach()
         self.scaler.unscale_(self.opt)
-        params = [p for p in self.net.parameters() if p.grad is not None]
-        if t.grad_clip is not None:
-            gnorm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-        else:
-            gnorm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        gnorm = self._clip_gradients([p for p in self.net.parameters() if p.grad is not None])
         # One host read per step; the loss is averaged over processes, so every one decides alike.
         # Under fp16 an overflowing gradient is the loss scaler's business (it skips and lowers the
         # scale); only a non-finite loss counts there.
@@ -448,7 +495,14 @@ class Trainer:
                 except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
                     raise _out_of_memory(e, t, self.device) from None
                 steps_in_window += 1
-                if self.skipped:
+                log_now = self.step % t.log_every == 0 or self.step == t.steps
+                if self.skipped is None:  # CUDA graphs: skipped on the device, counted at log rows
+                    assert self._graphed is not None
+                    window_loss += loss  # 0 for a skipped step
+                    window_n = window_n + self._graphed.good
+                    if log_now and (in_row := self._graphed.report(self.step)) >= t.max_nonfinite_steps:
+                        self._stop_nonfinite(in_row)
+                elif self.skipped:
                     bad_in_row += 1
                     warnings.warn(
                         f"step {self.step}: non-finite loss or gradient (loss {float(loss):.4g}, gradient norm "
@@ -457,21 +511,14 @@ class Trainer:
                         stacklevel=2,
                     )
                     if bad_in_row >= t.max_nonfinite_steps:
-                        kept = self.save() if main else None
-                        self.world.barrier()
-                        raise FloatingPointError(
-                            f"{bad_in_row} steps in a row had a non-finite loss or gradient (up to step {self.step}); "
-                            f"the last good weights are saved in {kept or self.run_dir / 'checkpoints'}. Lower "
-                            f"train.lr, set train.grad_clip, or use precision fp32 (train.max_nonfinite_steps="
-                            f"{t.max_nonfinite_steps})"
-                        )
+                        self._stop_nonfinite(bad_in_row)
                 else:
                     bad_in_row = 0
                     window_loss += loss
                     window_n += 1
                 if bar is not None:
                     bar.update(1)
-                if (self.step % t.log_every == 0 or self.step == t.steps) and window_n:
+                if log_now and window_n:
                     self._log_row(log, result, bar, window_loss, window_n, steps_in_window, gnorm, window_start, t0)
                     window_start, window_loss, window_n, steps_in_window = new_window()
                 if t.sample_every and self.step % t.sample_every == 0:
@@ -491,13 +538,26 @@ class Trainer:
         result.step, result.checkpoint, result.seconds = self.step, last_ckpt, time.perf_counter() - t0
         return result
 
+    def _stop_nonfinite(self, in_row: int) -> None:
+        """Too many non-finite steps in a row: save the last good weights (skipped steps left
+        them alone) and stop with what to change."""
+        t = self.t
+        kept = self.save() if self.world.is_main else None
+        self.world.barrier()
+        raise FloatingPointError(
+            f"{in_row} steps in a row had a non-finite loss or gradient (up to step {self.step}); "
+            f"the last good weights are saved in {kept or self.run_dir / 'checkpoints'}. Lower "
+            f"train.lr, set train.grad_clip, or use precision fp32 (train.max_nonfinite_steps="
+            f"{t.max_nonfinite_steps})"
+        )
+
     def _log_row(
         self,
         log: _MetricsLog | None,
         result: TrainResult,
         bar: Any,
         window_loss: Tensor,
-        window_n: int,
+        window_n: int | Tensor,
         steps: int,
         gnorm: Tensor,
         window_start: float,
@@ -506,12 +566,12 @@ class Trainer:
         """One metrics row: the mean loss of the window's good steps (over all processes)."""
         t = self.t
         now = time.perf_counter()
-        mean_loss = float(self.world.mean(window_loss)) / window_n
+        mean_loss = float(self.world.mean(window_loss)) / float(window_n)
         sps = steps * t.batch_size * t.grad_accum / max(now - window_start, 1e-9)
         row = {
             "step": self.step,
             "loss": mean_loss,
-            "lr": self.opt.param_groups[0]["lr"],
+            "lr": float(self.opt.param_groups[0]["lr"]),
             "grad_norm": float(gnorm),
             "samples_per_s": round(sps, 2),
             "elapsed_s": round(now - t0, 2),
@@ -521,6 +581,139 @@ class Trainer:
         result.losses.append((self.step, mean_loss))
         if bar is not None:
             bar.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{sps:.0f}")
+
+
+class _GraphedStep:
+    """The trainer's optimizer step as CUDA graphs (``train.cuda_graphs``; see :mod:`multidiff.cuda_graphs`).
+
+    Two graphs share one memory pool: *micro* (one micro-batch's loss and backward, gradients
+    accumulated in place) is replayed ``grad_accum`` times, then *update* (gradient norm and
+    clipping, the non-finite test, AdamW, EMA, zeroed gradients). Before each replay the trainer's
+    own :meth:`Trainer._micro_inputs` makes the micro-step's random draws from its
+    ``(seed, step)`` generators and seeds the network's dropout, so a graphed run computes what an
+    eager one does (up to float rounding) and resumes exactly. The learning rate and the EMA weight
+    live in device tensors refilled from the host before each step.
+
+    **Non-finite steps without a host read.** The update passes the test's verdict to fused AdamW
+    as ``found_inf`` (the kernel then leaves weights and moments alone and undoes its step count)
+    and multiplies the EMA weight by 0, so a skipped step changes nothing, as eagerly. The device
+    counts skipped steps and the longest run in a row; the loop reads them once per log row
+    (:meth:`report`), so a run stops at the first log row after ``max_nonfinite_steps`` in a row.
+
+    The first step runs the same functions eagerly on a side stream (the warm-up a capture needs:
+    gradients, optimizer state and library handles come into being); the second captures.
+    """
+
+    def __init__(self, tr: Trainer, *, capture: bool = True) -> None:
+        self.tr = tr
+        self.capture = capture  # False: the same functions, always eager (tests it on a CPU)
+        dev = tr.device
+        zero = lambda: torch.zeros((), device=dev)  # noqa: E731
+        # fused AdamW reads a tensor lr as float32 on CUDA (a rounding of 5e-8 against the eager
+        # step's double) and as given on the CPU
+        self.lr = torch.tensor(tr.t.lr, dtype=torch.float32 if dev.type == "cuda" else torch.float64, device=dev)
+        for group in tr.opt.param_groups:
+            group["lr"] = self.lr
+        self.ema_weight, self.total, self.loss, self.gnorm = zero(), zero(), zero(), zero()
+        self.good, self.run, self.longest, self.skipped = zero(), zero(), zero(), zero()
+        self.static: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]] | None = None
+        self.micro: torch.cuda.CUDAGraph | None = None
+        self.update: torch.cuda.CUDAGraph | None = None
+        self.warm = False
+
+    def _micro(self, inputs: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]) -> None:
+        loss = self.tr._loss_of(*inputs) / self.tr.t.grad_accum
+        loss.backward()
+        self.total += loss.detach()
+
+    @torch.no_grad()
+    def _update(self) -> None:
+        tr = self.tr
+        params = [p for p in tr.net.parameters() if p.grad is not None]
+        gnorm = tr._clip_gradients(params)
+        bad = ~torch.isfinite(self.total + gnorm)
+        tr.opt.found_inf = bad.float()  # fused AdamW skips the whole update where it is 1
+        try:
+            tr.opt.step()
+        finally:
+            del tr.opt.found_inf
+        good = (~bad).float()
+        weight = self.ema_weight * good
+        ema_p, net_p = list(tr.ema.parameters()), list(tr.net.parameters())
+        torch._foreach_lerp_(ema_p, net_p, [weight] * len(net_p))
+        for b_ema, b in zip(tr.ema.buffers(), tr.net.buffers()):
+            b_ema.copy_(b)
+        torch._foreach_zero_([p.grad for p in params])
+        self.loss.copy_(torch.where(bad, 0.0, self.total))
+        self.gnorm.copy_(gnorm)
+        self.good.copy_(good)
+        self.run.copy_((self.run + 1) * bad)
+        self.longest.copy_(torch.maximum(self.longest, self.run))
+        self.skipped.add_(bad)
+        self.total.zero_()
+
+    def __call__(self, batches: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+        tr, t = self.tr, self.tr.t
+        self.lr.fill_(t.lr * lr_factor(tr.step, t.warmup_steps, t.steps, t.lr_schedule))
+        self.ema_weight.fill_(1.0 - ema_decay(tr.step + 1, t.ema_decay, t.ema_warmup))  # as after an eager step
+        if not (self.capture and self.warm):  # eagerly (on a side stream before a capture)
+            with _side_stream(tr.device):
+                for j in range(t.grad_accum):
+                    self._micro(tr._micro_inputs(*next(batches), tr.step * t.grad_accum + j))
+                self._update()
+            self.warm = True
+        else:
+            for j in range(t.grad_accum):
+                inputs = tr._micro_inputs(*next(batches), tr.step * t.grad_accum + j)
+                if self.micro is None:
+                    self._capture(inputs)
+                assert self.static is not None and self.micro is not None
+                x0, sigma, noise, cond = self.static
+                x0.copy_(inputs[0]), sigma.copy_(inputs[1]), noise.copy_(inputs[2])
+                for k, v in inputs[3].items():
+                    cond[k].copy_(v)
+                self.micro.replay()
+            assert self.update is not None
+            self.update.replay()
+        tr.skipped = None
+        tr.step += 1
+        return self.loss.clone(), self.gnorm.clone()
+
+    def _capture(self, inputs: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]) -> None:
+        x0, sigma, noise, cond = inputs
+        self.static = (x0.clone(), sigma.clone(), noise.clone(), {k: v.clone() for k, v in cond.items()})
+        static = self.static
+        self.micro, _ = warm_up_and_capture(lambda: self._micro(static), warmup=0)
+        self.update, _ = warm_up_and_capture(self._update, pool=self.micro.pool(), warmup=0)
+
+    def report(self, step: int) -> int:
+        """Warn about the steps skipped since the last report; return the longest run of skipped
+        steps in a row within them (one host read)."""
+        skipped, longest = (int(v) for v in torch.stack([self.skipped, self.longest]).tolist())
+        if skipped:
+            warnings.warn(
+                f"up to step {step}: {skipped} steps had a non-finite loss or gradient since the last log row; "
+                f"skipped, weights and EMA unchanged ({longest} in a row at most)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.skipped.zero_()
+        self.longest.copy_(self.run)
+        return longest
+
+
+@contextmanager
+def _side_stream(device: torch.device) -> Iterator[None]:
+    """Run the block on a fresh CUDA stream ordered after the current one, and order the current
+    one after it (nothing on other devices)."""
+    if device.type != "cuda":
+        yield
+        return
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)
 
 
 class _StopRequest:
