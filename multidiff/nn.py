@@ -122,7 +122,10 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         scale, shift = self.emb(F.silu(emb)).reshape(*emb.shape[:1], -1, *([1] * (x.ndim - 2))).chunk(2, dim=1)
         if self.checkpoint_norm and torch.is_grad_enabled():
-            h = torch.utils.checkpoint.checkpoint(self._modulate, h, scale, shift, use_reentrant=False)
+            # a pure function: no random state to keep (nor to read, which a CUDA graph capture forbids)
+            h = torch.utils.checkpoint.checkpoint(
+                self._modulate, h, scale, shift, use_reentrant=False, preserve_rng_state=False
+            )
         else:
             h = self._modulate(h, scale, shift)
         h = self.conv2(self.dropout(h))

@@ -207,6 +207,10 @@ class Trainer:
             {
                 "the run is data-parallel (torchrun)": self.world.distributed,
                 "fp16 needs the loss scaler's host-side step": amp == torch.float16,
+                # a recomputed level replays its dropout from saved random state, which a capture cannot read
+                "model.gradient_checkpointing recomputes levels from saved random state": any(
+                    getattr(m, "gradient_checkpointing", False) for m in self.denoiser.net.modules()
+                ),
             },
             "train.cuda_graphs",
         )
