@@ -14,6 +14,9 @@ Sections (each prints a markdown table, and ``--out FILE`` collects them):
 ``cli``    ``multidiff train configs/image_cifar10.yaml`` exactly as a user runs it (bf16 + compile,
            as the config says), samples/s read from its metrics file, then ``multidiff sample``
            eager and ``--compile``.
+``small``  The shipped CPU configs (digits, tones, shapes) eager against CUDA graphs (``train.cuda_graphs``):
+           ms per step and weight drift, exact resume under graphs through the CLI, the digits config
+           end to end, and sampling 1,000 digits graphed and eager.
 ``sampler`` The sampler's own cost per step against one network evaluation, and whether a sampler
            loop synchronises host and device (``torch.cuda.set_sync_debug_mode('error')``), with
            the CPU generator ``generate`` uses.
@@ -36,6 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = str(ROOT / "configs" / "image_cifar10.yaml")
 DATA = ["data.source=digits", "data.channels=3", "data.size=32"]  # CIFAR-10's shape, built in
+MULTIDIFF = [sys.executable, "-m", "multidiff"]  # the command line, in this interpreter
 
 
 def _sync() -> None:
@@ -124,47 +128,11 @@ def _resume_check(out: Path) -> str:
     for det in ("false", "true"):
         sets = [f"--set={s}" for s in [*base, f"train.deterministic={det}"]]
         one, two = out / f"resume_one_{det}", out / f"resume_two_{det}"
+        train = [*MULTIDIFF, "train", digits, *sets]
         try:
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "multidiff",
-                    "train",
-                    digits,
-                    *sets,
-                    "--set=train.steps=40",
-                    "--out-dir",
-                    str(one),
-                ]
-            )
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "multidiff",
-                    "train",
-                    digits,
-                    *sets,
-                    "--set=train.steps=20",
-                    "--out-dir",
-                    str(two),
-                ]
-            )
-            _run(
-                [
-                    sys.executable,
-                    "-m",
-                    "multidiff",
-                    "train",
-                    digits,
-                    *sets,
-                    "--set=train.steps=40",
-                    "--out-dir",
-                    str(two),
-                    "--resume",
-                ]
-            )
+            _run([*train, "--set=train.steps=40", "--out-dir", str(one)])
+            _run([*train, "--set=train.steps=20", "--out-dir", str(two)])
+            _run([*train, "--set=train.steps=40", "--out-dir", str(two), "--resume"])
         except Exception as e:  # report, do not hide the rest
             texts.append(f"deterministic={det}: FAILED {type(e).__name__}: {str(e)[-800:]}")
             continue
@@ -225,9 +193,7 @@ def section_small(out: Path, steps: int) -> str:
 
     # the command a user runs, end to end, with its defaults (cuda_graphs auto)
     run = out / "digits_e2e"
-    log, wall = _run(
-        [sys.executable, "-m", "multidiff", "train", str(ROOT / "configs" / "image_digits.yaml"), "--out-dir", str(run)]
-    )
+    log, wall = _run([*MULTIDIFF, "train", str(ROOT / "configs" / "image_digits.yaml"), "--out-dir", str(run)])
     done = [ln for ln in log.splitlines() if ln.startswith("done")]
     lines += [
         "",
@@ -259,9 +225,7 @@ def section_small(out: Path, steps: int) -> str:
     rows.append(f"\nGraphed against eager samples: max abs diff {diff:.1e} (bf16 autocast).")
     _, cli_wall = _run(
         [
-            sys.executable,
-            "-m",
-            "multidiff",
+            *MULTIDIFF,
             "sample",
             str(run),
             "-n",
@@ -293,7 +257,7 @@ def section_cli(out: Path, steps: int) -> str:
     run = out / "cli_run"
     sets = [f"--set={s}" for s in DATA + [f"train.steps={steps}", "train.log_every=100", "train.progress=false"]]
     sets += ["--set=train.checkpoint_every=0", "--set=train.sample_every=0"]
-    log, wall = _run([sys.executable, "-m", "multidiff", "train", CIFAR, *sets, "--out-dir", str(run)])
+    log, wall = _run([*MULTIDIFF, "train", CIFAR, *sets, "--out-dir", str(run)])
     print(log[-600:], file=sys.stderr)
     with open(run / "metrics.csv") as f:
         metrics = list(csv.DictReader(f))
@@ -310,9 +274,7 @@ def section_cli(out: Path, steps: int) -> str:
     for flags in ([], ["--compile"]):
         o, w = _run(
             [
-                sys.executable,
-                "-m",
-                "multidiff",
+                *MULTIDIFF,
                 "sample",
                 str(run),
                 "-n",

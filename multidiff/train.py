@@ -239,7 +239,7 @@ class Trainer:
         wrapped = self.ddp or self.net
         self.forward_net: nn.Module = torch.compile(wrapped) if t.compile else wrapped
         self.step = 0
-        self.skipped = False  # whether the last train_step was skipped for a non-finite value
+        self.skipped: bool | None = False  # the last train_step was skipped (non-finite); None: graphed, unknown
         self._graphed: _GraphedStep | None = None
         self._resume_step: int | None = None
         if resume:
