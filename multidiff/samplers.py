@@ -197,6 +197,10 @@ FINAL_STEPS: tuple[str, ...] = ("auto", "jump", "extrapolate", "integrate")
 EXTRAPOLATE_BELOW = 0.1
 # At most this many evaluations enter the final step: order + 1 for the samplers up to third order.
 FINAL_NODES_MAX = 4
+# Consecutive evaluations used by the final step are at least this far apart (ratio of sigmas): on a
+# dense grid the interpolation through nearly equal sigmas would amplify rounding (float32 at 500
+# steps and more, benchmarks/README.md), so the nodes are spread over the last few steps instead.
+FINAL_NODE_RATIO = 1.1
 
 
 def _resolve_final_step(final_step: str, grid: list[float], stochastic: bool) -> str:
@@ -221,12 +225,17 @@ class _Tail:
 
     def __init__(self, mode: str, nodes: int) -> None:
         self.mode = mode
-        self.keep = {"jump": 1, "extrapolate": 2}.get(mode, max(1, min(nodes, FINAL_NODES_MAX)))
+        self.nodes = max(1, min(nodes, FINAL_NODES_MAX))
+        # One more than the nodes: the newest is kept even when it is close to the one before.
+        self.keep = {"jump": 1, "extrapolate": 2}.get(mode, self.nodes + 1)
         self.sig: list[float] = []
         self.xs: list[Tensor] = []
         self.ds: list[Tensor] = []
 
     def add(self, s: float, x: Tensor, d: Tensor) -> None:
+        if self.mode == "integrate" and len(self.sig) > 1 and self.sig[-2] < self.sig[-1] * FINAL_NODE_RATIO:
+            # The newest so far was kept only in case it was the last; a newer one replaces it.
+            self.sig.pop(), self.xs.pop(), self.ds.pop()
         self.sig.append(s)
         self.ds.append(d)
         if self.mode == "integrate":
@@ -239,7 +248,7 @@ class _Tail:
     def finish(self) -> Tensor:
         """``x(0)`` from the evaluations added so far (the last one at the grid's last positive sigma)."""
         if self.mode == "integrate":
-            return _integrate_to_zero(self.sig[::-1], self.xs[::-1], self.ds[::-1])
+            return _integrate_to_zero(self.sig[::-1], self.xs[::-1], self.ds[::-1], self.nodes)
         if self.mode == "extrapolate" and len(self.sig) > 1:
             return _extrapolate_to_zero(self.sig[-1], self.ds[-1], self.sig[-2], self.ds[-2])
         return self.ds[-1]
@@ -273,7 +282,7 @@ def final_step_weights(sigmas: list[float]) -> list[float]:
     return [0.5 * wj / tj for wj, tj in zip(w, t)]
 
 
-def _integrate_to_zero(sig: list[float], xs: list[Tensor], ds: list[Tensor]) -> Tensor:
+def _integrate_to_zero(sig: list[float], xs: list[Tensor], ds: list[Tensor], nodes: int = FINAL_NODES_MAX) -> Tensor:
     """``x(0)`` from the state ``xs[0]`` at ``sig[0]`` and the evaluations ``(sig[j], xs[j], ds[j])``, newest first.
 
     In ``u = sigma^2`` the probability-flow ODE is ``dx/du = -score / 2`` with
@@ -286,11 +295,11 @@ def _integrate_to_zero(sig: list[float], xs: list[Tensor], ds: list[Tensor]) -> 
     5e-6, 3e-7 and 3e-8 for 2, 3 and 4 nodes, against 5e-3 for the jump and 3e-4 for the
     two-point extrapolation of ``D`` (benchmarks/README.md).
     """
-    # Nodes closer than this (relative, in sigma) would make the interpolation ill-conditioned;
-    # the adaptive sampler's last step can be that short. Keep the newer one.
+    # At most ``nodes`` evaluations, the newest always, each at least FINAL_NODE_RATIO above the
+    # one picked before it (nearly equal sigmas make the interpolation ill-conditioned).
     pick = [0]
     for j in range(1, len(sig)):
-        if sig[j] > sig[pick[-1]] * (1 + 1e-3):
+        if len(pick) < nodes and sig[j] >= sig[pick[-1]] * FINAL_NODE_RATIO:
             pick.append(j)
     out = xs[0]
     for c, j in zip(final_step_weights([sig[j] for j in pick]), pick):
