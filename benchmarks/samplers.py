@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/samplers.py            # full run (a few minutes on 2 cores)
+    PYTHONPATH=. python benchmarks/samplers.py            # full run (24 min on 2 busy cores, 2026-12-04)
     PYTHONPATH=. python benchmarks/samplers.py --quick    # smoke run (NFE 10 and 20, few samples)
     PYTHONPATH=. python benchmarks/samplers.py --out results.md
     PYTHONPATH=. python benchmarks/samplers.py --quick --csv samplers.csv   # then: multidiff plot samplers samplers.csv
@@ -82,7 +82,7 @@ Ratios
     configurations (k-diffusion: Karras only). The ratio is our error / their error: ODE error for
     deterministic pairs, SW and mode TV for stochastic ones. Targets: no ratio above 1, and at 10
     NFE our best deterministic sampler's ODE error at most half of the best peer's. The tables also
-    name, per sampler, the grid with the lowest geometric-mean error over all NFE and both problems
+    name, per sampler, the grid with the lowest geometric-mean error over all NFE and all problems
     (the one to recommend when a single grid must be chosen). Per problem, a last row compares the
     best deterministic sampler of each side at each NFE (any sampler, grid or configuration), the
     issue's target: at most 1 at every NFE, at most 0.5 at 10 NFE on at least one problem.
@@ -743,7 +743,7 @@ def recommended_grids(
     problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]
 ) -> dict[str, str]:
     """For each of our samplers, the grid with the lowest geometric-mean error (ODE error, or SW
-    for stochastic samplers) over every NFE and both problems."""
+    for stochastic samplers) over every NFE and all problems."""
     best: dict[str, tuple[float, str]] = {}
     for m in methods:
         if m.impl != "multidiff":
@@ -772,7 +772,7 @@ def ratio_section(
         f"pairs SW and mode TV. **x** marks a miss (ratio > {1 + TIE:g}); `=` a tie within {TIE:g} (same algorithm "
         "on the same grid); (noise) a miss where both values are within 1.5x the metric's noise floor.",
         "",
-        "Recommended grid per sampler (lowest geometric-mean error over all NFE and both problems): "
+        "Recommended grid per sampler (lowest geometric-mean error over all NFE and all problems): "
         + ", ".join(f"{name}: {grid}" for name, grid in sorted(rec.items()))
         + ".",
         "",
@@ -942,7 +942,7 @@ def write_csv(path: str, problems: list[Problem], methods: list[Method], results
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="NFE 10 and 20, few samples (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="NFE 10 and 20, few samples (a few minutes)")
     ap.add_argument("--out", help="also write the markdown to this file")
     ap.add_argument("--csv", help="also write every result as CSV, for multidiff plot samplers")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
