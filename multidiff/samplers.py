@@ -20,10 +20,14 @@ length ``h`` ``x_next = e^{-h} x + int_0^h e^{-(h-u)} D(u) du`` exactly (Lu et a
 DPM-Solver++, eq. 9). They differ only in which past (or, for a corrector, future)
 evaluations of ``D`` the polynomial through ``D(u)`` uses; :func:`exp_integrator_weights` turns
 those nodes into weights (second-order predictors use the papers' midpoint form instead, see
-:func:`_predictor_weights`). The last step, to ``sigma = 0`` (``lambda = inf``), instead
-extrapolates ``D`` to ``sigma = 0``, linearly in ``sigma^2``: the exact solution of
-``dx/dsigma = (x - D)/sigma`` ends at ``x(0) = D(0)``, and a plain jump to ``D(sigma_min)``
-leaves an error floor set by ``sigma_min`` that does not fall with the number of steps.
+:func:`_predictor_weights`).
+
+The last step, to ``sigma = 0`` (``lambda = inf``), cannot be a step in ``lambda``. In
+``u = sigma^2`` the ODE is ``dx/du = -score(x, u) / 2`` with ``score = (D - x) / u``, smooth down to
+``u = 0`` for data with a smooth density, so every deterministic sampler ends with
+``x(0) = x(s) + 1/2 int_0^{s^2} score du``, the score interpolated by a polynomial in ``u`` through
+its last ``order + 1`` evaluations (:func:`_integrate_to_zero`). A plain jump to
+``D(sigma_min)`` leaves an error set by ``sigma_min`` that more steps do not lower.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ __all__ = [
     "check_sigmas",
     "prior_sample",
     "exp_integrator_weights",
+    "final_step_weights",
     "get_sampler",
     "available_samplers",
     "register_sampler",
@@ -185,20 +190,68 @@ def _report(callback: Callback | None, i: int, x: Tensor, s: float, s_next: floa
         callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": denoised})
 
 
-FINAL_STEPS: tuple[str, ...] = ("auto", "jump", "extrapolate")
-# "auto" extrapolates only when the last positive sigma is this small: the O(sigma^2) expansion
-# behind the extrapolation needs sigma well below the data's scale (about 1 for normalized data).
+FINAL_STEPS: tuple[str, ...] = ("auto", "jump", "extrapolate", "integrate")
+# "auto" integrates only when the last positive sigma is this small: the expansion in sigma^2 behind
+# it needs sigma at or below the data's scale (about 1 for normalized data; measured on mixtures
+# whose components have standard deviations 0.1 to 0.5, benchmarks/README.md).
 EXTRAPOLATE_BELOW = 0.1
+# At most this many evaluations enter the final step: order + 1 for the samplers up to third order.
+FINAL_NODES_MAX = 4
+# Consecutive evaluations used by the final step are at least this far apart (ratio of sigmas): on a
+# dense grid the interpolation through nearly equal sigmas would amplify rounding (float32 at 500
+# steps and more, benchmarks/README.md), so the nodes are spread over the last few steps instead.
+FINAL_NODE_RATIO = 1.1
 
 
-def _resolve_final_step(final_step: str, grid: list[float], stochastic: bool) -> bool:
-    """Whether the last step extrapolates (see :func:`_extrapolate_to_zero`)."""
+def _resolve_final_step(final_step: str, grid: list[float], stochastic: bool) -> str:
+    """How the last step reaches sigma 0: ``"jump"``, ``"extrapolate"`` or ``"integrate"``."""
     if final_step not in FINAL_STEPS:
         raise ValueError(f"final_step must be one of {FINAL_STEPS}, got {final_step!r}")
     if final_step == "auto":
-        # A stochastic trajectory's denoised estimates carry fresh noise; extrapolating amplifies it.
-        return not stochastic and len(grid) > 2 and grid[-2] <= EXTRAPOLATE_BELOW
-    return final_step == "extrapolate"
+        # A stochastic trajectory's evaluations carry fresh noise; a polynomial through them amplifies it.
+        small = len(grid) > 2 and grid[-2] <= EXTRAPOLATE_BELOW
+        return "integrate" if small and not stochastic else "jump"
+    return final_step
+
+
+class _Tail:
+    """The last evaluations ``(sigma, x, D)`` along the trajectory, and the final step from them.
+
+    ``jump`` returns the last ``D``; ``extrapolate`` extrapolates ``D`` linearly in ``sigma^2``
+    from the last two (:func:`_extrapolate_to_zero`); ``integrate`` integrates the ODE in
+    ``sigma^2`` over the last interval with the score interpolated through the last ``nodes``
+    evaluations (:func:`_integrate_to_zero`). Only what the mode needs is kept.
+    """
+
+    def __init__(self, mode: str, nodes: int) -> None:
+        self.mode = mode
+        self.nodes = max(1, min(nodes, FINAL_NODES_MAX))
+        # One more than the nodes: the newest is kept even when it is close to the one before.
+        self.keep = {"jump": 1, "extrapolate": 2}.get(mode, self.nodes + 1)
+        self.sig: list[float] = []
+        self.xs: list[Tensor] = []
+        self.ds: list[Tensor] = []
+
+    def add(self, s: float, x: Tensor, d: Tensor) -> None:
+        if self.mode == "integrate" and len(self.sig) > 1 and self.sig[-2] < self.sig[-1] * FINAL_NODE_RATIO:
+            # The newest so far was kept only in case it was the last; a newer one replaces it.
+            self.sig.pop(), self.xs.pop(), self.ds.pop()
+        self.sig.append(s)
+        self.ds.append(d)
+        if self.mode == "integrate":
+            self.xs.append(x)
+        if len(self.sig) > self.keep:
+            self.sig.pop(0), self.ds.pop(0)
+            if self.xs:
+                self.xs.pop(0)
+
+    def finish(self) -> Tensor:
+        """``x(0)`` from the evaluations added so far (the last one at the grid's last positive sigma)."""
+        if self.mode == "integrate":
+            return _integrate_to_zero(self.sig[::-1], self.xs[::-1], self.ds[::-1], self.nodes)
+        if self.mode == "extrapolate" and len(self.sig) > 1:
+            return _extrapolate_to_zero(self.sig[-1], self.ds[-1], self.sig[-2], self.ds[-2])
+        return self.ds[-1]
 
 
 def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tensor | None) -> Tensor:
@@ -208,12 +261,50 @@ def _extrapolate_to_zero(s: float, d: Tensor, s_prev: float | None, d_prev: Tens
     smooth density, ``D`` along the trajectory is ``D(0) + O(sigma^2)``
     (``dx/dsigma = -sigma * score``), so the plain jump ``x(0) ~ D(s)`` leaves an ``O(s^2)`` error
     fixed by the grid's last sigma, whatever the number of steps. Extrapolating linearly in
-    ``sigma^2`` through ``(s_prev, d_prev)`` and ``(s, d)`` cancels that term. Without a previous
-    point it is the jump.
+    ``sigma^2`` through ``(s_prev, d_prev)`` and ``(s, d)`` cancels that term but leaves one of order
+    ``s^2 s_prev^2``, which does not fall with the number of steps either (``final_step="extrapolate"``;
+    :func:`_integrate_to_zero` is the default). Without a previous point it is the jump.
     """
     if d_prev is None or s_prev is None:
         return d
     return d + (d - d_prev) * (s * s / (s_prev * s_prev - s * s))
+
+
+def final_step_weights(sigmas: list[float]) -> list[float]:
+    """Weights ``c_j`` of the final step ``x(0) = x_0 + sum_j c_j (D_j - x_j)`` (see :func:`_integrate_to_zero`).
+
+    ``sigmas[0]`` is the last positive sigma of the grid, the others earlier ones (distinct).
+    ``c_j = w_j / (2 t_j)`` with ``t_j = sigmas[j]^2 / sigmas[0]^2`` and ``w`` the weights of
+    ``int_0^1 P(t) dt`` for the polynomial ``P`` through the nodes ``t_j``.
+    """
+    t = [(sj / sigmas[0]) ** 2 for sj in sigmas]
+    w = _solve([[tj**m for tj in t] for m in range(len(t))], [1.0 / (m + 1) for m in range(len(t))])
+    return [0.5 * wj / tj for wj, tj in zip(w, t)]
+
+
+def _integrate_to_zero(sig: list[float], xs: list[Tensor], ds: list[Tensor], nodes: int = FINAL_NODES_MAX) -> Tensor:
+    """``x(0)`` from the state ``xs[0]`` at ``sig[0]`` and the evaluations ``(sig[j], xs[j], ds[j])``, newest first.
+
+    In ``u = sigma^2`` the probability-flow ODE is ``dx/du = -score / 2`` with
+    ``score = (D - x) / u``, and for data with a smooth density the score along the trajectory
+    is smooth in ``u`` down to 0, so ``x(0) = x(s) + 1/2 int_0^{s^2} score du`` integrates it like
+    any other step: with the polynomial through the last evaluations, in ``u``, where ``lambda``
+    would have an infinitely long interval. One node gives ``(x + D) / 2``, the jump in ``sigma``
+    (Euler) gives ``D``. The error shrinks like ``(s^2 / var)^k`` with ``k`` nodes, ``var`` the
+    data's local variance: on a unit-scale mixture with component std 0.1 and ``s = 0.03``, about
+    5e-6, 3e-7 and 3e-8 for 2, 3 and 4 nodes, against 5e-3 for the jump and 3e-4 for the
+    two-point extrapolation of ``D`` (benchmarks/README.md).
+    """
+    # At most ``nodes`` evaluations, the newest always, each at least FINAL_NODE_RATIO above the
+    # one picked before it (nearly equal sigmas make the interpolation ill-conditioned).
+    pick = [0]
+    for j in range(1, len(sig)):
+        if len(pick) < nodes and sig[j] >= sig[pick[-1]] * FINAL_NODE_RATIO:
+            pick.append(j)
+    out = xs[0]
+    for c, j in zip(final_step_weights([sig[j] for j in pick]), pick):
+        out = out + c * (ds[j] - xs[j])
+    return out
 
 
 def prior_sample(
@@ -410,18 +501,26 @@ def sample_ddim(
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
     eta: float = 0.0,
+    final_step: str = "auto",
 ) -> Tensor:
     """DDIM (Song et al. 2021, eq. 12): ``eta = 0`` deterministic, ``eta = 1`` equals DDPM.
 
     VE view: ``x_next = x0 + sqrt(s_next^2 - c^2) eps_hat + c z`` with
-    ``c^2 = eta^2 s_next^2 (s^2 - s_next^2) / s^2``.
+    ``c^2 = eta^2 s_next^2 (s^2 - s_next^2) / s^2``. The last step to 0 is as in
+    :func:`sample_heun` (``final_step``; with ``eta > 0``, ``"auto"`` is the paper's jump).
     """
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     grid = check_sigmas(sigmas)
+    tail = _Tail(_resolve_final_step(final_step, grid, eta > 0), nodes=2)
     model = _Model(denoiser, x, cond)
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         d = model(x, s)
+        tail.add(s, x, d)
+        if s_next == 0:
+            x = tail.finish()
+            _report(callback, i, x, s, s_next, d)
+            break
         _, var = _posterior(s, s_next)
         c2 = eta * eta * var
         eps = (x - d) / s
@@ -445,13 +544,19 @@ def sample_euler(
     cond: Mapping[str, Any] | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
+    final_step: str = "auto",
 ) -> Tensor:
-    """Euler on the probability-flow ODE ``dx/dsigma = (x - D)/sigma`` (Karras et al. 2022, eq. 4)."""
+    """Euler on the probability-flow ODE ``dx/dsigma = (x - D)/sigma`` (Karras et al. 2022, eq. 4).
+
+    The last step to 0 is as in :func:`sample_heun` (``final_step``); ``"jump"`` is the Euler step.
+    """
     grid = check_sigmas(sigmas)
+    tail = _Tail(_resolve_final_step(final_step, grid, False), nodes=2)
     model = _Model(denoiser, x, cond)
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         d = model(x, s)
-        x = d + (s_next / s) * (x - d)  # x + (s_next - s)(x - d)/s
+        tail.add(s, x, d)
+        x = tail.finish() if s_next == 0 else d + (s_next / s) * (x - d)  # x + (s_next - s)(x - d)/s
         _report(callback, i, x, s, s_next, d)
     return x
 
@@ -506,25 +611,27 @@ def sample_heun(
 ) -> Tensor:
     """Heun's 2nd-order method with optional churn (Karras et al. 2022, alg. 2).
 
-    ``s_churn > 0`` adds noise (stochastic). The last step to 0 is the paper's Euler jump when
-    ``final_step="jump"``; ``"extrapolate"`` extrapolates the denoised estimate to sigma 0 from
-    the last two points (linear in sigma^2), which costs no evaluation and removes the jump's
-    error floor; ``"auto"`` extrapolates when the last positive sigma is at most
-    ``EXTRAPOLATE_BELOW`` and no churn is used.
+    ``s_churn > 0`` adds noise (stochastic). The last step to 0 costs no evaluation:
+    ``final_step="jump"`` is the paper's Euler jump to ``D(sigma_min)``; ``"integrate"`` integrates
+    the ODE in ``sigma^2`` over that interval with the score through the last ``order + 1``
+    evaluations (:func:`_integrate_to_zero`), which removes the jump's error floor;
+    ``"extrapolate"`` is the older extrapolation of ``D``, linear in ``sigma^2`` from the last two
+    evaluations; ``"auto"`` integrates when the last positive sigma is at most
+    ``EXTRAPOLATE_BELOW`` and no churn is used, and jumps otherwise.
     """
     grid = check_sigmas(sigmas)
-    extrapolate = _resolve_final_step(final_step, grid, s_churn > 0)
+    tail = _Tail(_resolve_final_step(final_step, grid, s_churn > 0), nodes=3)
     n = len(grid) - 1
     model = _Model(denoiser, x, cond)
-    s_prev, d_prev = None, None
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         s_hat = s * (1 + gamma)
         if gamma > 0:
             x = x + math.sqrt(s_hat**2 - s**2) * s_noise * randn_like(x, generator)
         d = model(x, s_hat)
+        tail.add(s_hat, x, d)
         if s_next == 0:
-            x = _extrapolate_to_zero(s_hat, d, s_prev, d_prev) if extrapolate else d
+            x = tail.finish()
         else:
             x_euler = d + (s_next / s_hat) * (x - d)
             d2 = model(x_euler, s_next)
@@ -532,7 +639,6 @@ def sample_heun(
             slope = 0.5 * ((x - d) / s_hat + (x_euler - d2) / s_next)
             x = x + (s_next - s_hat) * slope
         _report(callback, i, x, s, s_next, d)
-        s_prev, d_prev = s_hat, d
     return x
 
 
@@ -562,7 +668,8 @@ def _multistep(
     if eta < 0:
         raise ValueError(f"eta must be non-negative, got {eta}")
     grid = check_sigmas(sigmas)
-    extrapolate = _resolve_final_step(final_step, grid, eta > 0)
+    # The final step uses order + 1 evaluations (order + 2 after a corrector of one order more).
+    tail = _Tail(_resolve_final_step(final_step, grid, eta > 0), nodes=order + (2 if corrector else 1))
     model = _Model(denoiser, x, cond)
     lams: list[float] = []  # lambda = -log sigma of the stored evaluations
     ds: list[Tensor] = []
@@ -575,11 +682,9 @@ def _multistep(
         lams.append(-math.log(s))
         ds.append(d)
         sig.append(s)
+        tail.add(s, x, d)
         if s_next == 0:
-            if extrapolate and len(ds) > 1:
-                x = _extrapolate_to_zero(s, d, sig[-2], ds[-2])
-            else:
-                x = d
+            x = tail.finish()
             _report(callback, i, x, s, s_next, d)
             break
         h = -math.log(s_next) - lams[-1]
@@ -741,7 +846,7 @@ def sample_adaptive(
     if rtol <= 0 or atol <= 0:
         raise ValueError(f"rtol and atol must be positive, got rtol={rtol}, atol={atol}")
     grid = check_sigmas(sigmas)
-    extrapolate = _resolve_final_step(final_step, grid, False)
+    tail = _Tail(_resolve_final_step(final_step, grid, False), nodes=FINAL_NODES_MAX)
     model = _Model(denoiser, x, cond)
     u, u_end = math.log(grid[0]), math.log(grid[-2])
     nfe = 0
@@ -753,7 +858,7 @@ def sample_adaptive(
         return y - d, d
 
     k1, d = f(x, u)
-    s_prev, d_prev = None, None
+    tail.add(math.exp(u), x, d)
     h = -min(h_init, u - u_end) if u > u_end else 0.0
     i = 0
     while u > u_end + 1e-12:
@@ -771,11 +876,12 @@ def sample_adaptive(
         scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
         ratio = (err / scale).pow(2).reshape(x.shape[0], -1).mean(dim=1).sqrt().max().item()
         if ratio <= 1.0:
-            s_prev, d_prev = math.exp(u), d
+            s_prev = math.exp(u)
             x, u, k1, d = x5, u + h, ks[6], dj
+            tail.add(math.exp(u), x, d)
             _report(callback, i, x, s_prev, math.exp(u), d)
             i += 1
         h = h * min(5.0, max(0.2, 0.9 * ratio ** (-0.2))) if ratio > 0 else h * 5.0
         if nfe > max_nfe:
             raise RuntimeError(f"adaptive sampler exceeded max_nfe={max_nfe}; loosen rtol/atol")
-    return _extrapolate_to_zero(math.exp(u), d, s_prev, d_prev) if extrapolate else d
+    return tail.finish()

@@ -307,7 +307,7 @@ def test_moment_matched_start_removes_the_terminal_snr_bias() -> None:
     assert pure > 0.2 and matched < 0.03 and exact < 0.03
 
 
-def test_auto_final_step_extrapolates_only_where_the_expansion_holds() -> None:
+def test_auto_final_step_integrates_only_where_the_expansion_holds() -> None:
     gm = GaussianMixture.random(3, 3, seed=1)
     x = 10 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
@@ -315,8 +315,9 @@ def test_auto_final_step_extrapolates_only_where_the_expansion_holds() -> None:
         return SM.sample_dpmpp_2m(gm.denoiser(), x, sig, **kw)
 
     small, large = G.karras_sigmas(12, 0.02, 10.0), G.karras_sigmas(12, 0.34, 10.0)
-    assert torch.equal(run(small), run(small, final_step="extrapolate"))
+    assert torch.equal(run(small), run(small, final_step="integrate"))
     assert not torch.equal(run(small), run(small, final_step="jump"))
+    assert not torch.equal(run(small), run(small, final_step="extrapolate"))
     assert torch.equal(run(large), run(large, final_step="jump"))
     # Stochastic samplers end with the plain denoised estimate.
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
