@@ -22,12 +22,23 @@ RANGES = {
 DETERMINISTIC = ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]
 
 
-@pytest.fixture(scope="module", params=list(RANGES))
-def case(request) -> tuple[str, GaussianMixture, torch.Tensor, torch.Tensor]:
-    smin, smax = RANGES[request.param]
+def _make_case(label: str) -> tuple[str, GaussianMixture, torch.Tensor, torch.Tensor]:
+    """32 starting points at the range's sigma_max on the 8-mode ring, and their exact ODE endpoints."""
+    smin, smax = RANGES[label]
     gm = GaussianMixture.ring(8)
     x = smax * torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    return request.param, gm, x, gm.ode_solution(x, smax, steps=1000)
+    return label, gm, x, gm.ode_solution(x, smax, steps=1000)
+
+
+@pytest.fixture(scope="module", params=list(RANGES))
+def case(request) -> tuple[str, GaussianMixture, torch.Tensor, torch.Tensor]:
+    return _make_case(request.param)
+
+
+@pytest.fixture(scope="module")
+def sd_case() -> tuple[str, GaussianMixture, torch.Tensor, torch.Tensor]:
+    """Stable Diffusion's range only: its sigma_min is where a jump's floor shows."""
+    return _make_case("sd-scaled-linear")
 
 
 def _error(case, name: str, steps: int, dtype: torch.dtype = torch.float64, **kw) -> float:
@@ -49,9 +60,8 @@ def test_error_falls_at_the_samplers_order_to_sigma_zero(case, name: str) -> Non
 
 
 @pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_3m", "unipc"])
-def test_the_jump_floor_is_gone_where_sigma_min_is_large(case, name: str) -> None:
-    if case[0] != "sd-scaled-linear":
-        pytest.skip("sigma_min = 0.002 leaves no visible floor")
+def test_the_jump_floor_is_gone_where_sigma_min_is_large(sd_case, name: str) -> None:
+    case = sd_case
     jump50, jump100 = _error(case, name, 50, final_step="jump"), _error(case, name, 100, final_step="jump")
     assert jump100 > jump50 / 1.5, "the jump should have hit its floor (about 5e-3 on the ring)"
     integrate100 = _error(case, name, 100)  # "auto" integrates here
@@ -76,15 +86,11 @@ def test_adaptive_has_no_floor(case) -> None:
         assert errs["auto"] < errs["jump"] / 100, errs
 
 
-def test_dense_float32_grids_do_not_amplify_rounding() -> None:
+def test_dense_float32_grids_do_not_amplify_rounding(sd_case) -> None:
     # 1000 steps put consecutive sigmas 0.6% apart; a polynomial through them would amplify float32
     # rounding (to 2e-3 with 4 consecutive nodes); FINAL_NODE_RATIO spreads the nodes. Measured
     # 1.0e-5, against 3.0e-4 for the two-point extrapolation and 5.0e-3 for the jump.
-    smin, smax = RANGES["sd-scaled-linear"]
-    gm = GaussianMixture.ring(8)
-    x = smax * torch.randn(32, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    c = ("sd-scaled-linear", gm, x, gm.ode_solution(x, smax, steps=1000))
-    assert _error(c, "dpmpp_3m", 1000, torch.float32) < 5e-5
+    assert _error(sd_case, "dpmpp_3m", 1000, torch.float32) < 5e-5
 
 
 def test_final_step_weights_integrate_polynomial_scores_exactly() -> None:
