@@ -108,8 +108,72 @@ def main() -> int:
     )
     # compile picks other convolution kernels (TF32 allowed): agreement to 1e-3 is what float32 gives.
     failures += not (torch.isfinite(bf).all() and rel_bf < 5e-2 and rel_c < 1e-3)
+    failures += _check_cuda_graphs()
     print("all checks passed" if failures == 0 else f"{failures} check(s) failed")
     return 1 if failures else 0
+
+
+def _check_cuda_graphs() -> int:
+    """``train.cuda_graphs`` against eager training on the digits config at 16x16 (bf16 auto),
+    for what the small-config benchmark does not cover: gradient accumulation, self-conditioning,
+    dropout (random draws inside the graph), flips, compile; and graphed against eager sampling
+    of the self-conditioned model. Same seed and batches: the weights must agree to float rounding."""
+    import tempfile
+
+    from multidiff import config as C
+    from multidiff.pipeline import generate
+    from multidiff.train import Trainer
+
+    base = {
+        "modality": "image",
+        "data": {"source": "digits", "size": 16, "random_flip": True},
+        "model": {"preset": "tiny"},
+        "diffusion": {"schedule": {"kind": "cosine_discrete", "num_steps": 1000}, "parameterization": "v"},
+        "train": {"steps": 100, "batch_size": 32, "lr": 1e-3, "warmup_steps": 3, "progress": False},
+    }
+    variants = {
+        "grad_accum 2": {"train": {"grad_accum": 2}},
+        "self_condition": {"model": {"preset": "tiny", "self_condition": True}},
+        "dropout 0.1": {"model": {"preset": "tiny", "dropout": 0.1}},
+        "compile": {"train": {"compile": True}},
+    }
+    failures = 0
+    print(f"{'train.cuda_graphs vs eager, 8 steps':<40}{'max rel. weight diff':>22}")
+    trained = None
+    for name, change in variants.items():
+        weights = []
+        for graphs in (False, True):
+            d = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+            for k, v in change.items():
+                d[k] = {**d[k], **v}
+            d["train"]["cuda_graphs"] = graphs
+            d["out_dir"] = tempfile.mkdtemp()
+            try:
+                tr = Trainer(C.resolve_config(d))
+                batches = tr._loader()
+                for _ in range(8):
+                    tr.train_step(batches)
+                torch.cuda.synchronize()
+            except Exception as e:  # report and go on
+                print(f"{name + f' graphs={graphs}':<40}{'FAILED: ' + type(e).__name__ + ': ' + str(e)[:200]:>22}")
+                failures += 1
+                break
+            weights.append([p.detach().float() for p in (*tr.net.parameters(), *tr.ema.parameters())])
+            if name == "self_condition" and graphs:
+                trained = tr
+        if len(weights) == 2:
+            diff = max(float((a - b).abs().max() / a.abs().max().clamp(min=1e-12)) for a, b in zip(*weights))
+            failures += not diff < 1e-5
+            print(f"{name:<40}{diff:>22.1e}")
+    if trained is not None:
+        trained.ema_denoiser.eval()
+        kw = dict(n=300, steps=20, guidance_scale=2.0, batch_size=128)
+        a, _ = generate(trained.ema_denoiser, trained.info, cuda_graphs=False, **kw)
+        b, _ = generate(trained.ema_denoiser, trained.info, cuda_graphs=True, **kw)
+        diff = float((a - b).abs().max())
+        failures += not diff < 1e-3
+        print(f"{'generate, self-conditioned, guided':<40}{diff:>22.1e}  (max abs, graphed vs eager)")
+    return failures
 
 
 if __name__ == "__main__":
