@@ -2,8 +2,9 @@
 
 A small network (the 1.2M-parameter digits UNet, the tones and shapes nets) runs each of its
 hundreds of kernels in a few microseconds on a modern GPU, so eager PyTorch spends its time
-launching them and the GPU idles (36 ms per training step on an H200, the same as a hand-written
-loop). A CUDA graph records the kernels once and replays them with one launch.
+launching them and the GPU idles (56-78 ms per training step of the shipped digits, tones and
+shapes configs on an H200, 5.8-7.8 ms as graphs: benchmarks/README.md). A CUDA graph records the
+kernels once and replays them with one launch.
 
 Two users, each for static shapes:
 
@@ -20,13 +21,14 @@ DDP and no fp16 loss scaling), ``True`` (on, or an error naming why they cannot 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GraphSetting", "graphs_enabled", "GraphedNet", "warm_up_and_capture"]
+__all__ = ["GraphSetting", "graphs_enabled", "GraphedNet", "side_stream", "warm_up_and_capture"]
 
 GraphSetting = bool | str  # True, False or "auto"
 
@@ -45,17 +47,29 @@ def graphs_enabled(setting: GraphSetting, device: torch.device, obstacles: dict[
     return not reasons
 
 
+@contextmanager
+def side_stream(device: torch.device) -> Iterator[None]:
+    """Run the block on a fresh CUDA stream ordered after the current one, and order the current
+    one after it: where PyTorch asks a capture's warm-up to run (nothing on other devices)."""
+    if device.type != "cuda":
+        yield
+        return
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
 def warm_up_and_capture(fn: Callable[[], Any], pool: Any = None, warmup: int = 1) -> tuple[torch.cuda.CUDAGraph, Any]:
     """Run ``fn`` ``warmup`` times on a side stream (lazy initialisation: cuBLAS/cuDNN handles,
     autotuning, allocations), then capture one call into a graph; returns the graph and what the
     captured call returned (its tensors are the graph's static outputs). ``warmup=0`` captures at
     once, for a ``fn`` whose state is already initialised."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    if warmup:
+        with side_stream(torch.device("cuda", torch.cuda.current_device())):
+            for _ in range(warmup):
+                fn()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         out = fn()
@@ -82,8 +96,8 @@ class GraphedNet(nn.Module):
     shares one memory pool. Calls with gradients enabled (classifier guidance differentiates
     through the network) and calls off CUDA run ``net`` eagerly.
 
-    Only for inference with fixed weights: the graph reads the parameters in place, so later
-    weight updates are seen, but a module swapped for another is not.
+    For inference: the graph reads the parameters in place (an update to their values is seen),
+    but a parameter or module replaced by another object is not.
     """
 
     def __init__(self, net: nn.Module) -> None:

@@ -49,7 +49,7 @@ from .checkpoint import (
     load_state_dict_checked,
     save_checkpoint,
 )
-from .cuda_graphs import graphs_enabled, warm_up_and_capture
+from .cuda_graphs import graphs_enabled, side_stream, warm_up_and_capture
 from .denoiser import Denoiser
 from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
@@ -661,7 +661,7 @@ class _GraphedStep:
         self.lr.fill_(t.lr * lr_factor(tr.step, t.warmup_steps, t.steps, t.lr_schedule))
         self.ema_weight.fill_(1.0 - ema_decay(tr.step + 1, t.ema_decay, t.ema_warmup))  # as after an eager step
         if not (self.capture and self.warm):  # eagerly (on a side stream before a capture)
-            with _side_stream(tr.device):
+            with side_stream(tr.device):
                 for j in range(t.grad_accum):
                     self._micro(tr._micro_inputs(*next(batches), tr.step * t.grad_accum + j))
                 self._update()
@@ -704,20 +704,6 @@ class _GraphedStep:
         self.skipped.zero_()
         self.longest.copy_(self.run)
         return longest
-
-
-@contextmanager
-def _side_stream(device: torch.device) -> Iterator[None]:
-    """Run the block on a fresh CUDA stream ordered after the current one, and order the current
-    one after it (nothing on other devices)."""
-    if device.type != "cuda":
-        yield
-        return
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        yield
-    torch.cuda.current_stream(device).wait_stream(side)
 
 
 class _StopRequest:
