@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from quality import shapes_judge_classifier  # noqa: E402
 
-from multidiff.editing import sdedit, strength_to_sigma  # noqa: E402
+from multidiff.editing import strength_to_sigma  # noqa: E402
 from multidiff.evaluate import split_holdout  # noqa: E402
 from multidiff.metrics import class_accuracy  # noqa: E402
 from multidiff.pipeline import load_pipeline  # noqa: E402
@@ -68,7 +68,6 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
             lines.append(
                 f"| {s:g} | {ec.pow(2).mean().sqrt():.3f} | {eu.pow(2).mean().sqrt():.3f} | {ec[far].pow(2).mean().sqrt():.3f} |"
             )
-    guided = pipe.guided_denoiser(2.0)
     s = cfg.run.sample
     lines += [
         "",
@@ -76,23 +75,13 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
         "|---:|---:|---:|",
     ]
     for st in STRENGTHS:
-        out = sdedit(
-            guided,
-            x,
-            st,
-            steps=s.steps,
-            sampler=s.sampler,
-            grid=s.grid,
-            schedule=den.schedule,
-            cond={"class_labels": y},
-            generator=torch.Generator().manual_seed(0),
-        )
+        out = pipe.sdedit(x, st, label=y, guidance_scale=2.0, seed=0)
         lines.append(f"| {st:g} | {strength_to_sigma(st, den.schedule):.2f} | {class_accuracy(clf, out, y):.3f} |")
     labels = torch.arange(info.num_classes).repeat_interleave(per_class)
     lines += ["", f"| sampler/steps/grid | class accuracy, guidance 2 ({len(labels)} samples) |", "|---|---:|"]
     for setting in settings:
         sampler, steps, grid = setting.split("/")
-        samples, lab = pipe.generate(
+        samples, lab = pipe.sample(
             len(labels), labels=labels, guidance_scale=2.0, seed=1, sampler=sampler, steps=int(steps), grid=grid
         )
         lines.append(f"| {setting} | {class_accuracy(clf, samples, lab):.3f} |")

@@ -148,7 +148,7 @@ def score_run(run: Path, args: argparse.Namespace, device: str, extra: dict | No
             pipe.denoiser.clip_x0 = pipe.denoiser.data_scale if clip else None
             accs, worst, out, wts = [], [], [], []
             for scale in [float(v) for v in args.scales.split(",")]:
-                x, _ = pipe.generate(len(labels), labels=labels, guidance_scale=scale, seed=1, precision="fp32", **kw)
+                x, _ = pipe.sample(len(labels), labels=labels, guidance_scale=scale, seed=1, precision="fp32", **kw)
                 pred = judge.classify(x).cpu()
                 per = [float((pred[labels == c] == c).float().mean()) for c in range(k)]
                 accs.append(float((pred == labels).float().mean()))

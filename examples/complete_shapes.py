@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.cli_edit import region_mask
-from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 
@@ -47,26 +45,26 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not a voxel one")
     names = pipe.info.class_names
     try:
-        label = class_index(args.label or ("torus" if "torus" in names else None), names)
-        x = pipe.read_input(args.input) if args.input else pipe.training_examples(1, label, seed=args.seed)
-        mask = region_mask(args.region, pipe.info.shape).to(pipe.device)
+        label = pipe.label(args.label or ("torus" if "torus" in names else None))
+        x = pipe.read(args.input) if args.input else pipe.training_examples(1, label, seed=args.seed)
+        mask = pipe.mask(region=args.region)
     except ValueError as e:
         p.error(str(e))
-    known = x.expand(args.num, *x.shape[1:])
-    y = E.inpaint(
-        pipe.guided_denoiser(args.guidance),
-        known,
+    y = pipe.inpaint(
+        x,
         mask,
-        pipe.sampling_grid(args.steps),
+        n=args.num,
+        label=label,
         method=args.method,
-        cond=pipe.condition(label, args.num),
-        generator=torch.Generator().manual_seed(args.seed),
+        steps=args.steps,
+        guidance_scale=args.guidance,
+        seed=args.seed,
     )
-    assert torch.equal(y[~mask.expand_as(known)], known[~mask.expand_as(known)]), "given voxels changed"
+    keep = ~mask.expand_as(y)
+    assert torch.equal(y[keep], x.expand_as(y)[keep]), "given voxels changed"
     out = Path(args.out)
-    empty = torch.full_like(x, -pipe.denoiser.data_scale)  # -1 is empty space in occupancy and SDF grids
-    given = torch.where(mask, empty, x)  # the given part alone
-    both = pipe.to_data(torch.cat([given, y]))
+    given = torch.where(mask, torch.full_like(x, -1.0), x)  # the given part alone; -1 is empty in occupancy and SDF
+    both = torch.cat([given, y])
     for path in pipe.adapter.save_samples(both, out, pipe.info, file_format=args.format):
         print(path)
     return 0

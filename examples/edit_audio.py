@@ -21,8 +21,6 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.cli_edit import region_mask
-from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 
@@ -75,41 +73,33 @@ def main(argv: list[str] | None = None) -> int:
 
     names = pipe.info.class_names
     try:
-        label = class_index(args.label, names)
+        label = pipe.label(args.label)
         if args.input:
-            x = pipe.read_input(args.input)
+            x = pipe.read(args.input)
         else:
-            src = class_index(args.input_class, names) if args.input_class else (len(names) // 2 if names else None)
+            src = pipe.label(args.input_class) if args.input_class else (len(names) // 2 if names else None)
             x = pipe.training_examples(1, src, seed=args.seed)
         if not 0 < args.continue_from < 1:
             raise ValueError(f"--continue-from must lie in (0, 1), got {args.continue_from}")
-        gap = region_mask(args.gap, pipe.info.shape).to(pipe.device)
-        tail = region_mask(f"{args.continue_from}:1", pipe.info.shape).to(pipe.device)
+        gap = pipe.mask(region=args.gap)
+        tail = pipe.mask(region=f"{args.continue_from}:1")
     except ValueError as e:
         p.error(str(e))
     sr = int(pipe.info.extra["sample_rate"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    den = pipe.guided_denoiser(None if label is not None else 1.0)
-    g = torch.Generator().manual_seed(args.seed)
-    known = x.expand(args.num, *x.shape[1:])
+    # the run's guidance towards a class; none when unconditional
+    opts = pipe.options(steps=args.steps, seed=args.seed, guidance_scale=None if label is not None else 1.0)
     lo, hi = (float(v) for v in args.gap.split(":"))
-    clips: dict[str, tuple[torch.Tensor, tuple[float, float] | None]] = {"input": (pipe.to_data(x)[0], None)}
-    print(write_wav(out / "input.wav", pipe.to_data(x)[0], sr))
+    clips: dict[str, tuple[torch.Tensor, tuple[float, float] | None]] = {"input": (x[0], None)}
+    print(write_wav(out / "input.wav", x[0], sr))
     for what, mask, span in (("infill", gap, (lo, hi)), ("continuation", tail, (args.continue_from, 1.0))):
-        y = E.inpaint(
-            den,
-            known,
-            mask,
-            pipe.sampling_grid(args.steps),
-            method=args.method,
-            cond=pipe.condition(label, args.num),
-            generator=g,
-        )
-        assert torch.equal(y[~mask.expand_as(known)], known[~mask.expand_as(known)]), "known samples changed"
-        for k, clip in enumerate(pipe.to_data(y)):
+        y = pipe.inpaint(x, mask, n=args.num, label=label, method=args.method, sample=opts)
+        keep = ~mask.expand_as(y)
+        assert torch.equal(y[keep], x.expand_as(y)[keep]), "known samples changed"
+        for k, clip in enumerate(y):
             print(write_wav(out / f"{what}_{k}.wav", clip, sr))
-        clips[what] = (pipe.to_data(y)[0], span)
+        clips[what] = (y[0], span)
     print(_plot(clips, sr, out / "edits.png"))
     return 0
 

@@ -23,8 +23,6 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.cli_edit import region_mask
-from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 
@@ -51,47 +49,35 @@ def main(argv: list[str] | None = None) -> int:
     from modalities.image.io import save_grid
 
     try:
-        labels = [class_index(c, pipe.info.class_names) for c in args.labels]
+        labels = [pipe.label(c) for c in args.labels]
         if args.input:
-            inputs = torch.cat([pipe.read_input(f) for f in args.input])
+            inputs = torch.cat([pipe.read(f) for f in args.input])
         else:
             labels = labels or ([3, 8] if pipe.info.num_classes >= 9 else [None, None])
             inputs = torch.cat([pipe.training_examples(1, y, seed=args.seed) for y in labels])
-        mask = region_mask(args.region, pipe.info.shape).to(pipe.device)
+        mask = pipe.mask(region=args.region)
     except ValueError as e:
         p.error(str(e))
     labels += [None] * (len(inputs) - len(labels))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    den = pipe.guided_denoiser(args.guidance)
-    sigmas = pipe.sampling_grid(args.steps)
-    g = torch.Generator().manual_seed(args.seed)
+    opts = pipe.options(steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
 
     rows = []
     for x, y in zip(inputs, labels):
-        known = x.expand(args.num, *x.shape)
-        result = E.inpaint(
-            den,
-            known,
-            mask,
-            sigmas,
-            method=args.method,
-            particles=args.particles,
-            cond=pipe.condition(y, args.num),
-            generator=g,
-        )
-        assert torch.equal(result[~mask.expand_as(known)], known[~mask.expand_as(known)]), "known pixels changed"
-        rows.append(torch.cat([x[None], torch.where(mask, torch.zeros_like(x), x)[None], result]))
-    grid = pipe.to_data(torch.cat(rows))
-    print(save_grid(grid, out / "inpainting.png", nrow=args.num + 2, scale=4))
+        result = pipe.inpaint(x, mask, n=args.num, label=y, method=args.method, particles=args.particles, sample=opts)
+        keep = ~mask.expand_as(result)
+        assert torch.equal(result[keep], x.expand_as(result)[keep]), "known pixels changed"
+        rows.append(torch.cat([x[None], torch.where(mask[0], torch.zeros_like(x), x)[None], result]))
+    print(save_grid(torch.cat(rows), out / "inpainting.png", nrow=args.num + 2, scale=4))
 
     if len(inputs) >= 2:
-        ca, cb = pipe.condition(labels[0], 1), pipe.condition(labels[1], 1)
-        plain = pipe.guided_denoiser(1.0)  # the conditional model without guidance: its ODE inverts accurately
-        sigmas = pipe.sampling_grid(args.steps)
-        frames = E.interpolate(plain, inputs[:1], inputs[1:2], sigmas, args.frames, cond_a=ca, cond_b=cb)
-        err = (frames[[0, -1]] - inputs[:2]).abs().max().item() / pipe.denoiser.data_scale
-        print(save_grid(pipe.to_data(frames), out / "interpolation.png", nrow=args.frames, scale=4))
+        # unguided unless --guidance: the conditional model's ODE inverts accurately
+        frames = pipe.interpolate(
+            inputs[0], inputs[1], args.frames, label=labels[0], label_b=labels[1], steps=args.steps, seed=args.seed
+        )
+        err = (frames[[0, -1]] - inputs[:2]).abs().max().item()
+        print(save_grid(frames, out / "interpolation.png", nrow=args.frames, scale=4))
         print(f"interpolation ends reconstruct the inputs within {err:.3f} (max abs, data units)")
     return 0
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 
@@ -33,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     if pipe.adapter.name != "audio":
         p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not an audio one")
     try:
-        label = class_index(args.label, pipe.info.class_names)
+        label = pipe.label(args.label)
     except ValueError as e:
         p.error(str(e))
-    x, labels = pipe.generate(
+    x, labels = pipe.sample(
         args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
     )
     for path in pipe.adapter.save_samples(x, args.out, pipe.info, labels=labels):

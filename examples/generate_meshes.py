@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiff.modality import class_index
 from multidiff.pipeline import load_pipeline
 
 FORMATS = ("obj", "ply", "stl", "glb")
@@ -44,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     if pipe.adapter.name != "voxel":
         p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not a voxel one")
     try:
-        label = class_index(args.label, pipe.info.class_names)
+        label = pipe.label(args.label)
     except ValueError as e:
         p.error(str(e))
-    x, labels = pipe.generate(
+    x, labels = pipe.sample(
         args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
     )
     written = pipe.adapter.save_samples(

@@ -140,26 +140,43 @@ class TrainConfig(StrictModel):
 
 
 class SampleConfig(StrictModel):
-    """Sampling for periodic grids and ``multidiff sample`` (command-line flags override it)."""
+    """Sampling for periodic grids, ``multidiff sample``/``edit``/``eval`` and the library's
+    :class:`~multidiff.pipeline.Pipeline` (each field is also a command-line flag)."""
 
-    sampler: str = "dpmpp_2m"
-    steps: int = Field(25, ge=1)
-    grid: Literal["karras", "logsnr", "leading", "trailing", "linspace"] = "karras"
-    sigma_min: float | None = Field(None, gt=0)
-    sigma_max: float | None = Field(None, gt=0)
-    guidance_scale: float = Field(1.0, ge=0)
-    # [sigma_lo, sigma_hi]: guide only for sigma_lo < sigma <= sigma_hi, the conditional model
-    # alone elsewhere (Kynkäänniemi et al. 2024, "Applying guidance in a limited interval")
-    guidance_interval: tuple[float, float] | None = None
-    num_samples: int = Field(64, ge=1)
-    batch_size: int = Field(256, ge=1)
-    seed: int = 0
-    # the network's autocast dtype while sampling (the sampler's own arithmetic stays float32/64)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    compile: bool = False
-    # the network's calls replayed from CUDA graphs (one per batch shape): auto = on CUDA
-    cuda_graphs: bool | Literal["auto"] = "auto"
-    options: dict[str, float | int | str | bool] = {}
+    sampler: str = Field("dpmpp_2m", description="any of `multidiff samplers`")
+    steps: int = Field(25, ge=1, description="sampler steps")
+    grid: Literal["karras", "logsnr", "leading", "trailing", "linspace"] = Field("karras", description="sigma grid")
+    sigma_min: float | None = Field(None, gt=0, description="smallest nonzero sigma (default: the schedule's)")
+    sigma_max: float | None = Field(None, gt=0, description="largest sigma (default: the schedule's)")
+    guidance_scale: float = Field(1.0, ge=0, description="classifier-free guidance scale (1 = none)")
+    guidance_interval: tuple[float, float] | None = Field(
+        None,
+        description="guide only for SIGMA_LO < sigma <= SIGMA_HI, the conditional model alone elsewhere "
+        "(Kynkäänniemi et al. 2024, 'Applying guidance in a limited interval')",
+    )
+    negative_class: int | str | None = Field(
+        None, description="class to steer away from: guidance's negative condition instead of the null class"
+    )
+    classifier_scale: float = Field(
+        0.0,
+        ge=0,
+        description="classifier guidance on the denoiser's estimate by a classifier of the run's training data "
+        "(trained once, cached; 0 = off)",
+    )
+    num_samples: int = Field(64, ge=1, description="number of samples")
+    batch_size: int = Field(256, ge=1, description="samples per network call")
+    seed: int = Field(0, description="seed of the prior noise and of stochastic samplers")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="the network's autocast dtype (auto = bf16 on GPUs, fp32 on CPUs); the sampler's arithmetic stays fp32/64",
+    )
+    compile: bool = Field(False, description="torch.compile the network (pays off for many samples)")
+    cuda_graphs: bool | Literal["auto"] = Field(
+        "auto", description="replay the network's calls from CUDA graphs, one per batch shape (auto = on CUDA)"
+    )
+    options: dict[str, float | int | str | bool] = Field(
+        {}, description="the sampler's own options, e.g. eta=0.5 (see the sampler's docstring)"
+    )
 
     @field_validator("sampler")
     @classmethod
@@ -169,6 +186,24 @@ class SampleConfig(StrictModel):
         if v not in available_samplers():
             raise ValueError(f"unknown sampler {v!r}; expected one of {', '.join(available_samplers())}")
         return v
+
+    def with_overrides(self, **overrides: Any) -> SampleConfig:
+        """A validated copy with the given fields replaced; ``None`` values leave a field as it is
+        (how command-line flags that were not given arrive). An unknown name or a bad value raises
+        :class:`ConfigError` naming ``sample.<key>`` and what is expected."""
+        update = {k: v for k, v in overrides.items() if v is not None}
+        unknown = sorted(set(update) - set(type(self).model_fields))
+        if unknown:
+            raise ConfigError(
+                f"unknown sample option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"expected one of: {', '.join(sorted(type(self).model_fields))}"
+            )
+        if not update:
+            return self
+        try:
+            return type(self).model_validate({**self.model_dump(), **update})
+        except ValidationError as e:
+            raise _format_errors(e, "sample", type(self), "options") from None
 
     @field_validator("guidance_interval")
     @classmethod

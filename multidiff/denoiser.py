@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from torch import Tensor, nn
@@ -21,7 +22,40 @@ from .parameterization import PARAMETERIZATIONS, Scalings, scalings
 NoiseCond = Literal["t", "timestep", "logsnr", "log_sigma"]
 NOISE_CONDS: tuple[str, ...] = ("t", "timestep", "logsnr", "log_sigma")
 
-__all__ = ["Denoiser", "NoiseCond", "default_noise_cond", "noise_condition", "self_conditioned"]
+__all__ = ["DataSpace", "Denoiser", "NoiseCond", "default_noise_cond", "noise_condition", "self_conditioned"]
+
+
+@dataclass(frozen=True)
+class DataSpace:
+    """The map between data units (what a data set holds and a modality writes) and the space
+    the denoiser works in: ``z = scale * (x - shift)``.
+
+    The data's scale is part of the noise schedule (Chen 2023, "On the importance of noise
+    scheduling", input scaling; LDM's ``scale_factor``): audio at -20 dBFS RMS wants about 5 to
+    look like images in [-1, 1]. This is the one place that arithmetic lives; everything that
+    takes examples from a user or a data set calls :meth:`encode`, everything that hands samples
+    back calls :meth:`decode`.
+    """
+
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.scale > 0:
+            raise ValueError(f"data_scale must be positive, got {self.scale}")
+
+    @property
+    def identity(self) -> bool:
+        return self.scale == 1.0 and self.shift == 0.0
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Data units to the denoiser's space (float, same device)."""
+        x = x.float() if not x.is_floating_point() else x
+        return x if self.identity else (x - self.shift) * self.scale
+
+    def decode(self, z: Tensor) -> Tensor:
+        """The denoiser's space back to data units (same dtype and device)."""
+        return z if self.identity else z / self.scale + self.shift
 
 
 def default_noise_cond(parameterization: str, schedule: S.Schedule | None) -> str:
@@ -70,8 +104,8 @@ class Denoiser(nn.Module):
             improved-DDPM variance interpolation (Nichol & Dhariwal 2021, eq. 15).
         clip_x0: clamp the x0 estimate to ``(-clip_x0, clip_x0)``; off by default, since it
             wrecks data outside [-1, 1].
-        data_scale: the network was trained on ``data_scale * x0``; the denoiser works in that
-            scaled space, and :func:`multidiff.pipeline.generate` divides its samples by it.
+        data_scale: the network was trained on ``data_scale * x0``: the denoiser works in that
+            scaled space, ``self.space`` (a :class:`DataSpace`) maps data to it and back.
     """
 
     def __init__(
@@ -97,8 +131,6 @@ class Denoiser(nn.Module):
             raise ValueError(f"noise_cond={noise_cond!r} needs a schedule")
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive, got {sigma_data}")
-        if not data_scale > 0:
-            raise ValueError(f"data_scale must be positive, got {data_scale}")
         self.net = net
         self.schedule = schedule
         self.parameterization = parameterization
@@ -106,9 +138,18 @@ class Denoiser(nn.Module):
         self.noise_cond = noise_cond
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
-        self.data_scale = float(data_scale)
+        self.space = DataSpace(float(data_scale))
         # the network takes ``self_cond``, its own earlier x0 estimate (see :func:`self_conditioned`)
         self.self_condition = bool(getattr(net, "self_condition", False))
+
+    @property
+    def data_scale(self) -> float:
+        """The scale of :attr:`space` (the network sees ``data_scale * x``)."""
+        return self.space.scale
+
+    @data_scale.setter
+    def data_scale(self, value: float) -> None:
+        self.space = DataSpace(float(value), self.space.shift)
 
     @property
     def vp(self) -> bool:

@@ -33,12 +33,13 @@ from torch import Tensor
 from . import grids as G
 from . import schedules as S
 from ._util import append_dims, randn_like
-from .samplers import Callback, _posterior, check_sigmas, get_sampler
+from .samplers import Callback, check_sigmas, get_sampler, posterior
 
 __all__ = [
     "MASK_METHODS",
     "INVERSION_SOLVERS",
     "check_mask",
+    "region_mask",
     "masked_denoiser",
     "mixed_condition_denoiser",
     "repaint_path",
@@ -80,6 +81,37 @@ def check_mask(mask: Tensor, like: Tensor, name: str = "mask") -> Tensor:
             f"{name} of shape {tuple(m.shape)} does not match the data of shape {tuple(like.shape)} "
             f"(expected {tuple(like.shape[1:])}, (1, {', '.join(map(str, like.shape[2:]))}) or the full shape)"
         ) from None
+
+
+def region_mask(spec: str, shape: tuple[int, ...]) -> Tensor:
+    """A box mask ``(1, *spatial)`` from fractional ranges per spatial axis, true inside the box.
+
+    ``spec`` is comma-separated ``lo:hi`` ranges in [0, 1], one per spatial axis, missing ends
+    meaning 0 and 1, missing trailing axes meaning the whole axis: ``0.25:0.75,0.25:0.75`` is the
+    centre of an image, ``0.5:`` the second half of a clip (continuation), ``0.4:0.6`` a gap in it
+    (infill), ``:,:,0.5:`` the top half of a voxel grid along its last axis.
+    """
+    spatial = shape[1:]
+    parts = [p.strip() for p in spec.split(",")]
+    if len(parts) > len(spatial):
+        raise ValueError(f"--region {spec!r} names {len(parts)} axes; the data has {len(spatial)} spatial axes")
+    mask = torch.zeros((1, *spatial), dtype=torch.bool)
+    box: list[slice] = [slice(None)]
+    for axis, (part, n) in enumerate(zip(parts + [":"] * (len(spatial) - len(parts)), spatial)):
+        lo_s, sep, hi_s = part.partition(":")
+        try:
+            lo = float(lo_s) if lo_s.strip() else 0.0
+            hi = float(hi_s) if hi_s.strip() else 1.0
+        except ValueError:
+            lo, hi = -1.0, -1.0
+        if not sep or not 0.0 <= lo < hi <= 1.0:
+            raise ValueError(
+                f"--region {spec!r}: axis {axis} must be 'lo:hi' with 0 <= lo < hi <= 1 (fractions of the axis), got {part!r}"
+            )
+        a, b = round(lo * n), round(hi * n)
+        box.append(slice(a, max(b, a + 1)))
+    mask[tuple(box)] = True
+    return mask
 
 
 def masked_denoiser(denoiser: DenoiserFn, known: Tensor, mask: Tensor) -> DenoiserFn:
@@ -245,7 +277,7 @@ def _repaint(
         s, s_next = grid[i], grid[j]
         if j > i:  # denoise one step (DDIM with eta; eta = 1 samples the DDPM posterior)
             d = d_m(x, torch.full((b,), s, dtype=x.dtype, device=x.device), **cond)
-            _, var = _posterior(s, s_next)
+            _, var = posterior(s, s_next)
             c2 = eta * eta * var
             x = d + math.sqrt(max(s_next * s_next - c2, 0.0)) * ((x - d) / s)
             if c2 > 0:
@@ -300,7 +332,7 @@ def _smc(
             if callback is not None:
                 callback({"i": i, "x": x, "sigma": s, "sigma_next": s_next, "denoised": d})
             break
-        r, var = _posterior(s, s_next)
+        r, var = posterior(s, s_next)
         mean = d + r * (x - d)
         target = rep(path[i + 1])
         # log N(known part of the next level; posterior mean, var): the weight of this transition

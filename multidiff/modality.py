@@ -24,12 +24,13 @@ from .distributed import current_rows
 
 __all__ = [
     "DataInfo",
+    "DemoRun",
     "Modality",
     "PresetModelConfig",
     "StrictModel",
     "TensorDataset",
-    "class_index",
     "coin_flips",
+    "demo_config",
     "example_rand",
     "read_each",
     "finish_dataset",
@@ -282,6 +283,72 @@ class Modality(ABC):
         p = input_file(path, self.mask_suffixes, f"the {self.name!r} modality's masks")
         return mask_from_array(read_npy(p, "mask"), p, info)
 
+    def demo(self, quick: bool) -> DemoRun | None:
+        """This modality's part of ``multidiff demo``: a small run on built-in data (see
+        :func:`demo_config`), or ``None`` (the default) to take no part."""
+        return None
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One run of ``multidiff demo``, offered by a modality (:meth:`Modality.demo`).
+
+    Attributes:
+        name: short name of the data (``digits``): the run folder is ``<out>/<name>_run``.
+        title: what is trained, for the page and the log (``handwritten digits (16x16, 10 classes)``).
+        config: the run config, without ``out_dir`` (the demo sets it), e.g. from :func:`demo_config`.
+        captions: a caption per file name for the pictures :meth:`Modality.save_pictures` writes.
+    """
+
+    name: str
+    title: str
+    config: dict[str, Any]
+    captions: dict[str, str] = field(default_factory=dict)
+
+
+def demo_config(
+    modality: str,
+    *,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    steps: int,
+    batch_size: int,
+    num_samples: int,
+    quick: bool,
+    diffusion: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The demo's recipe around a modality's ``data`` and ``model`` sections: v-prediction on the
+    cosine table with the SNR+1 weighting, AdamW at 1e-3 with a cosine decay, EMA 0.999, and
+    DPM-Solver++(2M) samples at guidance 2 (5 steps with ``quick``, else 20)."""
+    return {
+        "modality": modality,
+        "data": data,
+        "model": model,
+        "diffusion": {
+            "schedule": {"kind": "cosine_discrete"},
+            "parameterization": "v",
+            "weighting": "snr_plus_one",
+            **(diffusion or {}),
+        },
+        "train": {
+            "steps": steps,
+            "batch_size": batch_size,
+            "lr": 1e-3,
+            "warmup_steps": min(100, steps // 10),
+            "lr_schedule": "cosine",
+            "ema_decay": 0.999,
+            "log_every": max(1, min(50, steps // 10)),
+            "checkpoint_every": 0,
+            "progress": not quick,
+        },
+        "sample": {
+            "sampler": "dpmpp_2m",
+            "steps": 5 if quick else 20,
+            "guidance_scale": 2.0,
+            "num_samples": num_samples,
+        },
+    }
+
 
 def finish_dataset(
     ds: Dataset, info: DataInfo, *, limit: int | None, class_conditional: bool
@@ -394,14 +461,3 @@ def sample_names(n: int, info: DataInfo, labels: Tensor | None) -> list[str]:
     """File stems for ``n`` generated examples: ``000``, ``001``, ... followed by ``_<class>`` when labelled."""
     named = labels is not None and bool(info.class_names)
     return [f"{i:03d}" + (f"_{info.class_names[int(labels[i])]}" if named else "") for i in range(n)]
-
-
-def class_index(text: str | None, names: Sequence[str]) -> int | None:
-    """A class given by name or index on a command line; ``None`` stays ``None``."""
-    if text is None:
-        return None
-    if text in names:
-        return list(names).index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
-        return int(text)
-    raise ValueError(f"--class must be one of {list(names)} or an index below {len(names)}, got {text!r}")

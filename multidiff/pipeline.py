@@ -1,11 +1,21 @@
-"""From a config or a checkpoint to a denoiser, and from a denoiser to samples.
+"""The library's front door: a trained model and everything it does, for any modality.
 
-Shared by the trainer (periodic grids), ``multidiff sample`` and the example scripts.
+``load_pipeline(run)`` rebuilds a checkpoint's model as a :class:`Pipeline`; its methods sample,
+edit (inpaint, SDEdit, inversion, interpolation, DiffEdit), guide and evaluate. The command line,
+the demo and the example scripts call only these methods.
+
+Every method takes and returns examples in **data units** (what the data set holds and the
+modality's ``save_samples`` writes); the denoiser's own space is reached through its
+:class:`~multidiff.denoiser.DataSpace` inside. Every sampling option comes from one typed
+:class:`~multidiff.config.SampleConfig`: the run's ``sample`` section, or one given, with keyword
+overrides (``pipe.sample(16, steps=10, guidance_scale=3)``), validated once in
+:meth:`SampleConfig.with_overrides <multidiff.config.SampleConfig.with_overrides>`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,24 +25,30 @@ import torch
 from torch import Tensor, nn
 
 from . import config as C
+from . import editing as E
 from ._util import amp_dtype
 from .checkpoint import Checkpoint, find_checkpoint, load_state_dict_checked
 from .cuda_graphs import GraphedNet, graphs_enabled
-from .denoiser import Denoiser, default_noise_cond, self_conditioned
+from .denoiser import DataSpace, Denoiser, default_noise_cond, self_conditioned
 from .grids import make_grid
 from .guidance import classifier_free_guidance, x0_classifier_guidance
-from .modality import DataInfo
+from .modality import DataInfo, TensorDataset
 from .samplers import get_sampler
 
 __all__ = [
     "Pipeline",
-    "class_guidance",
+    "Inversion",
     "build_denoiser",
-    "load_pipeline",
-    "generate",
-    "resolve_device",
+    "class_guidance",
+    "data_classifier",
     "default_labels",
+    "generate",
+    "load_pipeline",
+    "resolve_device",
+    "resolve_label",
 ]
+
+Classifier = Callable[[Tensor, Tensor], Tensor]
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -56,110 +72,45 @@ def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo) -> Denoiser:
     )
 
 
-@dataclass
-class Pipeline:
-    """A trained model ready to sample: the EMA denoiser, its config, data description and checkpoint."""
-
-    denoiser: Denoiser
-    config: C.ResolvedConfig
-    info: DataInfo
-    checkpoint: Checkpoint
-
-    @property
-    def adapter(self) -> Any:
-        return self.config.adapter
-
-    def generate(self, n: int, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
-        """``generate(self.denoiser, self.info, n=n, ...)`` with the run's ``sample`` section as defaults."""
-        opts = sample_options(self.config.run.sample)
-        opts.update({k: v for k, v in kwargs.items() if v is not None})
-        return generate(self.denoiser, self.info, n=n, **opts)
-
-    # --- editing helpers: the model's own space, grid and guidance --------------------------
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    def guided_denoiser(
-        self, guidance_scale: float | None = None, negative_label: int | None = None
-    ) -> Callable[..., Tensor]:
-        """The denoiser with classifier-free guidance at ``guidance_scale`` (default: the run's
-        ``sample.guidance_scale``) against the null class, or against ``negative_label``, within
-        the run's ``sample.guidance_interval``."""
-        s = self.config.run.sample
-        scale = s.guidance_scale if guidance_scale is None else guidance_scale
-        return class_guidance(self.denoiser, self.info.num_classes, scale, negative_label, s.guidance_interval)
-
-    def condition(self, label: int | None, n: int) -> dict[str, Tensor]:
-        """``class_labels`` for ``n`` samples on the model's device: ``label``, or the null class
-        (unconditional) when ``None``; empty for an unconditional model."""
-        k = self.info.num_classes
-        if not k:
-            return {}
-        return {"class_labels": torch.full((n,), k if label is None else label, dtype=torch.long, device=self.device)}
-
-    def sampling_grid(self, steps: int | None = None, grid: str | None = None) -> Tensor:
-        """The sigma grid of the run's ``sample`` section, with ``steps`` and ``grid`` overridden."""
-        s = self.config.run.sample
-        return make_grid(
-            grid or s.grid,
-            steps or s.steps,
-            schedule=self.denoiser.schedule,
-            sigma_min=s.sigma_min,
-            sigma_max=s.sigma_max,
-        )
-
-    def read_input(self, path: str | Path) -> Tensor:
-        """A user's file as ``(1, *info.shape)`` in the denoiser's space (data times
-        ``data_scale``), on the model's device; read by the modality (``Modality.read_input``)."""
-        x = self.adapter.read_input(Path(path), self.info, self.config.data)
-        if tuple(x.shape) != tuple(self.info.shape):
-            raise ValueError(f"{path}: read as shape {tuple(x.shape)}, the model takes {tuple(self.info.shape)}")
-        return self.from_data(x.unsqueeze(0))
-
-    def training_examples(self, n: int = 1, label: int | None = None, seed: int = 0) -> Tensor:
-        """``n`` examples of the run's training data (of class ``label`` when given), in the
-        denoiser's space on its device: inputs for edits when the user gives no file."""
-        ds, _ = self.adapter.build_dataset(self.config.data)
-        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-        items = []
-        for i in idx.tolist():
-            x, y = ds[i]
-            if label is None or int(y) == label:
-                items.append(torch.as_tensor(x))
-                if len(items) == n:
-                    break
-        if len(items) < n:
-            raise ValueError(f"the training data holds {len(items)} examples of class {label}, {n} were asked for")
-        return self.from_data(torch.stack(items))
-
-    def from_data(self, x: Tensor) -> Tensor:
-        """Examples in data units (as the training set holds them) to the denoiser's space."""
-        return (x.float() * self.denoiser.data_scale).to(self.device)
-
-    def to_data(self, x: Tensor) -> Tensor:
-        """The denoiser's space back to data units, float32 on the CPU (what ``save_samples`` takes)."""
-        return (x / self.denoiser.data_scale).float().cpu()
+def resolve_label(value: int | str | None, info: DataInfo, what: str = "class") -> int | None:
+    """A class given by name (``"torus"``) or index (``3``, ``"3"``) as its index; ``None`` stays
+    ``None`` (unconditional). ``ValueError`` names ``what`` and the valid classes otherwise, or
+    says the model is unconditional."""
+    if value is None:
+        return None
+    k = info.num_classes
+    if not k:
+        raise ValueError(f"{what} given ({value!r}), but this model is unconditional")
+    names = list(info.class_names) or [str(i) for i in range(k)]
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    text = str(value).strip()
+    if text.lstrip("-").isdigit() and 0 <= int(text) < k:
+        return int(text)
+    raise ValueError(f"{what} must be one of {names} or an index below {k}, got {value!r}")
 
 
-def sample_options(s: C.SampleConfig) -> dict[str, Any]:
-    """:func:`generate`'s keyword arguments from a run's ``sample`` section."""
-    return {
-        "sampler": s.sampler,
-        "steps": s.steps,
-        "grid": s.grid,
-        "sigma_min": s.sigma_min,
-        "sigma_max": s.sigma_max,
-        "guidance_scale": s.guidance_scale,
-        "guidance_interval": s.guidance_interval,
-        "seed": s.seed,
-        "batch_size": s.batch_size,
-        "precision": s.precision,
-        "compile": s.compile,
-        "cuda_graphs": s.cuda_graphs,
-        "options": dict(s.options),
-    }
+def default_labels(n: int, num_classes: int) -> Tensor | None:
+    """Labels ``0, 1, ..., K-1, 0, 1, ...``: a grid with K columns shows one class per column."""
+    return torch.arange(n) % num_classes if num_classes > 0 else None
+
+
+def _labels(n: int, labels: Tensor | Sequence[int] | int | str | None, info: DataInfo) -> Tensor | None:
+    """``n`` checked class labels on the CPU: one class for all, one per sample, or
+    :func:`default_labels` for ``None``; ``None`` for an unconditional model."""
+    k = info.num_classes
+    if isinstance(labels, str | int):
+        labels = torch.full((n,), resolve_label(labels, info), dtype=torch.long)
+    if labels is None:
+        return default_labels(n, k)
+    if k == 0:
+        raise ValueError("this model is unconditional; it takes no class labels")
+    out = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if out.shape != (n,):
+        raise ValueError(f"need {n} labels, got {out.numel()}")
+    if out.min() < 0 or out.max() >= k:
+        raise ValueError(f"class labels must lie in [0, {k - 1}], got {out.tolist()}")
+    return out
 
 
 def class_guidance(
@@ -190,20 +141,14 @@ def class_guidance(
     )
 
 
-def load_pipeline(path: str, *, device: str = "auto", weights: str = "ema") -> Pipeline:
-    """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as."""
-    ckpt = find_checkpoint(path)
-    cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
-    info = DataInfo.from_json(ckpt.meta["data_info"])
-    den = build_denoiser(cfg, info)
-    load_state_dict_checked(den.net, ckpt.weights(weights), str(ckpt.path))
-    den = den.to(resolve_device(device)).eval().requires_grad_(False)
-    return Pipeline(den, cfg, info, ckpt)
+def _guided(denoiser: Callable[..., Tensor], info: DataInfo, s: C.SampleConfig) -> Callable[..., Tensor]:
+    """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class, interval)."""
+    negative = resolve_label(s.negative_class, info, "negative class")
+    return class_guidance(denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval)
 
 
-def default_labels(n: int, num_classes: int) -> Tensor | None:
-    """Labels ``0, 1, ..., K-1, 0, 1, ...``: a grid with K columns shows one class per column."""
-    return torch.arange(n) % num_classes if num_classes > 0 else None
+def _grid(s: C.SampleConfig, schedule: Any) -> Tensor:
+    return make_grid(s.grid, s.steps, schedule=schedule, sigma_min=s.sigma_min, sigma_max=s.sigma_max)
 
 
 @torch.no_grad()
@@ -212,110 +157,463 @@ def generate(
     info: DataInfo,
     *,
     n: int,
-    sampler: str = "dpmpp_2m",
-    steps: int = 25,
-    grid: str = "karras",
-    sigma_min: float | None = None,
-    sigma_max: float | None = None,
-    guidance_scale: float = 1.0,
-    guidance_interval: tuple[float, float] | None = None,
-    labels: Tensor | int | None = None,
-    seed: int = 0,
-    batch_size: int = 256,
-    precision: str = "auto",
-    compile: bool = False,
-    cuda_graphs: bool | str = "auto",
-    options: dict[str, Any] | None = None,
+    sample: C.SampleConfig | None = None,
+    labels: Tensor | Sequence[int] | int | str | None = None,
+    classifier: Classifier | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
-    negative_label: int | None = None,
-    classifier: Callable[[Tensor, Tensor], Tensor] | None = None,
-    classifier_scale: float = 0.0,
+    **overrides: Any,
 ) -> tuple[Tensor, Tensor | None]:
-    """Draw ``n`` samples of shape ``info.shape``; returns ``(x, labels)`` on the CPU.
+    """Draw ``n`` samples of shape ``info.shape`` as ``sample`` says (default
+    :class:`~multidiff.config.SampleConfig`'s defaults) with ``overrides`` applied; returns
+    ``(x, labels)`` in data units, float32 on the CPU.
 
     The prior noise comes from a CPU generator seeded with ``seed``, so a seed gives the same
     prior, and with a deterministic sampler the same samples, on every device. Stochastic samplers
     draw their per-step noise on the model's device, from a generator seeded by the CPU one:
     reproducible on each kind of device (drawing it on the CPU cost 12-16% of a 38M-parameter
-    UNet's evaluation per step on an H100). For a class-conditional model, ``labels`` (an int, a tensor of
-    ``n`` labels, or ``None`` for :func:`default_labels`) picks the classes, and
-    ``guidance_scale != 1`` applies classifier-free guidance against the null class. Samples
-    are returned in data units: divided by the denoiser's ``data_scale`` (1 if it has none).
+    UNet's evaluation per step on an H100). For a class-conditional model, ``labels`` (a class
+    name or index for all, ``n`` labels, or ``None`` for :func:`default_labels`) picks the classes.
+
+    Guidance: ``guidance_scale != 1`` is classifier-free guidance against the null class, or
+    against ``negative_class`` (``D_neg + w (D_cond - D_neg)``), only within ``guidance_interval =
+    (sigma_lo, sigma_hi)`` if given (Kynkäänniemi et al. 2024). ``classifier(x, labels) -> log p(labels
+    | x)`` (``(B,)``, differentiable, on data in data units) with ``classifier_scale > 0`` adds
+    classifier guidance on the denoiser's estimate (:func:`multidiff.guidance.x0_classifier_guidance`);
+    it costs a backward pass per step.
 
     GPU fast paths: ``precision`` runs the network under autocast (``auto``: bf16 on GPUs that
     support it, fp16 on older ones, float32 on CPUs; the sampler's own arithmetic and the returned
-    samples stay float32 or float64), ``compile`` wraps the network in ``torch.compile``, and
-    ``batch_size`` bounds how many samples go through the network at once. ``cuda_graphs``
+    samples stay float32 or float64), ``compile`` wraps the network in ``torch.compile``,
+    ``batch_size`` bounds how many samples go through the network at once, and ``cuda_graphs``
     (``auto``: on CUDA) replays each network call from a CUDA graph captured once per batch shape
     (:class:`multidiff.cuda_graphs.GraphedNet`): a small model is otherwise launch-bound.
-
-    Guidance: ``guidance_interval = (sigma_lo, sigma_hi)`` applies it only for ``sigma_lo < sigma
-    <= sigma_hi`` (Kynkäänniemi et al. 2024), the conditional denoiser elsewhere. ``negative_label`` replaces the null class as classifier-free guidance's negative
-    condition (``D_neg + w (D_cond - D_neg)``: steer away from that class; no effect at ``w = 1``).
-    ``classifier(x, labels) -> log p(labels | x)`` (``(B,)``, differentiable, on data in data
-    units) with ``classifier_scale > 0`` adds classifier guidance on the denoiser's estimate
-    (:func:`multidiff.guidance.x0_classifier_guidance`); it costs a backward pass per step.
     """
+    s = (sample or C.SampleConfig()).with_overrides(**overrides)
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    spec = get_sampler(sampler)
-    schedule = getattr(denoiser, "schedule", None)
-    sigmas = make_grid(grid, steps, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max)
+    spec = get_sampler(s.sampler)
+    sigmas = _grid(s, getattr(denoiser, "schedule", None))
     param = next(iter(denoiser.parameters()), None) if isinstance(denoiser, nn.Module) else None
     device = param.device if param is not None else torch.device("cpu")
-    k = info.num_classes
-    if isinstance(labels, int):
-        labels = torch.full((n,), labels, dtype=torch.long)
-    if labels is None:
-        labels = default_labels(n, k)
-    if labels is not None:
-        if k == 0:
-            raise ValueError("this model is unconditional; it takes no class labels")
-        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-        if labels.shape != (n,):
-            raise ValueError(f"need {n} labels, got {labels.numel()}")
-        if labels.min() < 0 or labels.max() >= k:
-            raise ValueError(f"class labels must lie in [0, {k - 1}], got {labels.tolist()}")
-    if compile and isinstance(denoiser, Denoiser):
+    labels = _labels(n, labels, info)
+    space = getattr(denoiser, "space", DataSpace())
+    if s.classifier_scale and classifier is None:
+        raise ValueError("sample.classifier_scale needs a classifier (Pipeline.sample trains one on the run's data)")
+    if s.classifier_scale and labels is None:
+        raise ValueError("classifier guidance needs class labels: this model is unconditional")
+    if s.compile and isinstance(denoiser, Denoiser):
         denoiser = denoiser.with_net(torch.compile(denoiser.net))
     graphs = graphs_enabled(
-        cuda_graphs,
+        s.cuda_graphs,
         device,
         {"the denoiser is not a multidiff Denoiser": not isinstance(denoiser, Denoiser)},
         "cuda_graphs",
     )
     if graphs:
         denoiser = denoiser.with_net(GraphedNet(denoiser.net))  # type: ignore[union-attr]
-    amp = amp_dtype(precision, device)
-    data_scale = float(getattr(denoiser, "data_scale", 1.0))
-    if classifier is not None and classifier_scale != 0 and labels is None:
-        raise ValueError("classifier guidance needs class labels: this model is unconditional")
+    amp = amp_dtype(s.precision, device)
 
     def guided(base: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn = class_guidance(base, k, guidance_scale, negative_label, guidance_interval)
-        if classifier is not None and classifier_scale != 0:
+        fn = _guided(base, info, s)
+        if classifier is not None and s.classifier_scale:
             clf = classifier
             fn = x0_classifier_guidance(
-                fn, lambda d, class_labels, **_: clf(d / data_scale, class_labels), classifier_scale
+                fn, lambda d, class_labels, **_: clf(space.decode(d), class_labels), s.classifier_scale
             )
         return fn
 
     # a self-conditioned model gets each step the previous estimate, a fresh state per batch
     self_cond = bool(getattr(denoiser, "self_condition", False))
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(s.seed)
     step_g = (
         g if device.type == "cpu" else torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
     )
     out = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
+    for start in range(0, n, s.batch_size):
+        b = min(s.batch_size, n - start)
         x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
         cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
         fn = guided(self_conditioned(denoiser) if self_cond else denoiser)
         # autocast's cast cache must be off under CUDA graphs
         with torch.autocast(device.type, dtype=amp, cache_enabled=not graphs) if amp is not None else nullcontext():
-            x0 = spec.fn(fn, x, sigmas, cond=cond, generator=step_g, callback=callback, **(options or {}))
-        out.append((x0 / data_scale).float().cpu())
+            x0 = spec.fn(fn, x, sigmas, cond=cond, generator=step_g, callback=callback, **s.options)
+        out.append(space.decode(x0).float().cpu())
     return torch.cat(out), labels
+
+
+def data_classifier(
+    config: C.ResolvedConfig, info: DataInfo, device: torch.device | str = "cpu", *, cache_dir: Path | None = None
+) -> Classifier:
+    """``log p(y | x)`` (on data units) from a classifier of the run's own training data, trained
+    once and cached by content under ``$MULTIDIFF_CACHE/classifiers`` (``~/.cache/multidiff``).
+
+    A :class:`~multidiff.metrics.FeatureClassifier` over the data's rank, trained on the training
+    set ``config`` describes. It sees clean data only; classifier guidance applies it to the
+    denoiser's estimate (:func:`multidiff.guidance.x0_classifier_guidance`).
+    """
+    from .metrics import cached_classifier
+
+    if not info.num_classes:
+        raise ValueError("classifier guidance needs a class-conditional model; this one is unconditional")
+    cache = cache_dir or Path(os.environ.get("MULTIDIFF_CACHE", Path.home() / ".cache" / "multidiff")) / "classifiers"
+    ds, _ = config.adapter.build_dataset(config.data)
+    if isinstance(ds, TensorDataset):
+        x, y = ds.x, ds.labels
+    else:
+        items = [ds[i] for i in range(len(ds))]
+        x, y = torch.stack([torch.as_tensor(a) for a, _ in items]), torch.as_tensor([int(b) for _, b in items])
+    keep = y >= 0
+    if not keep.any():
+        raise ValueError("classifier guidance needs labelled training data")
+    print(f"classifier for guidance: {int(keep.sum())} training examples (cached in {cache})")
+    clf = cached_classifier(
+        x[keep].float(),
+        y[keep],
+        cache_dir=cache,
+        tag=f"guidance:{config.adapter.describe(config.data)}",
+        num_classes=info.num_classes,
+        epochs=10,
+        progress=True,
+    ).to(device)
+    clf.requires_grad_(False)
+    k = info.num_classes
+
+    def log_prob(x: Tensor, labels: Tensor) -> Tensor:
+        logp = torch.log_softmax(clf(x.float()), dim=1)
+        return logp.gather(1, labels.clamp(0, k - 1).long().unsqueeze(1)).squeeze(1)
+
+    return log_prob
+
+
+@dataclass
+class Inversion:
+    """An input mapped to noise along the probability-flow ODE (:meth:`Pipeline.invert`).
+
+    Attributes:
+        noise: ``(1, *shape)`` in the denoiser's space at ``sigmas[0]``, on the CPU.
+        sigmas: the grid it was inverted on (decreasing, ending in 0).
+        reconstruction: the noise sampled back to data, in data units.
+        error: RMS of ``reconstruction - input`` in data units.
+    """
+
+    noise: Tensor
+    sigmas: Tensor
+    reconstruction: Tensor
+    error: float
+
+
+@dataclass
+class Pipeline:
+    """A trained model ready to use: the EMA denoiser, its config, data description and checkpoint.
+
+    Inputs and outputs are in data units; ``sample``/``**overrides`` arguments are the run's
+    ``sample`` section (or the :class:`~multidiff.config.SampleConfig` given) with fields replaced.
+    """
+
+    denoiser: Denoiser
+    config: C.ResolvedConfig
+    info: DataInfo
+    checkpoint: Checkpoint
+
+    @property
+    def adapter(self) -> Any:
+        return self.config.adapter
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def space(self) -> DataSpace:
+        """Data units to the denoiser's space and back."""
+        return self.denoiser.space
+
+    # --- options, labels, inputs ------------------------------------------------------------
+
+    def options(self, sample: C.SampleConfig | None = None, **overrides: Any) -> C.SampleConfig:
+        """The sampling options: ``sample`` (default: the run's ``sample`` section) with ``overrides``;
+        the one place every default is resolved."""
+        return (sample or self.config.run.sample).with_overrides(**overrides)
+
+    def label(self, value: int | str | None, what: str = "class") -> int | None:
+        """A class name or index as an index (see :func:`resolve_label`)."""
+        return resolve_label(value, self.info, what)
+
+    def read(self, path: str | Path) -> Tensor:
+        """A user's file as one example ``(1, *info.shape)`` in data units, read by the modality
+        (:meth:`~multidiff.modality.Modality.read_input`); ``ValueError`` naming the file otherwise."""
+        x = self.adapter.read_input(Path(path), self.info, self.config.data)
+        if tuple(x.shape) != tuple(self.info.shape):
+            raise ValueError(f"{path}: read as shape {tuple(x.shape)}, the model takes {tuple(self.info.shape)}")
+        return x.float().unsqueeze(0)
+
+    def mask(self, mask: Tensor | str | Path | None = None, region: str | None = None) -> Tensor:
+        """A boolean mask ``(1, *spatial)`` or ``(1, *info.shape)``, true where content is generated:
+        a tensor, a mask file the modality reads (:meth:`~multidiff.modality.Modality.read_mask`),
+        or a box given as fractions per axis (:func:`multidiff.editing.region_mask`); exactly one."""
+        if (mask is None) == (region is None):
+            raise ValueError("give the region to generate with exactly one of a mask or a region")
+        if region is not None:
+            return E.region_mask(region, self.info.shape)
+        if isinstance(mask, str | Path):
+            m = self.adapter.read_mask(Path(mask), self.info)
+        else:
+            m = torch.as_tensor(mask)
+        return m.unsqueeze(0) if m.ndim == len(self.info.shape) else m
+
+    def training_examples(self, n: int = 1, label: int | str | None = None, seed: int = 0) -> Tensor:
+        """``n`` examples of the run's training data (of class ``label`` when given), in data units:
+        inputs for edits when the user gives no file."""
+        want = self.label(label)
+        ds, _ = self.adapter.build_dataset(self.config.data)
+        idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+        items = []
+        for i in idx.tolist():
+            x, y = ds[i]
+            if want is None or int(y) == want:
+                items.append(torch.as_tensor(x).float())
+                if len(items) == n:
+                    break
+        if len(items) < n:
+            raise ValueError(f"the training data holds {len(items)} examples of class {label}, {n} were asked for")
+        return torch.stack(items)
+
+    def save(self, x: Tensor, folder: str | Path, labels: Tensor | None = None) -> list[Path]:
+        """Write examples in data units as the modality's files (PNG, WAV, meshes); return them."""
+        return self.adapter.save_samples(x.float().cpu(), Path(folder), self.info, labels=labels)
+
+    # --- the denoiser's space -----------------------------------------------------------------
+
+    def _in(self, x: Tensor) -> Tensor:
+        x = torch.as_tensor(x)
+        x = x.unsqueeze(0) if x.ndim == len(self.info.shape) else x
+        if tuple(x.shape[1:]) != tuple(self.info.shape):
+            raise ValueError(f"examples of shape {tuple(x.shape[1:])} given, the model takes {tuple(self.info.shape)}")
+        return self.space.encode(x.to(self.device))
+
+    def _out(self, z: Tensor) -> Tensor:
+        return self.space.decode(z).float().cpu()
+
+    def _cond(self, label: int | str | Tensor | Sequence[int] | None, n: int) -> dict[str, Tensor]:
+        """``class_labels`` for ``n`` rows: one class (name or index) for all, one label per row, or
+        the null class (unconditional) for ``None``; empty for an unconditional model."""
+        k = self.info.num_classes
+        if not k:
+            if label is not None:
+                self.label(label if isinstance(label, int | str) else 0)  # raises: unconditional
+            return {}
+        if label is None or isinstance(label, int | str):
+            y = self.label(label)
+            return {"class_labels": torch.full((n,), k if y is None else y, dtype=torch.long, device=self.device)}
+        labels = _labels(n, label, self.info)
+        assert labels is not None
+        return {"class_labels": labels.to(self.device)}
+
+    def _batch(self, x: Tensor, n: int, label: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """Examples ``x`` (one or a batch, data units) in the denoiser's space, each repeated ``n``
+        times (rows ``b * n + j``), with their condition: ``label`` one class or one per example."""
+        z = self._in(x)
+        if label is not None and not isinstance(label, int | str):
+            label = torch.as_tensor(label, dtype=torch.long).reshape(-1).repeat_interleave(n)
+        return z.repeat_interleave(n, dim=0), self._cond(label, z.shape[0] * n)
+
+    def _generator(self, s: C.SampleConfig) -> torch.Generator:
+        return torch.Generator().manual_seed(s.seed)
+
+    # --- sampling -------------------------------------------------------------------------------
+
+    def sample(
+        self,
+        n: int,
+        *,
+        labels: Tensor | Sequence[int] | int | str | None = None,
+        sample: C.SampleConfig | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        **overrides: Any,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``n`` new examples (data units, CPU) and their labels; see :func:`generate`. With
+        ``classifier_scale > 0`` the classifier is :meth:`classifier` (trained once, cached)."""
+        s = self.options(sample, **overrides)
+        clf = self.classifier() if s.classifier_scale else None
+        return generate(self.denoiser, self.info, n=n, sample=s, labels=labels, classifier=clf, callback=callback)
+
+    def classifier(self, *, cache_dir: Path | None = None) -> Classifier:
+        """``log p(y | x)`` from a classifier of the run's training data (:func:`data_classifier`)."""
+        return data_classifier(self.config, self.info, self.device, cache_dir=cache_dir)
+
+    # --- editing ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def inpaint(
+        self,
+        x: Tensor,
+        mask: Tensor,
+        *,
+        n: int = 1,
+        label: int | str | Tensor | Sequence[int] | None = None,
+        method: str = "repaint",
+        jump_length: int = 10,
+        resample: int = 10,
+        particles: int = 16,
+        sample: C.SampleConfig | None = None,
+        **overrides: Any,
+    ) -> Tensor:
+        """``n`` completions of each example ``x`` (one ``info.shape`` or a batch): keep it where
+        ``mask`` (:meth:`mask`) is false, generate where true (:func:`multidiff.editing.inpaint`:
+        ``replace``, ``repaint``, ``smc``); ``label`` is one class or one per example. Rows
+        ``b * n + j``; the known values are returned exactly as given."""
+        s = self.options(sample, **overrides)
+        known, cond = self._batch(x, n, label)
+        m = E.check_mask(torch.as_tensor(mask).to(self.device), known)
+        out = E.inpaint(
+            _guided(self.denoiser, self.info, s),
+            known,
+            m,
+            _grid(s, self.denoiser.schedule),
+            method=method,
+            sampler=s.sampler,
+            jump_length=jump_length,
+            resample=resample,
+            particles=particles,
+            cond=cond,
+            generator=self._generator(s),
+            options=s.options,
+        )
+        # the known values exactly as given, in data units (decoding them could round)
+        given = torch.as_tensor(x).float().cpu().reshape(-1, *self.info.shape).repeat_interleave(n, dim=0)
+        return torch.where(m.cpu(), self._out(out), given)
+
+    @torch.no_grad()
+    def sdedit(
+        self,
+        x: Tensor,
+        strength: float,
+        *,
+        n: int = 1,
+        label: int | str | None = None,
+        sample: C.SampleConfig | None = None,
+        **overrides: Any,
+    ) -> Tensor:
+        """``n`` SDEdits of each example ``x`` (one or a batch): noised to ``strength`` in [0, 1] and
+        denoised, towards ``label`` (one class or one per example) if given
+        (:func:`multidiff.editing.sdedit`). Rows ``b * n + j``."""
+        s = self.options(sample, **overrides)
+        z, cond = self._batch(x, n, label)
+        out = E.sdedit(
+            _guided(self.denoiser, self.info, s),
+            z,
+            strength,
+            steps=s.steps,
+            sampler=s.sampler,
+            grid=s.grid,
+            schedule=self.denoiser.schedule,
+            cond=cond,
+            generator=self._generator(s),
+            options=s.options,
+        )
+        return self._out(out)
+
+    @torch.no_grad()
+    def invert(
+        self,
+        x: Tensor,
+        *,
+        label: int | str | None = None,
+        solver: str = "dpmpp_2m",
+        sample: C.SampleConfig | None = None,
+        **overrides: Any,
+    ) -> Inversion:
+        """One example to its noise along the probability-flow ODE, and back (:func:`multidiff.editing.invert`).
+
+        Unguided unless ``guidance_scale`` is given: an unguided ODE inverts best."""
+        s = self.options(sample, **_unguided(overrides))
+        z = self._in(x)[:1]
+        sigmas = _grid(s, self.denoiser.schedule)
+        den, cond = _guided(self.denoiser, self.info, s), self._cond(label, 1)
+        noise = E.invert(den, z, sigmas, solver=solver, cond=cond)
+        back = self._out(get_sampler(solver).fn(den, noise, sigmas, cond=cond))
+        err = float((back - self._out(z)).pow(2).mean().sqrt())
+        return Inversion(noise.float().cpu(), sigmas, back, err)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        x_a: Tensor,
+        x_b: Tensor,
+        frames: int = 8,
+        *,
+        label: int | str | None = None,
+        label_b: int | str | None = None,
+        solver: str = "dpmpp_2m",
+        sample: C.SampleConfig | None = None,
+        **overrides: Any,
+    ) -> Tensor:
+        """``frames`` examples along the spherical path between two inputs' inverted noises, the
+        condition moving linearly from ``label`` to ``label_b`` (:func:`multidiff.editing.interpolate`).
+        Unguided unless ``guidance_scale`` is given."""
+        s = self.options(sample, **_unguided(overrides))
+        den = _guided(self.denoiser, self.info, s)
+        out = E.interpolate(
+            den,
+            self._in(x_a)[:1],
+            self._in(x_b)[:1],
+            _grid(s, self.denoiser.schedule),
+            frames,
+            cond_a=self._cond(label, 1),
+            cond_b=self._cond(label_b if label_b is not None else label, 1),
+            solver=solver,
+            sampler=solver,
+        )
+        return self._out(out)
+
+    @torch.no_grad()
+    def diffedit(
+        self,
+        x: Tensor,
+        label: int | str,
+        *,
+        reference: int | str | None = None,
+        strength: float = 0.5,
+        threshold: float = 0.5,
+        sample: C.SampleConfig | None = None,
+        **overrides: Any,
+    ) -> tuple[Tensor, Tensor]:
+        """DiffEdit of one example towards class ``label`` only where the model's estimates under
+        ``label`` and ``reference`` (default: unconditional) disagree; returns ``(edited, mask)``
+        (:func:`multidiff.editing.diffedit`)."""
+        if label is None:
+            raise ValueError("diffedit needs the class to edit towards")
+        s = self.options(sample, **overrides)
+        z = self._in(x)[:1]
+        out, mask = E.diffedit(
+            _guided(self.denoiser, self.info, s.model_copy(update={"negative_class": None})),
+            z,
+            cond_query=self._cond(label, 1),
+            cond_ref=self._cond(reference, 1),
+            strength=strength,
+            steps=s.steps,
+            grid=s.grid,
+            threshold=threshold,
+            schedule=self.denoiser.schedule,
+            generator=self._generator(s),
+        )
+        return self._out(out), mask.cpu()
+
+
+def _unguided(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` with ``guidance_scale`` 1 unless one was given: ODE inversion is best unguided."""
+    return {
+        **overrides,
+        "guidance_scale": 1.0 if overrides.get("guidance_scale") is None else overrides["guidance_scale"],
+    }
+
+
+def load_pipeline(path: str | Path, *, device: str = "auto", weights: str = "ema") -> Pipeline:
+    """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as."""
+    ckpt = find_checkpoint(str(path))
+    cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
+    info = DataInfo.from_json(ckpt.meta["data_info"])
+    den = build_denoiser(cfg, info)
+    load_state_dict_checked(den.net, ckpt.weights(weights), str(ckpt.path))
+    den = den.to(resolve_device(device)).eval().requires_grad_(False)
+    return Pipeline(den, cfg, info, ckpt)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from . import schedules as S
+from .denoiser import DataSpace
 
 __all__ = [
     "named_schedules",
@@ -103,16 +104,19 @@ def plot_schedules(out: str | Path, schedules: dict[str, S.Schedule] | None = No
 # --- forward noising -------------------------------------------------------------------------
 
 
-def noised_copies(x0: Tensor, schedule: S.Schedule, t: Tensor, *, data_scale: float = 1.0, seed: int = 0) -> Tensor:
-    """``(L, *x0.shape)``: one example ``x0`` noised to each of the ``L`` times ``t`` with one noise
-    draw, ``x_t = alpha(t) x0 + sigma_vp(t) eps`` on the model's scale (``data_scale * x0``), divided
-    back by ``data_scale`` so every copy is in data units (the VP view also for a VE schedule, so all
-    copies have about the same size)."""
+def noised_copies(
+    x0: Tensor, schedule: S.Schedule, t: Tensor, *, space: DataSpace | None = None, seed: int = 0
+) -> Tensor:
+    """``(L, *x0.shape)``: one example ``x0`` (data units) noised to each of the ``L`` times ``t`` with
+    one noise draw, ``x_t = alpha(t) z + sigma_vp(t) eps`` in the model's space ``z = space.encode(x0)``,
+    decoded back so every copy is in data units (the VP view also for a VE schedule, so all copies
+    have about the same size)."""
+    space = space or DataSpace()
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    z = x0.float() * data_scale
+    z = space.encode(x0.float())
     t64 = torch.as_tensor(t, dtype=torch.float64)
     a, s = S.alpha(schedule, t64).float(), S.sigma_vp(schedule, t64).float()
-    return torch.stack([(ai * z + si * eps) / data_scale for ai, si in zip(a, s)])
+    return torch.stack([space.decode(ai * z + si * eps) for ai, si in zip(a, s)])
 
 
 def plot_noising(picture: str | Path, schedule: S.Schedule, t: Tensor, out: str | Path, *, title: str = "") -> Path:

@@ -46,6 +46,7 @@ __all__ = [
     "SamplerSpec",
     "NFECounter",
     "check_sigmas",
+    "posterior",
     "prior_sample",
     "exp_integrator_weights",
     "final_step_weights",
@@ -415,7 +416,7 @@ def _combine(x: Tensor, cx: float, ds: list[Tensor], ws: list[float]) -> Tensor:
 # Ancestral and DDIM samplers (Ho et al. 2020; Song et al. 2021)
 
 
-def _posterior(s: float, s_next: float) -> tuple[float, float]:
+def posterior(s: float, s_next: float) -> tuple[float, float]:
     """DDPM posterior ``q(x_next | x, x0)`` in the VE view: weight on ``x - x0`` and variance.
 
     Mean ``x0 + (s_next^2 / s^2)(x - x0)``, variance ``s_next^2 (s^2 - s_next^2) / s^2``
@@ -440,7 +441,7 @@ def sample_ddpm(
     model = _Model(denoiser, x, cond)
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         d = model(x, s)
-        r, var = _posterior(s, s_next)
+        r, var = posterior(s, s_next)
         x = d + r * (x - d)
         if s_next > 0:
             x = x + math.sqrt(var) * randn_like(x, generator)
@@ -455,7 +456,7 @@ def _learned_log_variance(s: float, s_next: float, v: Tensor) -> Tensor:
     ``beta`` the forward variance of a VP process over the step, both divided by
     ``alpha_next^2``: ``beta = (s^2 - s_next^2)(1 + s_next^2) / (1 + s^2)``.
     """
-    _, beta_tilde = _posterior(s, s_next)
+    _, beta_tilde = posterior(s, s_next)
     beta = (s * s - s_next * s_next) * (1 + s_next * s_next) / (1 + s * s)
     return v * math.log(beta) + (1 - v) * math.log(beta_tilde)
 
@@ -483,7 +484,7 @@ def sample_ddpm_learned_variance(
     model = _Model(with_variance, x, cond)
     for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
         d, v = model(x, s)
-        r, _ = _posterior(s, s_next)
+        r, _ = posterior(s, s_next)
         x = d + r * (x - d)
         if s_next > 0:
             x = x + torch.exp(0.5 * _learned_log_variance(s, s_next, v)) * randn_like(x, generator)
@@ -521,7 +522,7 @@ def sample_ddim(
             x = tail.finish()
             _report(callback, i, x, s, s_next, d)
             break
-        _, var = _posterior(s, s_next)
+        _, var = posterior(s, s_next)
         c2 = eta * eta * var
         eps = (x - d) / s
         x = d + math.sqrt(max(s_next * s_next - c2, 0.0)) * eps
@@ -564,7 +565,7 @@ def sample_euler(
 def _ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]:
     """Split a step into a deterministic move to ``s_down`` and fresh noise ``s_up`` with
     ``s_down^2 + s_up^2 = s_next^2``; ``eta = 1`` injects the DDPM posterior's noise."""
-    _, var = _posterior(s, s_next)
+    _, var = posterior(s, s_next)
     s_up = min(s_next, eta * math.sqrt(var))
     return math.sqrt(max(s_next * s_next - s_up * s_up, 0.0)), s_up
 

@@ -53,7 +53,7 @@ from .cuda_graphs import graphs_enabled, side_stream, warm_up_and_capture
 from .denoiser import Denoiser
 from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
-from .pipeline import build_denoiser, generate, resolve_device, sample_options
+from .pipeline import build_denoiser, data_classifier, generate, resolve_device
 
 __all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels", "read_metrics"]
 
@@ -345,7 +345,7 @@ class Trainer:
         rows = self.rows
         with global_rows(rows):  # per-example draws: whole global batch, this process's rows
             x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
-            x0 = x0 * self.denoiser.data_scale if self.denoiser.data_scale != 1.0 else x0
+            x0 = self.denoiser.space.encode(x0)
             cond: dict[str, Tensor] = {}
             if self.info.num_classes > 0:
                 labels = labels.to(self.device, non_blocking=True).long()
@@ -450,13 +450,9 @@ class Trainer:
             self.world.barrier()
             return []
         self.ema_denoiser.eval()
-        x, labels = generate(
-            self.ema_denoiser,
-            self.info,
-            n=self.cfg.run.sample.num_samples,
-            callback=callback,
-            **sample_options(self.cfg.run.sample),
-        )
+        s = self.cfg.run.sample
+        clf = data_classifier(self.cfg, self.info, self.device) if s.classifier_scale else None
+        x, labels = generate(self.ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback)
         paths = self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
         self.world.barrier()
         return paths

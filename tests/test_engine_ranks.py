@@ -86,7 +86,7 @@ def test_toy_modality_trains_resumes_and_samples(
     assert torch.load(tmp_path / "run" / "samples" / "step_00000002.pt").shape == (6, *shape)
     d["train"]["steps"] = 3
     assert Trainer(C.resolve_config(d), resume=True).fit().step == 3
-    x, labels = load_pipeline(str(tmp_path / "run"), device="cpu").generate(4, steps=2)
+    x, labels = load_pipeline(str(tmp_path / "run"), device="cpu").sample(4, steps=2)
     assert x.shape == (4, *shape) and torch.isfinite(x).all() and labels.tolist() == [0, 1, 2, 0]
 
 

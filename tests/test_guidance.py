@@ -196,12 +196,24 @@ def test_generate_guidance_interval_on_the_mixture(rank_shape) -> None:
 
 
 def test_sample_config_guidance_interval_reaches_generate() -> None:
+    """The ``sample`` section's interval is what :func:`generate` applies: an interval above the
+    grid is the conditional model, one covering it is guided."""
     from pydantic import ValidationError
 
     from multidiff.config import SampleConfig
-    from multidiff.pipeline import sample_options
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
 
-    assert sample_options(SampleConfig(guidance_interval=(0.3, 5.0)))["guidance_interval"] == (0.3, 5.0)
-    assert sample_options(SampleConfig())["guidance_interval"] is None
+    gm, k = GaussianMixture.random((2,), 6, seed=1, n_classes=3), 3
+    d = lambda x, s, class_labels: gm.denoiser()(x, s, class_labels=torch.where(class_labels >= k, NULL, class_labels))  # noqa: E731
+    s = SampleConfig(
+        sampler="euler", steps=6, sigma_min=0.02, sigma_max=40.0, guidance_scale=3.0, guidance_interval=(50.0, 100.0)
+    )
+    info, y = DataInfo((2,), k), torch.tensor([0, 1, 2])
+    outside, _ = generate(d, info, n=3, sample=s, labels=y)
+    plain, _ = generate(d, info, n=3, sample=s.with_overrides(guidance_scale=1.0), labels=y)
+    inside, _ = generate(d, info, n=3, sample=s.with_overrides(guidance_interval=(0.0, 40.0)), labels=y)
+    torch.testing.assert_close(outside, plain)
+    assert not torch.allclose(inside, plain)
     with pytest.raises(ValidationError, match="guidance_interval[\\s\\S]*sigma_lo < sigma_hi"):
         SampleConfig(guidance_interval=(5.0, 0.3))

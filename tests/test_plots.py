@@ -17,6 +17,7 @@ from PIL import Image
 
 from multidiff import cli
 from multidiff import schedules as S
+from multidiff.denoiser import DataSpace
 from multidiff.plots import SAMPLER_CSV_FIELDS, noised_copies, smooth
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def test_noising_of_other_modalities_from_a_config(
 def test_noised_copies_run_from_data_to_noise() -> None:
     x0 = torch.ones(1, 4, 4)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
-    x = noised_copies(x0, S.CosineSchedule(), t, data_scale=2.0)
+    x = noised_copies(x0, S.CosineSchedule(), t, space=DataSpace(2.0))
     assert x.shape == (3, 1, 4, 4)
     assert torch.allclose(x[0], x0, atol=1e-3)  # t = 0: the input, in data units
     assert abs(float(x[2].mean())) < 1.0 and float(x[2].std()) < 1.0  # t = 1: noise / data_scale

@@ -146,7 +146,7 @@ def test_training_feeds_half_the_batch_its_own_estimate(tmp_path: Path, monkeypa
         assert torch.isfinite(est).all()
     pipe = load_pipeline(str(tmp_path / "r"))
     assert pipe.denoiser.self_condition and pipe.denoiser.net.stem.in_channels == 2
-    x, _ = pipe.generate(3, steps=3)
+    x, _ = pipe.sample(3, steps=3)
     assert torch.isfinite(x).all() and x.shape == (3, 1, 8, 8)
 
 

@@ -102,7 +102,7 @@ def test_sampling_from_a_checkpoint_writes_a_png(tmp_path: Path) -> None:
     _train(d)
     assert (tmp_path / "run" / "samples" / "step_00000002.png").is_file()
     pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
-    x, labels = pipe.generate(12, steps=2, guidance_scale=3.0, labels=3)
+    x, labels = pipe.sample(12, steps=2, guidance_scale=3.0, labels=3)
     assert x.shape == (12, 1, 8, 8) and torch.isfinite(x).all() and (labels == 3).all()
 
 

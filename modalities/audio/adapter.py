@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from multidiff.modality import (
     DataInfo,
+    DemoRun,
     Modality,
     PresetModelConfig,
     StrictModel,
     coin_flips,
+    demo_config,
     finish_dataset,
     input_file,
     sample_names,
@@ -194,6 +196,27 @@ class AudioModality(Modality):
             save_spectrogram_grid(x[:32], sr, folder / "spectrograms.png", titles=titles[:32] if titles else None)
         )
         return paths
+
+    def demo(self, quick: bool) -> DemoRun:
+        """Tones, the class is the pitch (a shorter configs/audio_tones.yaml)."""
+        return DemoRun(
+            "tones",
+            "synthesized tones (0.26 s at 8 kHz, 8 pitches)",
+            demo_config(
+                "audio",
+                data={"source": "tones", "sample_rate": 8000, "length": 2048, "random_polarity": True},
+                model={"preset": "tiny", **({"channels": 4, "channel_mult": [1, 2, 2, 2]} if quick else {})},
+                diffusion={"data_scale": 5.0},
+                steps=20 if quick else 600,
+                batch_size=32,
+                num_samples=16,
+                quick=quick,
+            ),
+            {
+                "spectrograms.png": "spectrograms of the sampled clips",
+                "audio_real_spectrograms.png": "spectrograms of training clips, to compare",
+            },
+        )
 
     def save_pictures(  # type: ignore[override]
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0

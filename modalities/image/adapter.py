@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from multidiff.modality import (
     DataInfo,
+    DemoRun,
     Modality,
     PresetModelConfig,
     StrictModel,
     coin_flips,
+    demo_config,
     finish_dataset,
     input_file,
     mask_from_array,
@@ -251,6 +253,26 @@ class ImageModality(Modality):
             nrow = info.num_classes
         p = Path(path)
         return [save_grid(x, p if p.suffix == ".png" else p.with_suffix(".png"), nrow=nrow)]
+
+    def demo(self, quick: bool) -> DemoRun:
+        """Class-conditional handwritten digits at 16x16 (a shorter configs/image_digits.yaml)."""
+        return DemoRun(
+            "digits",
+            "handwritten digits (16x16, 10 classes)",
+            demo_config(
+                "image",
+                data={"source": "digits", "size": 16},
+                model={"preset": "tiny", **({"channels": 16} if quick else {})},
+                steps=30 if quick else 600,
+                batch_size=64,
+                num_samples=100,
+                quick=quick,
+            ),
+            {
+                "noising.png": "forward noising of training examples, t from 0 (left) to 1",
+                "trajectory.png": "the sampler's x0 estimate along a denoising trajectory (last column: the sample)",
+            },
+        )
 
     def save_pictures(  # type: ignore[override]
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0

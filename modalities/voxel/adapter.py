@@ -13,10 +13,12 @@ from torch import Tensor, nn
 
 from multidiff.modality import (
     DataInfo,
+    DemoRun,
     Modality,
     PresetModelConfig,
     StrictModel,
     coin_flips,
+    demo_config,
     finish_dataset,
     input_file,
     sample_names,
@@ -299,6 +301,27 @@ class VoxelModality(Modality):
             save_voxel_preview(grids[:32], folder / "preview.png", titles=titles[:32] if titles else None, level=level)
         )
         return paths
+
+    def demo(self, quick: bool) -> DemoRun:
+        """Primitive shapes at 16^3, the class is the kind of shape (a shorter configs/voxel_shapes.yaml)."""
+        small = {"channels": 4, "channel_mult": [1, 2], "attention_levels": [1]}
+        return DemoRun(
+            "shapes",
+            "primitive shapes (16^3 SDF grids, 6 kinds)",
+            demo_config(
+                "voxel",
+                data={"source": "shapes", "resolution": 16, "representation": "sdf", "truncation": 2.0},
+                model={"preset": "tiny", **(small if quick else {})},
+                steps=10 if quick else 400,
+                batch_size=16,
+                num_samples=12,
+                quick=quick,
+            ),
+            {
+                "preview.png": "the sampled shapes (meshes below)",
+                "voxel_real_preview.png": "training shapes, to compare",
+            },
+        )
 
     def save_pictures(  # type: ignore[override]
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
