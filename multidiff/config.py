@@ -203,7 +203,7 @@ class SampleConfig(StrictModel):
         try:
             return type(self).model_validate({**self.model_dump(), **update})
         except ValidationError as e:
-            raise _format_errors(e, "sample", type(self), "options") from None
+            raise _format_errors(e, "sample", type(self), "(sample options)") from None
 
     @field_validator("guidance_interval")
     @classmethod

@@ -126,7 +126,7 @@ def test_bf16_autocast_training_on_cpu_runs_convolutions_in_bf16(tmp_path: Path)
 
 
 def test_batch_size_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="sample.batch_size: Input should be greater than or equal to 1"):
         generate(_denoiser(), DataInfo((1, 8, 8), 3), n=2, steps=2, batch_size=0)
 
 
@@ -154,7 +154,7 @@ def test_cli_sample_batch_size_precision_and_bad_batch(tmp_path: Path, capsys) -
     )
     assert (tmp_path / "s.png").exists()
     assert main(["sample", str(run), "-n", "5", "--batch-size", "0", "--out", str(tmp_path / "t.png")]) == 2
-    assert "batch_size must be at least 1" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+    assert "sample.batch_size: Input should be greater than or equal to 1" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
 
 
 def test_compiled_training_and_sampling_match_eager_on_cpu(tmp_path: Path, monkeypatch) -> None:

@@ -210,6 +210,7 @@ def test_data_scale_is_applied_in_training_and_undone_in_sampling(tmp_path: Path
     """``diffusion.data_scale`` multiplies the training data and divides the samples: the exact
     denoiser of the scaled mixture, declared with that scale, samples the unscaled mixture."""
     from multidiff import train as T
+    from multidiff.denoiser import DataSpace
     from multidiff.modality import DataInfo
     from multidiff.pipeline import generate
     from multidiff.testing import GaussianMixture
@@ -232,7 +233,7 @@ def test_data_scale_is_applied_in_training_and_undone_in_sampling(tmp_path: Path
     b = 5.0
     gm = GaussianMixture(torch.tensor([[-0.2], [0.2]]), 0.02)
     scaled = GaussianMixture(b * gm.means, b * 0.02).denoiser()
-    scaled.data_scale = b
+    scaled.space = DataSpace(b)
     x, _ = generate(
         scaled, DataInfo((1,), 0), n=2000, sampler="heun", steps=30, grid="karras", sigma_min=0.002, sigma_max=80.0
     )
