@@ -66,6 +66,13 @@ def test_the_example_modality_installs_lists_trains_and_samples(tmp_path: Path) 
     assert rows[0] == ["ch0", "ch1", "ch2"] and len(rows) == 129 and all(len(r) == 3 for r in rows)
     assert (tmp_path / "s" / "plot.png").stat().st_size > 1000
 
+    # the demo asks every installed modality for its run: the example's appears by being installed
+    out = _run([*cli, "demo", "--quick", "--modality", "timeseries", "--out", str(tmp_path / "demo")], env, tmp_path)
+    assert "synthetic waves" in out.stdout and "done" not in out.stderr
+    page = (tmp_path / "demo" / "index.html").read_text()
+    assert "synthetic waves (3 channels of 128 steps, 3 kinds)" in page and "sampled series, one panel each" in page
+    assert list((tmp_path / "demo" / "waves_run" / "samples").rglob("*.csv"))
+
 
 def test_the_example_modality_reads_a_folder_of_csv_files(tmp_path: Path) -> None:
     sys.path.insert(0, str(PACKAGE))

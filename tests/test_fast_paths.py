@@ -154,7 +154,10 @@ def test_cli_sample_batch_size_precision_and_bad_batch(tmp_path: Path, capsys) -
     )
     assert (tmp_path / "s.png").exists()
     assert main(["sample", str(run), "-n", "5", "--batch-size", "0", "--out", str(tmp_path / "t.png")]) == 2
-    assert "sample.batch_size: Input should be greater than or equal to 1" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
+    assert (
+        "sample.batch_size: Input should be greater than or equal to 1" in capsys.readouterr().err
+        and not (tmp_path / "t.png").exists()
+    )
 
 
 def test_compiled_training_and_sampling_match_eager_on_cpu(tmp_path: Path, monkeypatch) -> None:

@@ -27,10 +27,12 @@ from torch import Tensor, nn
 
 from multidiff.modality import (
     DataInfo,
+    DemoRun,
     Modality,
     PresetModelConfig,
     StrictModel,
     TensorDataset,
+    demo_config,
     finish_dataset,
     read_each,
     sample_names,
@@ -177,3 +179,23 @@ class TimeSeriesModality(Modality):
 
     def describe(self, data: TimeSeriesDataConfig) -> str:  # type: ignore[override]
         return f"{data.channels}-channel series of {data.length} steps from {data.source}"
+
+    def demo(self, quick: bool) -> DemoRun:
+        """This modality's part of ``multidiff demo``: the three wave kinds, a short run of config.yaml."""
+        return DemoRun(
+            "waves",
+            "synthetic waves (3 channels of 128 steps, 3 kinds)",
+            demo_config(
+                "timeseries",
+                data={"source": "synthetic", "channels": 3, "length": 128, "per_class": 40 if quick else 300},
+                model={
+                    "preset": "tiny",
+                    **({"channels": 8, "channel_mult": [1, 2], "attention_levels": [1]} if quick else {}),
+                },
+                steps=10 if quick else 400,
+                batch_size=32,
+                num_samples=6 if quick else 12,
+                quick=quick,
+            ),
+            {"plot.png": "sampled series, one panel each"},
+        )
