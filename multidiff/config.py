@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from . import registry
 from . import schedules as S
@@ -177,6 +178,17 @@ class SampleConfig(StrictModel):
             raise ValueError(f"expected [sigma_lo, sigma_hi] with 0 <= sigma_lo < sigma_hi, got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _options(self) -> SampleConfig:
+        # options are keyword arguments of the sampler: a misspelt one fails here, not at the first sample
+        from .samplers import SamplerOptionError, check_options
+
+        try:
+            check_options(self.sampler, self.options)
+        except SamplerOptionError as e:
+            raise PydanticCustomError("sampler_option", str(e), {"loc": ("options", e.key)}) from None
+        return self
+
 
 class RunConfig(StrictModel):
     """A whole run. ``model`` and ``data`` are validated by the modality's adapter."""
@@ -220,7 +232,8 @@ class ResolvedConfig:
 def _format_errors(err: ValidationError, prefix: str, model: type[StrictModel] | None, source: str) -> ConfigError:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        # a model validator's error may name the key it is about (ctx["loc"], below the model's own loc)
+        loc = ".".join(str(p) for p in (prefix, *e["loc"], *e.get("ctx", {}).get("loc", ())) if p != "")
         if e["type"] == "extra_forbidden":
             expected = _fields_at(model, e["loc"][:-1]) if model is not None else []
             hint = f"; expected one of: {', '.join(expected)}" if expected else ""

@@ -261,6 +261,7 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     spec = get_sampler(sampler)
+    spec.check_options(options or {})
     schedule = getattr(denoiser, "schedule", None)
     sigmas = make_grid(grid, steps, schedule=schedule, sigma_min=sigma_min, sigma_max=sigma_max)
     param = next(iter(denoiser.parameters()), None) if isinstance(denoiser, nn.Module) else None

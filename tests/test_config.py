@@ -10,6 +10,7 @@ import yaml
 from helpers import tiny_run
 
 from multidiff import config as C
+from multidiff import samplers
 from multidiff import schedules as S
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -108,3 +109,53 @@ def test_noise_scale_maps_every_condition_to_about_a_thousand() -> None:
     assert C.noise_scale("timestep", sched) * 99 == pytest.approx(999)
     assert C.noise_scale("timestep", S.DiscreteSchedule.linear(1000)) == 1.0
     assert C.noise_scale("t") == 1000.0
+
+
+def test_misspelt_sampler_option_names_the_key_and_the_valid_ones(tmp_path: Path) -> None:
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "ddim", "options": {"etta": 0.5}}), tmp_path)
+    assert "sample.options.etta" in msg and "'ddim'" in msg and "expected one of: eta, final_step" in msg
+    assert len(msg.splitlines()) == 1
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "ddpm"}), tmp_path, ["sample.options.eta=0.5"])
+    assert "sample.options.eta" in msg and "'ddpm'" in msg and "takes no options" in msg
+    # values are checked against the kind of the option's default
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "unipc"}), tmp_path, ["sample.options.order=fast"])
+    assert "sample.options.order" in msg and "integer" in msg and "'fast'" in msg
+
+
+def test_valid_sampler_options_pass(tmp_path: Path) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", sample={"sampler": "heun"})))
+    cfg = C.load_config(p, ["sample.options.s_churn=1", "sample.options.final_step=jump"])
+    assert cfg.run.sample.options == {"s_churn": 1, "final_step": "jump"}
+    assert samplers.sampler_options("heun") == ("s_churn", "s_tmin", "s_tmax", "s_noise", "final_step")
+    # a sampler that takes **kwargs accepts any option
+    samplers.register_sampler("_test_open", stochastic=False, order=1)(lambda denoiser, x, sigmas, **kw: x)
+    try:
+        samplers.check_options("_test_open", {"anything": 1})
+        assert C.SampleConfig(sampler="_test_open", options={"anything": 1}).options == {"anything": 1}
+    finally:
+        del samplers._REGISTRY["_test_open"]
+
+
+def test_generate_checks_sampler_options_before_sampling() -> None:
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **cond: object) -> torch.Tensor:
+        raise AssertionError("sampled despite a bad option")
+
+    with pytest.raises(samplers.SamplerOptionError, match="'etta' for sampler 'ddim'.*eta, final_step"):
+        generate(denoiser, DataInfo((1, 4)), n=2, sampler="ddim", steps=2, sigma_max=10.0, options={"etta": 0})
+
+
+def test_cli_train_with_a_bad_sampler_option_exits_2_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multidiff import cli
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run")))
+    assert cli.main(["train", str(cfg), "--set", "sample.options.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sample.options.bogus" in err and "'ddim'" in err and "eta, final_step" in err, err
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
