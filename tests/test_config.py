@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -34,11 +35,14 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     p = tmp_path / "run.yaml"
     p.write_text(yaml.safe_dump(tiny_run(tmp_path / "run")))
     cfg = C.load_config(
-        p, ["train.steps=7", "train.lr=3e-4", "diffusion.schedule.kind=cosine", "model.channel_mult=[1,1]"]
+        p, ["train.steps=7", "train.lr=3e-4", "diffusion.schedule.kind=cosine_discrete", "model.channel_mult=[1,1]"]
     )
     assert cfg.run.train.steps == 7 and cfg.run.train.lr == pytest.approx(3e-4)
-    assert cfg.run.diffusion.schedule.kind == "cosine"
+    assert cfg.run.diffusion.schedule == C.CosineDiscreteScheduleConfig(num_steps=100)
     assert cfg.model.channel_mult == [1, 1]
+    # a whole section as YAML: another kind, without the keys of the first
+    cfg = C.load_config(p, ["diffusion.schedule={kind: cosine, logsnr_max: 10}"])
+    assert cfg.run.diffusion.schedule == C.CosineScheduleConfig(logsnr_max=10)
 
 
 def _error(d: dict, tmp_path: Path, overrides: list[str] | None = None) -> str:
@@ -93,14 +97,15 @@ def test_bad_files_and_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", C.SCHEDULE_KINDS)
 def test_build_schedule_matches_the_schedule_classes(kind: str) -> None:
-    sched = C.build_schedule(C.ScheduleConfig(kind=kind, num_steps=50))
+    steps = {"num_steps": 50} if kind in ("linear", "scaled_linear", "cosine_discrete") else {}
+    sched = C.build_schedule(C.schedule_config(kind=kind, **steps))
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     lam = sched.logsnr(t)
     assert torch.all(lam[:-1] > lam[1:])  # log-SNR decreases in t
     if kind == "linear":
         expected = S.DiscreteSchedule.linear(50)
         assert torch.allclose(lam, expected.logsnr(t))
-    shifted = C.build_schedule(C.ScheduleConfig(kind=kind, num_steps=50, shift_base_size=8), size=32)
+    shifted = C.build_schedule(C.schedule_config(kind=kind, **steps, shift_base_size=8), size=32)
     assert torch.allclose(shifted.logsnr(t), lam + 2 * torch.log(torch.tensor(8 / 32, dtype=torch.float64)))
 
 
@@ -159,3 +164,76 @@ def test_cli_train_with_a_bad_sampler_option_exits_2_before_training(
     err = capsys.readouterr().err.strip()
     assert "sample.options.bogus" in err and "'ddim'" in err and "eta, final_step" in err, err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_schedule_keys_are_those_of_its_kind(tmp_path: Path) -> None:
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "edm", "beta_start": 1e-3}}), tmp_path)
+    assert "diffusion.schedule.beta_start: unknown key for kind 'edm'" in msg
+    assert "expected one of: kind, rho, shift_base_size, sigma_max, sigma_min, zero_terminal_snr" in msg
+    msg = _error(tiny_run(tmp_path), tmp_path, ["diffusion.schedule.logsnr_min=-10"])  # tiny_run's is linear
+    assert "diffusion.schedule.logsnr_min: unknown key for kind 'linear'" in msg and "beta_end" in msg
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "edm", "rho": -1}}), tmp_path)
+    assert "diffusion.schedule.rho:" in msg and "greater than 0" in msg
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "karras"}}), tmp_path)
+    assert "diffusion.schedule.kind: unknown kind 'karras'" in msg and "'edm'" in msg
+    # every kind takes exactly the keys build_schedule reads, and the two common ones
+    for kind in C.SCHEDULE_KINDS:
+        assert C.schedule_config(kind=kind).kind == kind
+    assert set(C.EDMScheduleConfig.model_fields) == {"kind", "sigma_min", "sigma_max", "rho", *COMMON_SCHEDULE_KEYS}
+    assert set(C.VPLinearScheduleConfig.model_fields) == {"kind", *COMMON_SCHEDULE_KEYS}
+
+
+COMMON_SCHEDULE_KEYS = ("shift_base_size", "zero_terminal_snr")
+
+
+def test_schedule_kind_defaults_to_linear(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path)
+    del run["diffusion"]
+    assert C.resolve_config(run).run.diffusion.schedule == C.LinearScheduleConfig()
+    run = tiny_run(tmp_path, diffusion={"schedule": {"num_steps": 20, "beta_end": 0.03}})
+    assert C.resolve_config(run).run.diffusion.schedule == C.LinearScheduleConfig(num_steps=20, beta_end=0.03)
+    assert C.DiffusionConfig().schedule == C.schedule_config() == C.LinearScheduleConfig()
+
+
+# diffusion.schedule as meta.json held it before one model per kind: every kind's keys, flat
+LEGACY_SCHEDULE = {
+    "num_steps": 1000,
+    "beta_start": None,
+    "beta_end": None,
+    "logsnr_min": -15.0,
+    "logsnr_max": 15.0,
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "rho": 7.0,
+    "shift_base_size": None,
+    "zero_terminal_snr": False,
+}
+
+
+@pytest.mark.parametrize("kind", C.SCHEDULE_KINDS)
+def test_a_legacy_flat_schedule_from_a_checkpoint_loads(tmp_path: Path, kind: str) -> None:
+    saved = C.resolve_config(tiny_run(tmp_path)).to_json()
+    saved["diffusion"]["schedule"] = {"kind": kind, **LEGACY_SCHEDULE, "shift_base_size": 8.0}
+    legacy = json.loads(json.dumps(saved))
+    with pytest.raises(C.ConfigError, match="unknown key"):  # a user's config stays strict
+        C.resolve_config(legacy)
+    cfg = C.config_from_json(json.dumps(legacy))
+    assert legacy == saved  # the migration copies
+    assert cfg.run.diffusion.schedule.kind == kind and cfg.run.diffusion.schedule.shift_base_size == 8.0
+    assert cfg.run.diffusion.schedule == C.schedule_config(
+        {k: v for k, v in saved["diffusion"]["schedule"].items() if k in type(cfg.run.diffusion.schedule).model_fields}
+    )
+    # a checkpoint folder's meta.json goes through the same migration
+    from multidiff.checkpoint import Checkpoint
+
+    assert C.resolve_config(Checkpoint(tmp_path, {"config": legacy}).config).to_json() == cfg.to_json()
+    # today's configs pass unchanged
+    assert C.migrate_config(cfg.to_json()) == cfg.to_json()
+
+
+def test_a_legacy_schedule_value_the_kind_ignored_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    saved = C.resolve_config(tiny_run(tmp_path)).to_json()
+    saved["diffusion"]["schedule"] = {**LEGACY_SCHEDULE, "kind": "edm", "beta_start": 0.001, "sigma_max": 40.0}
+    with pytest.warns(UserWarning, match="kind 'edm' held beta_start=0.001, which that kind does not use"):
+        cfg = C.config_from_json(json.dumps(saved))
+    assert cfg.run.diffusion.schedule == C.EDMScheduleConfig(sigma_max=40.0)
