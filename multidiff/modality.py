@@ -89,14 +89,21 @@ class PresetModelConfig(StrictModel):
             raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
         return out
 
+    def unet_args(self, info: DataInfo) -> dict[str, Any]:
+        """The :class:`multidiff.nn.UNet` arguments of the resolved preset for examples of
+        ``info.shape``: the preset's keys as they are. A subclass whose keys are not all UNet
+        arguments (image sizes for attention) translates them here; every key must reach the UNet."""
+        return self.resolved()
+
     def build_unet(
         self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False, **fixed: Any
     ) -> nn.Module:
         """A :class:`multidiff.nn.UNet` over ``dims`` axes for examples of ``info.shape`` (channels
-        first) from the resolved preset, whose keys are UNet arguments; ``fixed`` adds or overrides some."""
+        first) from :meth:`unet_args` (so no preset key is left out: an unknown one is an error);
+        ``fixed`` adds or overrides some."""
         from .nn import UNet
 
-        args = {**self.resolved(), **fixed}
+        args = {**self.unet_args(info), **fixed}
         return UNet(
             dims,
             info.shape[0],

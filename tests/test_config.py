@@ -237,3 +237,55 @@ def test_a_legacy_schedule_value_the_kind_ignored_is_dropped_with_a_warning(tmp_
     with pytest.warns(UserWarning, match="kind 'edm' held beta_start=0.001, which that kind does not use"):
         cfg = C.config_from_json(json.dumps(saved))
     assert cfg.run.diffusion.schedule == C.EDMScheduleConfig(sigma_max=40.0)
+
+
+def _network_fingerprint(net: torch.nn.Module) -> list[object]:
+    """Every module's type and public attributes (dropout rates, groups, heads, checkpointing) and
+    every weight's name and shape: two networks that differ in any UNet argument differ here."""
+    mods = [
+        (name, type(m).__name__, sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_")))
+        for name, m in net.named_modules()
+    ]
+    return [mods, [(k, tuple(v.shape)) for k, v in net.state_dict().items()]]
+
+
+def _another(key: str, value: object) -> object:
+    """A different valid value for a model key."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, float):
+        return 0.3 if value != 0.3 else 0.1
+    if isinstance(value, int):
+        return value // 2 if value >= 2 else value + 1
+    assert isinstance(value, (list, tuple)), (key, value)
+    if key.startswith("attention"):
+        return [] if value else [0]
+    return [value[0] + 1, *value[1:]]
+
+
+@pytest.mark.parametrize(
+    ("modality", "shape"), [("image", (3, 32, 32)), ("audio", (1, 2048)), ("voxel", (1, 16, 16, 16))]
+)
+def test_every_model_key_reaches_the_network(modality: str, shape: tuple[int, ...]) -> None:
+    """No preset key or model override is dropped on the way to the UNet: changing any one of them
+    (from the first preset, or from the UNet's default where that preset leaves it out) changes the
+    network the adapter builds."""
+    import inspect
+
+    from multidiff import registry
+    from multidiff.modality import DataInfo
+    from multidiff.nn import UNet
+
+    adapter = registry.load_modality(modality)()
+    mc = adapter.ModelConfig
+    preset = next(iter(mc.PRESETS))
+    info = DataInfo(shape, 3)
+    keys = {k for p in mc.PRESETS.values() for k in p} | (set(mc.model_fields) - {"preset"})
+    resolved = mc(preset=preset).resolved()
+    unet_defaults = {k: p.default for k, p in inspect.signature(UNet).parameters.items()}
+    base = _network_fingerprint(adapter.build_network(mc(preset=preset), info, noise_scale=1.0))
+    for key in sorted(keys):
+        value = resolved[key] if key in resolved else unet_defaults[key]
+        model = mc(preset=preset, **{key: _another(key, value)})
+        net = adapter.build_network(model, info, noise_scale=1.0)
+        assert _network_fingerprint(net) != base, f"{modality} model.{key} does not change the network"

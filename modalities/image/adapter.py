@@ -22,7 +22,6 @@ from multidiff.modality import (
     mask_from_array,
     read_npy,
 )
-from multidiff.nn import UNet
 
 from . import data as D
 from .io import IMAGE_SUFFIXES, read_image, resize_center_crop, save_grid
@@ -66,6 +65,15 @@ class ImageModelConfig(PresetModelConfig):
 
     preset: Literal["tiny", "small", "ddpm_cifar10"] = "tiny"
     attention_resolutions: list[int] | None = None
+
+    def unet_args(self, info: DataInfo) -> dict[str, Any]:
+        """The preset's UNet arguments, ``attention_resolutions`` (sides) turned into the levels
+        whose side (the larger image side, halved per level) is listed."""
+        r = self.resolved()
+        side = max(info.shape[1:])
+        resolutions = r.pop("attention_resolutions")
+        r["attention_levels"] = [lvl for lvl in range(len(r["channel_mult"])) if -(-side // 2**lvl) in resolutions]
+        return r
 
 
 class ImageDataConfig(StrictModel):
@@ -157,28 +165,10 @@ def read_mask_image(path: Path) -> Tensor:
 
 def build_unet(
     model: ImageModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
-) -> UNet:
+) -> nn.Module:
     """The 2D UNet of ``model`` for images of ``info.shape``; attention goes to the levels whose
     side (the larger image side, halved per level) is listed in ``attention_resolutions``."""
-    r = model.resolved()
-    side = max(info.shape[1:])
-    levels = len(r["channel_mult"])
-    attention = [lvl for lvl in range(levels) if -(-side // 2**lvl) in r["attention_resolutions"]]
-    return UNet(
-        2,
-        info.shape[0],
-        channels=r["channels"],
-        channel_mult=r["channel_mult"],
-        num_res_blocks=r["num_res_blocks"],
-        attention_levels=attention,
-        head_channels=r["head_channels"],
-        dropout=r["dropout"],
-        num_classes=info.num_classes,
-        learned_variance=learned_variance,
-        noise_scale=noise_scale,
-        groups=r.get("groups", 32),
-        self_condition=r["self_condition"],
-    )
+    return model.build_unet(2, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
 class ImageModality(Modality):
