@@ -377,7 +377,8 @@ def _step(cur: Any, p: Any) -> tuple[Any, bool]:
 def _untag(model: type[StrictModel], path: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str]]:
     """``path`` without the tags of tagged unions, and those tags."""
     cur: Any = model
-    shown, tags = [], []
+    shown: list[Any] = []
+    tags: list[str] = []
     for p in path:
         cur, tag = _step(cur, p)
         (tags if tag else shown).append(p)

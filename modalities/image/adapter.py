@@ -171,14 +171,14 @@ def build_unet(
     return model.build_unet(2, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
-class ImageModality(Modality):
+class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     name: ClassVar[str] = "image"
     ModelConfig: ClassVar[type[StrictModel]] = ImageModelConfig
     DataConfig: ClassVar[type[StrictModel]] = ImageDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
     mask_suffixes: ClassVar[tuple[str, ...]] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
-    def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+    def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
         if data.source == "digits":
             ds, info = D.digits(size, ch)
@@ -203,15 +203,15 @@ class ImageModality(Modality):
 
     def build_network(
         self, model: ImageModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
-    ) -> nn.Module:  # type: ignore[override]
+    ) -> nn.Module:
         return build_unet(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
-    def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+    def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:
         if not data.random_flip:
             return x
         return torch.where(coin_flips(x, generator), x.flip(-1), x)
 
-    def read_input(self, path: Path, info: DataInfo, data: ImageDataConfig | None = None) -> Tensor:  # type: ignore[override]
+    def read_input(self, path: Path, info: DataInfo, data: ImageDataConfig | None = None) -> Tensor:
         """A PNG/JPEG/BMP/WebP file as ``info.shape = (C, H, W)`` in [-1, 1], as a folder source reads
         it: RGB, or BT.601 luma for one channel (an RGB model repeats a grey file's channel), resized
         to cover ``(H, W)`` keeping its aspect ratio and centre-cropped. ``data`` is not needed."""
@@ -221,7 +221,7 @@ class ImageModality(Modality):
             raise ValueError(f"cannot read {str(p)!r} for images of {channels} channels: only 1 or 3 are supported")
         return resize_center_crop(read_image(p, channels), size).contiguous()  # type: ignore[arg-type]
 
-    def read_mask(self, path: Path, info: DataInfo) -> Tensor:  # type: ignore[override]
+    def read_mask(self, path: Path, info: DataInfo) -> Tensor:
         """A mask ``(1, H, W)`` (True: generate) from a picture (white: generate; see
         :func:`read_mask_image`), resized by nearest neighbour the way :meth:`read_input` resizes the
         image it goes with, or a ``.npy`` array (nonzero: generate) at the model's size exactly."""
@@ -230,7 +230,7 @@ class ImageModality(Modality):
             return mask_from_array(read_npy(p, "mask"), p, info)
         return _cover_crop_nearest(read_mask_image(p), tuple(info.shape[1:]))  # type: ignore[arg-type]
 
-    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """One PNG grid; for class-conditional samples in the default label order, one class per column."""
         nrow = None
         if (
@@ -242,7 +242,7 @@ class ImageModality(Modality):
         p = Path(path)
         return [save_grid(x, p if p.suffix == ".png" else p.with_suffix(".png"), nrow=nrow)]
 
-    def save_pictures(  # type: ignore[override]
+    def save_pictures(
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
     ) -> list[Path]:
         """A forward-noising strip of four training images and a denoising-trajectory strip."""
@@ -255,5 +255,5 @@ class ImageModality(Modality):
             trajectory_strip(denoiser, info, out / "trajectory.png", guidance_scale=guidance_scale),
         ]
 
-    def describe(self, data: ImageDataConfig) -> str:  # type: ignore[override]
+    def describe(self, data: ImageDataConfig) -> str:
         return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"
