@@ -289,3 +289,27 @@ def test_every_model_key_reaches_the_network(modality: str, shape: tuple[int, ..
         model = mc(preset=preset, **{key: _another(key, value)})
         net = adapter.build_network(model, info, noise_scale=1.0)
         assert _network_fingerprint(net) != base, f"{modality} model.{key} does not change the network"
+
+
+def test_a_checkpoint_saved_with_a_legacy_flat_schedule_loads(tmp_path: Path) -> None:
+    from multidiff import cli
+    from multidiff.checkpoint import find_checkpoint
+    from multidiff.pipeline import load_pipeline
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", train={"steps": 1, "checkpoint_every": 1})))
+    assert cli.main(["train", str(cfg)]) == 0
+    meta_path = find_checkpoint(tmp_path / "run").path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["config"]["diffusion"]["schedule"] == {
+        "kind": "linear",
+        "num_steps": 100,
+        "beta_start": None,
+        "beta_end": None,
+        "shift_base_size": None,
+        "zero_terminal_snr": False,
+    }
+    meta["config"]["diffusion"]["schedule"] = {**LEGACY_SCHEDULE, "kind": "linear", "num_steps": 100}
+    meta_path.write_text(json.dumps(meta))
+    pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
+    assert pipe.config.run.diffusion.schedule == C.LinearScheduleConfig(num_steps=100)
