@@ -51,7 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     "edm": [
         "diffusion.parameterization=edm",
         "diffusion.weighting=edm",
-        "diffusion.schedule.kind=edm",
+        "diffusion.schedule={kind: edm}",  # a whole section: the base config's num_steps is not an edm key
         "diffusion.noise_sampling=log_normal",
     ],
     "c32": ["model.channels=32"],

@@ -80,7 +80,11 @@ class Checkpoint:
 
     @property
     def config(self) -> dict[str, Any]:
-        return self.meta["config"]
+        """The run's resolved config, one saved by an earlier version brought up to date
+        (:func:`multidiff.config.migrate_config`)."""
+        from .config import migrate_config
+
+        return migrate_config(self.meta["config"])
 
     def weights(self, which: str = "ema") -> dict[str, Tensor]:
         """``model`` or ``ema`` weights as a state dict (CPU tensors)."""

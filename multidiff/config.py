@@ -13,11 +13,13 @@ errors, and each error names the key, the value given and what was expected.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from . import registry
 from . import schedules as S
@@ -26,6 +28,16 @@ from .modality import Modality, StrictModel
 __all__ = [
     "ConfigError",
     "ScheduleConfig",
+    "LinearScheduleConfig",
+    "ScaledLinearScheduleConfig",
+    "CosineDiscreteScheduleConfig",
+    "VPLinearScheduleConfig",
+    "CosineScheduleConfig",
+    "SigmoidScheduleConfig",
+    "EDMScheduleConfig",
+    "SCHEDULE_KINDS",
+    "schedule_config",
+    "migrate_config",
     "DiffusionConfig",
     "TrainConfig",
     "SampleConfig",
@@ -43,35 +55,123 @@ class ConfigError(ValueError):
     """A config that cannot run; its message has one line per problem."""
 
 
-SCHEDULE_KINDS = ("linear", "scaled_linear", "cosine_discrete", "vp_linear", "cosine", "sigmoid", "edm")
-
-
 class ScheduleConfig(StrictModel):
-    """The training noise schedule (see :mod:`multidiff.schedules`).
+    """The training noise schedule (see :mod:`multidiff.schedules`): one model per ``kind``, each
+    with only the keys that kind uses, so a key another kind takes is an error, not ignored.
 
     ``linear``, ``scaled_linear`` and ``cosine_discrete`` are tables of ``num_steps`` entries (DDPM,
     Stable Diffusion, improved DDPM); ``vp_linear``, ``cosine``, ``sigmoid`` and ``edm`` are
-    continuous in time. ``shift_base_size`` shifts log-SNR for the data size (simple diffusion);
-    ``zero_terminal_snr`` rescales it to reach pure noise.
+    continuous in time. Every kind takes ``shift_base_size``, which shifts log-SNR for the data size
+    (simple diffusion), and ``zero_terminal_snr``, which rescales it to reach pure noise.
+    :func:`schedule_config` validates a dict of any kind.
     """
 
-    kind: Literal["linear", "scaled_linear", "cosine_discrete", "vp_linear", "cosine", "sigmoid", "edm"] = "linear"
+    kind: str
+    shift_base_size: float | None = Field(None, gt=0)
+    zero_terminal_snr: bool = False
+
+
+class LinearScheduleConfig(ScheduleConfig):
+    """DDPM's linear betas (``beta_start``, ``beta_end``: the table's defaults when omitted)."""
+
+    kind: Literal["linear"] = "linear"
     num_steps: int = Field(1000, ge=2)
     beta_start: float | None = Field(None, gt=0, lt=1)
     beta_end: float | None = Field(None, gt=0, lt=1)
+
+
+class ScaledLinearScheduleConfig(ScheduleConfig):
+    """Stable Diffusion's betas, linear in ``sqrt(beta)``."""
+
+    kind: Literal["scaled_linear"] = "scaled_linear"
+    num_steps: int = Field(1000, ge=2)
+    beta_start: float | None = Field(None, gt=0, lt=1)
+    beta_end: float | None = Field(None, gt=0, lt=1)
+
+
+class CosineDiscreteScheduleConfig(ScheduleConfig):
+    """Improved DDPM's cosine table."""
+
+    kind: Literal["cosine_discrete"] = "cosine_discrete"
+    num_steps: int = Field(1000, ge=2)
+
+
+class VPLinearScheduleConfig(ScheduleConfig):
+    """The continuous limit of DDPM's linear betas (the VP-SDE), with its default betas."""
+
+    kind: Literal["vp_linear"] = "vp_linear"
+
+
+class CosineScheduleConfig(ScheduleConfig):
+    """The cosine schedule in continuous time, log-SNR clipped to ``[logsnr_min, logsnr_max]``."""
+
+    kind: Literal["cosine"] = "cosine"
     logsnr_min: float = -15.0
     logsnr_max: float = 15.0
+
+
+class SigmoidScheduleConfig(ScheduleConfig):
+    """The sigmoid schedule, log-SNR clipped to ``[logsnr_min, logsnr_max]``."""
+
+    kind: Literal["sigmoid"] = "sigmoid"
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+
+
+class EDMScheduleConfig(ScheduleConfig):
+    """EDM's variance-exploding schedule from ``sigma_min`` to ``sigma_max``."""
+
+    kind: Literal["edm"] = "edm"
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)
     rho: float = Field(7.0, gt=0)
-    shift_base_size: float | None = Field(None, gt=0)
-    zero_terminal_snr: bool = False
+
+
+SCHEDULE_CONFIGS: dict[str, type[ScheduleConfig]] = {
+    c.model_fields["kind"].default: c
+    for c in (
+        LinearScheduleConfig,
+        ScaledLinearScheduleConfig,
+        CosineDiscreteScheduleConfig,
+        VPLinearScheduleConfig,
+        CosineScheduleConfig,
+        SigmoidScheduleConfig,
+        EDMScheduleConfig,
+    )
+}
+SCHEDULE_KINDS = tuple(SCHEDULE_CONFIGS)
+DEFAULT_SCHEDULE_KIND = "linear"
+
+# any kind's model, chosen by ``kind``
+AnyScheduleConfig = Annotated[
+    LinearScheduleConfig
+    | ScaledLinearScheduleConfig
+    | CosineDiscreteScheduleConfig
+    | VPLinearScheduleConfig
+    | CosineScheduleConfig
+    | SigmoidScheduleConfig
+    | EDMScheduleConfig,
+    Field(discriminator="kind"),
+]
+
+
+def _default_kind(v: Any) -> Any:
+    """A schedule section without ``kind`` is the default kind's."""
+    return {"kind": DEFAULT_SCHEDULE_KIND, **v} if isinstance(v, dict) and "kind" not in v else v
+
+
+def schedule_config(d: dict[str, Any] | None = None, **kw: Any) -> ScheduleConfig:
+    """The validated schedule model for a dict (or keywords) of any kind (``linear`` when ``kind`` is omitted)."""
+    return _SCHEDULE_ADAPTER.validate_python(_default_kind({**(d or {}), **kw}))
+
+
+_SCHEDULE_ADAPTER: TypeAdapter[ScheduleConfig] = TypeAdapter(AnyScheduleConfig)
 
 
 class DiffusionConfig(StrictModel):
     """How the model is trained: schedule, what the network predicts, loss weighting, noise levels."""
 
-    schedule: ScheduleConfig = ScheduleConfig()
+    schedule: AnyScheduleConfig = LinearScheduleConfig()
     parameterization: Literal["eps", "x0", "v", "edm"] = "eps"
     weighting: Literal["uniform", "min_snr", "snr_plus_one", "edm", "sigmoid"] = "uniform"
     noise_sampling: Literal["uniform_t", "log_normal", "logit_normal"] = "uniform_t"
@@ -85,6 +185,11 @@ class DiffusionConfig(StrictModel):
     # divided by it again. Audio at -20 dBFS RMS (std 0.1) wants about 5 to look like images' 0.5.
     data_scale: float = Field(1.0, gt=0)
     noise_cond: Literal["t", "timestep", "logsnr", "log_sigma"] | None = None
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _schedule_kind(cls, v: Any) -> Any:
+        return _default_kind(v)
 
 
 class TrainConfig(StrictModel):
@@ -212,6 +317,17 @@ class SampleConfig(StrictModel):
             raise ValueError(f"expected [sigma_lo, sigma_hi] with 0 <= sigma_lo < sigma_hi, got {list(v)}")
         return v
 
+    @model_validator(mode="after")
+    def _options(self) -> SampleConfig:
+        # options are keyword arguments of the sampler: a misspelt one fails here, not at the first sample
+        from .samplers import SamplerOptionError, check_options
+
+        try:
+            check_options(self.sampler, self.options)
+        except SamplerOptionError as e:
+            raise PydanticCustomError("sampler_option", str(e), {"loc": ("options", e.key)}) from None
+        return self
+
 
 class RunConfig(StrictModel):
     """A whole run. ``model`` and ``data`` are validated by the modality's adapter."""
@@ -255,13 +371,21 @@ class ResolvedConfig:
 def _format_errors(err: ValidationError, prefix: str, model: type[StrictModel] | None, source: str) -> ConfigError:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        # a model validator's error may name the key it is about (ctx["loc"], below the model's own loc)
+        raw = (*e["loc"], *e.get("ctx", {}).get("loc", ()))
+        # a tagged union (diffusion.schedule) puts its tag in the loc: left out, named as "for kind ..."
+        shown, tags = _untag(model, raw) if model is not None else (raw, [])
+        loc = ".".join(str(p) for p in (prefix, *shown) if p != "")
+        kind = f" for kind {tags[-1]!r}" if tags else ""
         if e["type"] == "extra_forbidden":
-            expected = _fields_at(model, e["loc"][:-1]) if model is not None else []
+            expected = _fields_at(model, raw[:-1]) if model is not None else []
             hint = f"; expected one of: {', '.join(expected)}" if expected else ""
-            lines.append(f"{loc}: unknown key (value {e['input']!r}){hint}")
+            lines.append(f"{loc}: unknown key{kind} (value {e['input']!r}){hint}")
         elif e["type"] == "missing":
             lines.append(f"{loc}: missing required key")
+        elif e["type"] == "union_tag_invalid":
+            field, tag = str(e["ctx"]["discriminator"]).strip("'"), e["ctx"]["tag"]
+            lines.append(f"{loc}.{field}: unknown {field} {tag!r}; expected one of: {e['ctx']['expected_tags']}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             lines.append(
@@ -272,14 +396,37 @@ def _format_errors(err: ValidationError, prefix: str, model: type[StrictModel] |
     return ConfigError(f"invalid config {source}, {len(lines)} problems:\n  " + "\n  ".join(lines))
 
 
+def _step(cur: Any, p: Any) -> tuple[Any, bool]:
+    """The annotation below ``cur`` at loc item ``p``, and whether ``p`` was a tagged union's tag."""
+    members = {
+        m.model_fields["kind"].default: m
+        for m in get_args(cur)
+        if isinstance(m, type) and issubclass(m, StrictModel) and "kind" in m.model_fields
+    }
+    if p in members:
+        return members[p], True
+    f = getattr(cur, "model_fields", {}).get(p)
+    return (f.annotation if f is not None else None), False
+
+
+def _untag(model: type[StrictModel], path: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str]]:
+    """``path`` without the tags of tagged unions, and those tags."""
+    cur: Any = model
+    shown: list[Any] = []
+    tags: list[str] = []
+    for p in path:
+        cur, tag = _step(cur, p)
+        (tags if tag else shown).append(p)
+    return tuple(shown), tags
+
+
 def _fields_at(model: type[StrictModel], path: tuple[Any, ...]) -> list[str]:
-    """The keys a (nested) pydantic model accepts at ``path``."""
+    """The keys a (nested) pydantic model accepts at ``path`` (whose tags pick a tagged union's member)."""
     cur: Any = model
     for p in path:
-        f = getattr(cur, "model_fields", {}).get(p)
-        if f is None:
+        cur, _ = _step(cur, p)
+        if cur is None:
             return []
-        cur = f.annotation
     return sorted(getattr(cur, "model_fields", {}))
 
 
@@ -355,7 +502,50 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Resolve
 
 
 def config_from_json(text: str) -> ResolvedConfig:
-    return resolve_config(json.loads(text), source="<checkpoint>")
+    """A config saved beside a checkpoint (any version: see :func:`migrate_config`), validated."""
+    return resolve_config(migrate_config(json.loads(text)), source="<checkpoint>")
+
+
+# Before the schedule section was one model per kind, checkpoints saved every kind's keys with these
+# defaults (``diffusion.schedule`` of meta.json); the kind's own model ignored the others.
+LEGACY_SCHEDULE_DEFAULTS: dict[str, Any] = {
+    "num_steps": 1000,
+    "beta_start": None,
+    "beta_end": None,
+    "logsnr_min": -15.0,
+    "logsnr_max": 15.0,
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "rho": 7.0,
+}
+
+
+def migrate_config(d: dict[str, Any]) -> dict[str, Any]:
+    """A config saved beside a checkpoint by an earlier version, in today's form (a copy; ``d`` is
+    not changed). Only for saved configs: a user's YAML is never migrated.
+
+    Earlier versions saved ``diffusion.schedule`` flat, with every kind's keys. The keys the saved
+    ``kind`` does not take are dropped: those holding the old defaults silently, any other with a
+    warning. Such a value was never used (the schedule was built from the kind's own keys only), so
+    the model loads as it was trained.
+    """
+    sched = (d.get("diffusion") or {}).get("schedule")
+    if not isinstance(sched, dict) or sched.get("kind", DEFAULT_SCHEDULE_KIND) not in SCHEDULE_CONFIGS:
+        return d
+    kind = sched.get("kind", DEFAULT_SCHEDULE_KIND)
+    taken = SCHEDULE_CONFIGS[kind].model_fields
+    stale = [k for k in sched if k not in taken and k in LEGACY_SCHEDULE_DEFAULTS]
+    if not stale:
+        return d
+    changed = [k for k in stale if sched[k] != LEGACY_SCHEDULE_DEFAULTS[k]]
+    if changed:
+        warnings.warn(
+            f"saved config: diffusion.schedule of kind {kind!r} held "
+            f"{', '.join(f'{k}={sched[k]!r}' for k in changed)}, which that kind does not use; dropped",
+            stacklevel=2,
+        )
+    schedule = {k: v for k, v in sched.items() if k not in stale}
+    return {**d, "diffusion": {**d["diffusion"], "schedule": schedule}}
 
 
 # --- config -> objects ------------------------------------------------------------------
@@ -363,23 +553,25 @@ def config_from_json(text: str) -> ResolvedConfig:
 
 def build_schedule(cfg: ScheduleConfig, size: float | None = None) -> S.Schedule:
     """The schedule a :class:`ScheduleConfig` describes; ``size`` is the data's side for shifting."""
-    k = cfg.kind
-    betas = {k2: v for k2, v in (("beta_start", cfg.beta_start), ("beta_end", cfg.beta_end)) if v is not None}
     sched: S.Schedule
-    if k == "linear":
-        sched = S.DiscreteSchedule.linear(cfg.num_steps, **betas)
-    elif k == "scaled_linear":
-        sched = S.DiscreteSchedule.scaled_linear(cfg.num_steps, **betas)
-    elif k == "cosine_discrete":
+    if isinstance(cfg, (LinearScheduleConfig, ScaledLinearScheduleConfig)):
+        betas = {k: v for k, v in (("beta_start", cfg.beta_start), ("beta_end", cfg.beta_end)) if v is not None}
+        table = S.DiscreteSchedule.linear if cfg.kind == "linear" else S.DiscreteSchedule.scaled_linear
+        sched = table(cfg.num_steps, **betas)
+    elif isinstance(cfg, CosineDiscreteScheduleConfig):
         sched = S.DiscreteSchedule.cosine(cfg.num_steps)
-    elif k == "vp_linear":
+    elif isinstance(cfg, VPLinearScheduleConfig):
         sched = S.LinearBetaSchedule()
-    elif k == "cosine":
+    elif isinstance(cfg, CosineScheduleConfig):
         sched = S.CosineSchedule(cfg.logsnr_min, cfg.logsnr_max)
-    elif k == "sigmoid":
+    elif isinstance(cfg, SigmoidScheduleConfig):
         sched = S.SigmoidSchedule(logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max)
-    else:
+    elif isinstance(cfg, EDMScheduleConfig):
         sched = S.EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    else:
+        raise ConfigError(
+            f"diffusion.schedule: unknown kind {cfg.kind!r}; expected one of: {', '.join(SCHEDULE_KINDS)}"
+        )
     if cfg.shift_base_size is not None:
         if size is None:
             raise ConfigError("diffusion.schedule.shift_base_size needs the data size")

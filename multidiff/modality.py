@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,8 +24,10 @@ from .distributed import current_rows
 
 __all__ = [
     "DataInfo",
+    "DataT",
     "DemoRun",
     "Modality",
+    "ModelT",
     "PresetModelConfig",
     "StrictModel",
     "TensorDataset",
@@ -90,14 +92,21 @@ class PresetModelConfig(StrictModel):
             raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
         return out
 
+    def unet_args(self, info: DataInfo) -> dict[str, Any]:
+        """The :class:`multidiff.nn.UNet` arguments of the resolved preset for examples of
+        ``info.shape``: the preset's keys as they are. A subclass whose keys are not all UNet
+        arguments (image sizes for attention) translates them here; every key must reach the UNet."""
+        return self.resolved()
+
     def build_unet(
         self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False, **fixed: Any
     ) -> nn.Module:
         """A :class:`multidiff.nn.UNet` over ``dims`` axes for examples of ``info.shape`` (channels
-        first) from the resolved preset, whose keys are UNet arguments; ``fixed`` adds or overrides some."""
+        first) from :meth:`unet_args` (so no preset key is left out: an unknown one is an error);
+        ``fixed`` adds or overrides some."""
         from .nn import UNet
 
-        args = {**self.resolved(), **fixed}
+        args = {**self.unet_args(info), **fixed}
         return UNet(
             dims,
             info.shape[0],
@@ -196,8 +205,16 @@ class TensorDataset(Dataset):
         return self.x[i], self.labels[i]
 
 
-class Modality(ABC):
+ModelT = TypeVar("ModelT", bound=StrictModel)
+DataT = TypeVar("DataT", bound=StrictModel)
+
+
+class Modality(ABC, Generic[ModelT, DataT]):
     """The adapter interface; subclass it and register the class under ``multidiff.modalities``.
+
+    It is generic in the types of its validated ``model`` and ``data`` sections, so an adapter's
+    methods take its own config types: ``class ImageModality(Modality[ImageModelConfig,
+    ImageDataConfig])`` with ``ModelConfig = ImageModelConfig`` and ``DataConfig = ImageDataConfig``.
 
     A subclass must implement :meth:`build_dataset`, :meth:`build_network` and
     :meth:`save_samples`; :meth:`augment`, :meth:`save_pictures`, :meth:`save_noising`,
@@ -218,7 +235,7 @@ class Modality(ABC):
     mask_suffixes: ClassVar[tuple[str, ...]] = (".npy",)
 
     @abstractmethod
-    def build_dataset(self, data: Any) -> tuple[Dataset, DataInfo]:
+    def build_dataset(self, data: DataT) -> tuple[Dataset, DataInfo]:
         """The training set for a validated ``data`` section; items are ``(x, label)``, label -1 if none.
 
         Must raise ``ValueError`` naming the path for a missing folder or an unreadable file.
@@ -226,11 +243,11 @@ class Modality(ABC):
 
     @abstractmethod
     def build_network(
-        self, model: Any, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
+        self, model: ModelT, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
     ) -> nn.Module:
         """The network ``net(x, c_noise, class_labels=None)`` for examples of ``info.shape``."""
 
-    def augment(self, x: Tensor, data: Any, generator: torch.Generator) -> Tensor:
+    def augment(self, x: Tensor, data: DataT, generator: torch.Generator) -> Tensor:
         """Random augmentation of a training batch (in the training process, from ``generator``)."""
         return x
 
@@ -254,11 +271,11 @@ class Modality(ABC):
         named = DataInfo(info.shape, len(levels), tuple(levels), info.extra)
         return self.save_samples(x, path, named, labels=torch.arange(len(levels)))
 
-    def describe(self, data: Any) -> str:
+    def describe(self, data: DataT) -> str:
         """One line saying what the data is, for logs."""
         return self.name
 
-    def read_input(self, path: Path, info: DataInfo, data: Any) -> Tensor:
+    def read_input(self, path: Path, info: DataInfo, data: DataT) -> Tensor:
         """One example from a user's file (the start of an edit): a float32 tensor of shape
         ``info.shape`` in the units the training set (:meth:`build_dataset`) produced and
         :meth:`save_samples` takes, prepared the way the training data was (``data`` is the run's

@@ -32,7 +32,9 @@ its last ``order + 1`` evaluations (:func:`_integrate_to_zero`). A plain jump to
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +46,7 @@ from ._util import randn_like
 
 __all__ = [
     "SamplerSpec",
+    "SamplerOptionError",
     "NFECounter",
     "check_sigmas",
     "posterior",
@@ -53,6 +56,8 @@ __all__ = [
     "get_sampler",
     "available_samplers",
     "register_sampler",
+    "sampler_options",
+    "check_options",
     "sample",
     "sample_ddpm",
     "sample_ddpm_learned_variance",
@@ -111,6 +116,74 @@ class SamplerSpec:
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.fn(*args, **kwargs)
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The keyword options ``fn`` takes beyond the arguments every sampler gets (see :data:`COMMON_ARGS`)."""
+        return tuple(p.name for p in _option_params(self.fn)[0])
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Raise :class:`SamplerOptionError` for an option ``fn`` does not take, or a value of the
+        wrong kind for an option whose default is a bool, a number or a string; a sampler that takes
+        ``**kwargs`` accepts any name."""
+        params, open_ended = _option_params(self.fn)
+        by_name = {p.name: p for p in params}
+        for key, value in options.items():
+            p = by_name.get(key)
+            if p is None:
+                if open_ended:
+                    continue
+                valid = f"expected one of: {', '.join(by_name)}" if by_name else "it takes no options"
+                raise SamplerOptionError(key, f"unknown option {key!r} for sampler {self.name!r}; {valid}")
+            kind = _value_kind(p.default)
+            if kind is not None and not _is_kind(value, kind):
+                raise SamplerOptionError(
+                    key, f"option {key!r} of sampler {self.name!r} expects {kind[0]}, got {value!r}"
+                )
+
+
+class SamplerOptionError(ValueError):
+    """An option a sampler does not take, or a value of the wrong kind; ``key`` names the option."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+# the arguments the caller (generate, the editing loops) passes to every sampler itself
+COMMON_ARGS = ("denoiser", "x", "sigmas", "cond", "generator", "callback")
+
+
+def _option_params(fn: Callable[..., Any]) -> tuple[list[inspect.Parameter], bool]:
+    """A sampler's option parameters and whether it also takes ``**kwargs`` (or has no readable signature)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return [], True
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.name not in COMMON_ARGS and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+    return params, any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def _value_kind(default: Any) -> tuple[str, tuple[type, ...]] | None:
+    """What an option's default says its values are: (a description, the types accepted)."""
+    if isinstance(default, bool):
+        return "true or false", (bool,)
+    if isinstance(default, int):
+        return "an integer", (numbers.Integral,)
+    if isinstance(default, float):
+        return "a number", (numbers.Real,)
+    if isinstance(default, str):
+        return "a string", (str,)
+    return None
+
+
+def _is_kind(value: Any, kind: tuple[str, tuple[type, ...]]) -> bool:
+    types = kind[1]
+    return isinstance(value, types) and (bool in types or not isinstance(value, bool))
+
 
 _REGISTRY: dict[str, SamplerSpec] = {}
 
@@ -141,6 +214,18 @@ def get_sampler(name: str) -> SamplerSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown sampler {name!r}; known samplers: {', '.join(available_samplers())}") from None
+
+
+def sampler_options(name: str) -> tuple[str, ...]:
+    """The keyword options of the sampler called ``name`` (``sample.options`` in a run config),
+    beyond :data:`COMMON_ARGS`; a sampler that also takes ``**kwargs`` accepts any other name too."""
+    return get_sampler(name).options
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`SamplerOptionError` (a ``ValueError``) naming the first option the sampler
+    called ``name`` does not take, with the ones it does, or a value of the wrong kind."""
+    get_sampler(name).check_options(options)
 
 
 def sample(

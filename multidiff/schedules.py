@@ -62,7 +62,8 @@ class Schedule(Protocol):
     variance-exploding one fed ``x0 + sigma * eps``.
     """
 
-    vp: bool
+    @property
+    def vp(self) -> bool: ...  # read-only: a frozen dataclass field or a property
 
     def logsnr(self, t: Tensor) -> Tensor: ...
 
@@ -387,7 +388,7 @@ class ShiftedSchedule:
             raise ValueError(f"base_size and size must be positive, got {self.base_size} and {self.size}")
 
     @property
-    def vp(self) -> bool:  # type: ignore[override]
+    def vp(self) -> bool:
         return self.base.vp
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import yaml
 from helpers import tiny_run
 
 from multidiff import config as C
+from multidiff import samplers
 from multidiff import schedules as S
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
@@ -33,11 +35,14 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
     p = tmp_path / "run.yaml"
     p.write_text(yaml.safe_dump(tiny_run(tmp_path / "run")))
     cfg = C.load_config(
-        p, ["train.steps=7", "train.lr=3e-4", "diffusion.schedule.kind=cosine", "model.channel_mult=[1,1]"]
+        p, ["train.steps=7", "train.lr=3e-4", "diffusion.schedule.kind=cosine_discrete", "model.channel_mult=[1,1]"]
     )
     assert cfg.run.train.steps == 7 and cfg.run.train.lr == pytest.approx(3e-4)
-    assert cfg.run.diffusion.schedule.kind == "cosine"
+    assert cfg.run.diffusion.schedule == C.CosineDiscreteScheduleConfig(num_steps=100)
     assert cfg.model.channel_mult == [1, 1]
+    # a whole section as YAML: another kind, without the keys of the first
+    cfg = C.load_config(p, ["diffusion.schedule={kind: cosine, logsnr_max: 10}"])
+    assert cfg.run.diffusion.schedule == C.CosineScheduleConfig(logsnr_max=10)
 
 
 def _error(d: dict, tmp_path: Path, overrides: list[str] | None = None) -> str:
@@ -92,14 +97,15 @@ def test_bad_files_and_overrides(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", C.SCHEDULE_KINDS)
 def test_build_schedule_matches_the_schedule_classes(kind: str) -> None:
-    sched = C.build_schedule(C.ScheduleConfig(kind=kind, num_steps=50))
+    steps = {"num_steps": 50} if kind in ("linear", "scaled_linear", "cosine_discrete") else {}
+    sched = C.build_schedule(C.schedule_config(kind=kind, **steps))
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     lam = sched.logsnr(t)
     assert torch.all(lam[:-1] > lam[1:])  # log-SNR decreases in t
     if kind == "linear":
         expected = S.DiscreteSchedule.linear(50)
         assert torch.allclose(lam, expected.logsnr(t))
-    shifted = C.build_schedule(C.ScheduleConfig(kind=kind, num_steps=50, shift_base_size=8), size=32)
+    shifted = C.build_schedule(C.schedule_config(kind=kind, **steps, shift_base_size=8), size=32)
     assert torch.allclose(shifted.logsnr(t), lam + 2 * torch.log(torch.tensor(8 / 32, dtype=torch.float64)))
 
 
@@ -108,3 +114,202 @@ def test_noise_scale_maps_every_condition_to_about_a_thousand() -> None:
     assert C.noise_scale("timestep", sched) * 99 == pytest.approx(999)
     assert C.noise_scale("timestep", S.DiscreteSchedule.linear(1000)) == 1.0
     assert C.noise_scale("t") == 1000.0
+
+
+def test_misspelt_sampler_option_names_the_key_and_the_valid_ones(tmp_path: Path) -> None:
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "ddim", "options": {"etta": 0.5}}), tmp_path)
+    assert "sample.options.etta" in msg and "'ddim'" in msg and "expected one of: eta, final_step" in msg
+    assert len(msg.splitlines()) == 1
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "ddpm"}), tmp_path, ["sample.options.eta=0.5"])
+    assert "sample.options.eta" in msg and "'ddpm'" in msg and "takes no options" in msg
+    # values are checked against the kind of the option's default
+    msg = _error(tiny_run(tmp_path, sample={"sampler": "unipc"}), tmp_path, ["sample.options.order=fast"])
+    assert "sample.options.order" in msg and "integer" in msg and "'fast'" in msg
+
+
+def test_valid_sampler_options_pass(tmp_path: Path) -> None:
+    p = tmp_path / "run.yaml"
+    p.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", sample={"sampler": "heun"})))
+    cfg = C.load_config(p, ["sample.options.s_churn=1", "sample.options.final_step=jump"])
+    assert cfg.run.sample.options == {"s_churn": 1, "final_step": "jump"}
+    assert samplers.sampler_options("heun") == ("s_churn", "s_tmin", "s_tmax", "s_noise", "final_step")
+    # a sampler that takes **kwargs accepts any option
+    samplers.register_sampler("_test_open", stochastic=False, order=1)(lambda denoiser, x, sigmas, **kw: x)
+    try:
+        samplers.check_options("_test_open", {"anything": 1})
+        assert C.SampleConfig(sampler="_test_open", options={"anything": 1}).options == {"anything": 1}
+    finally:
+        del samplers._REGISTRY["_test_open"]
+
+
+def test_generate_checks_sampler_options_before_sampling() -> None:
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
+
+    def denoiser(x: torch.Tensor, sigma: torch.Tensor, **cond: object) -> torch.Tensor:
+        raise AssertionError("sampled despite a bad option")
+
+    with pytest.raises(C.ConfigError, match="sample.options.etta: unknown option 'etta' for sampler 'ddim'.*eta, final_step"):
+        generate(denoiser, DataInfo((1, 4)), n=2, sampler="ddim", steps=2, sigma_max=10.0, options={"etta": 0})
+
+
+def test_cli_train_with_a_bad_sampler_option_exits_2_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from multidiff import cli
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run")))
+    assert cli.main(["train", str(cfg), "--set", "sample.options.bogus=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "sample.options.bogus" in err and "'ddim'" in err and "eta, final_step" in err, err
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_schedule_keys_are_those_of_its_kind(tmp_path: Path) -> None:
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "edm", "beta_start": 1e-3}}), tmp_path)
+    assert "diffusion.schedule.beta_start: unknown key for kind 'edm'" in msg
+    assert "expected one of: kind, rho, shift_base_size, sigma_max, sigma_min, zero_terminal_snr" in msg
+    msg = _error(tiny_run(tmp_path), tmp_path, ["diffusion.schedule.logsnr_min=-10"])  # tiny_run's is linear
+    assert "diffusion.schedule.logsnr_min: unknown key for kind 'linear'" in msg and "beta_end" in msg
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "edm", "rho": -1}}), tmp_path)
+    assert "diffusion.schedule.rho:" in msg and "greater than 0" in msg
+    msg = _error(tiny_run(tmp_path, diffusion={"schedule": {"kind": "karras"}}), tmp_path)
+    assert "diffusion.schedule.kind: unknown kind 'karras'" in msg and "'edm'" in msg
+    # every kind takes exactly the keys build_schedule reads, and the two common ones
+    for kind in C.SCHEDULE_KINDS:
+        assert C.schedule_config(kind=kind).kind == kind
+    assert set(C.EDMScheduleConfig.model_fields) == {"kind", "sigma_min", "sigma_max", "rho", *COMMON_SCHEDULE_KEYS}
+    assert set(C.VPLinearScheduleConfig.model_fields) == {"kind", *COMMON_SCHEDULE_KEYS}
+
+
+COMMON_SCHEDULE_KEYS = ("shift_base_size", "zero_terminal_snr")
+
+
+def test_schedule_kind_defaults_to_linear(tmp_path: Path) -> None:
+    run = tiny_run(tmp_path)
+    del run["diffusion"]
+    assert C.resolve_config(run).run.diffusion.schedule == C.LinearScheduleConfig()
+    run = tiny_run(tmp_path, diffusion={"schedule": {"num_steps": 20, "beta_end": 0.03}})
+    assert C.resolve_config(run).run.diffusion.schedule == C.LinearScheduleConfig(num_steps=20, beta_end=0.03)
+    assert C.DiffusionConfig().schedule == C.schedule_config() == C.LinearScheduleConfig()
+
+
+# diffusion.schedule as meta.json held it before one model per kind: every kind's keys, flat
+LEGACY_SCHEDULE = {
+    "num_steps": 1000,
+    "beta_start": None,
+    "beta_end": None,
+    "logsnr_min": -15.0,
+    "logsnr_max": 15.0,
+    "sigma_min": 0.002,
+    "sigma_max": 80.0,
+    "rho": 7.0,
+    "shift_base_size": None,
+    "zero_terminal_snr": False,
+}
+
+
+@pytest.mark.parametrize("kind", C.SCHEDULE_KINDS)
+def test_a_legacy_flat_schedule_from_a_checkpoint_loads(tmp_path: Path, kind: str) -> None:
+    saved = C.resolve_config(tiny_run(tmp_path)).to_json()
+    saved["diffusion"]["schedule"] = {"kind": kind, **LEGACY_SCHEDULE, "shift_base_size": 8.0}
+    legacy = json.loads(json.dumps(saved))
+    with pytest.raises(C.ConfigError, match="unknown key"):  # a user's config stays strict
+        C.resolve_config(legacy)
+    cfg = C.config_from_json(json.dumps(legacy))
+    assert legacy == saved  # the migration copies
+    assert cfg.run.diffusion.schedule.kind == kind and cfg.run.diffusion.schedule.shift_base_size == 8.0
+    assert cfg.run.diffusion.schedule == C.schedule_config(
+        {k: v for k, v in saved["diffusion"]["schedule"].items() if k in type(cfg.run.diffusion.schedule).model_fields}
+    )
+    # a checkpoint folder's meta.json goes through the same migration
+    from multidiff.checkpoint import Checkpoint
+
+    assert C.resolve_config(Checkpoint(tmp_path, {"config": legacy}).config).to_json() == cfg.to_json()
+    # today's configs pass unchanged
+    assert C.migrate_config(cfg.to_json()) == cfg.to_json()
+
+
+def test_a_legacy_schedule_value_the_kind_ignored_is_dropped_with_a_warning(tmp_path: Path) -> None:
+    saved = C.resolve_config(tiny_run(tmp_path)).to_json()
+    saved["diffusion"]["schedule"] = {**LEGACY_SCHEDULE, "kind": "edm", "beta_start": 0.001, "sigma_max": 40.0}
+    with pytest.warns(UserWarning, match="kind 'edm' held beta_start=0.001, which that kind does not use"):
+        cfg = C.config_from_json(json.dumps(saved))
+    assert cfg.run.diffusion.schedule == C.EDMScheduleConfig(sigma_max=40.0)
+
+
+def _network_fingerprint(net: torch.nn.Module) -> list[object]:
+    """Every module's type and public attributes (dropout rates, groups, heads, checkpointing) and
+    every weight's name and shape: two networks that differ in any UNet argument differ here."""
+    mods = [
+        (name, type(m).__name__, sorted((k, repr(v)) for k, v in vars(m).items() if not k.startswith("_")))
+        for name, m in net.named_modules()
+    ]
+    return [mods, [(k, tuple(v.shape)) for k, v in net.state_dict().items()]]
+
+
+def _another(key: str, value: object) -> object:
+    """A different valid value for a model key."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, float):
+        return 0.3 if value != 0.3 else 0.1
+    if isinstance(value, int):
+        return value // 2 if value >= 2 else value + 1
+    assert isinstance(value, (list, tuple)), (key, value)
+    if key.startswith("attention"):
+        return [] if value else [0]
+    return [value[0] + 1, *value[1:]]
+
+
+@pytest.mark.parametrize(
+    ("modality", "shape"), [("image", (3, 32, 32)), ("audio", (1, 2048)), ("voxel", (1, 16, 16, 16))]
+)
+def test_every_model_key_reaches_the_network(modality: str, shape: tuple[int, ...]) -> None:
+    """No preset key or model override is dropped on the way to the UNet: changing any one of them
+    (from the first preset, or from the UNet's default where that preset leaves it out) changes the
+    network the adapter builds."""
+    import inspect
+
+    from multidiff import registry
+    from multidiff.modality import DataInfo
+    from multidiff.nn import UNet
+
+    adapter = registry.load_modality(modality)()
+    mc = adapter.ModelConfig
+    preset = next(iter(mc.PRESETS))
+    info = DataInfo(shape, 3)
+    keys = {k for p in mc.PRESETS.values() for k in p} | (set(mc.model_fields) - {"preset"})
+    resolved = mc(preset=preset).resolved()
+    unet_defaults = {k: p.default for k, p in inspect.signature(UNet).parameters.items()}
+    base = _network_fingerprint(adapter.build_network(mc(preset=preset), info, noise_scale=1.0))
+    for key in sorted(keys):
+        value = resolved[key] if key in resolved else unet_defaults[key]
+        model = mc(preset=preset, **{key: _another(key, value)})
+        net = adapter.build_network(model, info, noise_scale=1.0)
+        assert _network_fingerprint(net) != base, f"{modality} model.{key} does not change the network"
+
+
+def test_a_checkpoint_saved_with_a_legacy_flat_schedule_loads(tmp_path: Path) -> None:
+    from multidiff import cli
+    from multidiff.checkpoint import find_checkpoint
+    from multidiff.pipeline import load_pipeline
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_run(tmp_path / "run", train={"steps": 1, "checkpoint_every": 1})))
+    assert cli.main(["train", str(cfg)]) == 0
+    meta_path = find_checkpoint(tmp_path / "run").path / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["config"]["diffusion"]["schedule"] == {
+        "kind": "linear",
+        "num_steps": 100,
+        "beta_start": None,
+        "beta_end": None,
+        "shift_base_size": None,
+        "zero_terminal_snr": False,
+    }
+    meta["config"]["diffusion"]["schedule"] = {**LEGACY_SCHEDULE, "kind": "linear", "num_steps": 100}
+    meta_path.write_text(json.dumps(meta))
+    pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
+    assert pipe.config.run.diffusion.schedule == C.LinearScheduleConfig(num_steps=100)

@@ -24,7 +24,7 @@ class ToyModel(StrictModel):
     channels: int = 8
 
 
-class Toy(Modality):
+class Toy(Modality[ToyModel, ToyData]):
     """Random blobs of any rank; samples are saved as tensors."""
 
     name: ClassVar[str] = "toy"

@@ -110,13 +110,13 @@ def build_unet1d(
     return model.build_unet(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
-class AudioModality(Modality):
+class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
     name: ClassVar[str] = "audio"
     ModelConfig: ClassVar[type[StrictModel]] = AudioModelConfig
     DataConfig: ClassVar[type[StrictModel]] = AudioDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = AUDIO_SUFFIXES
 
-    def build_dataset(self, data: AudioDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+    def build_dataset(self, data: AudioDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         from . import data as D
 
         if data.source == "tones":
@@ -142,16 +142,16 @@ class AudioModality(Modality):
 
     def build_network(
         self, model: AudioModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
-    ) -> nn.Module:  # type: ignore[override]
+    ) -> nn.Module:
         return build_unet1d(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
-    def augment(self, x: Tensor, data: AudioDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+    def augment(self, x: Tensor, data: AudioDataConfig, generator: torch.Generator) -> Tensor:
         """Random polarity (``x -> -x``, inaudible) when ``data.random_polarity`` is set."""
         if not data.random_polarity:
             return x
         return torch.where(coin_flips(x, generator), -x, x)
 
-    def read_input(self, path: Path, info: DataInfo, data: AudioDataConfig) -> Tensor:  # type: ignore[override]
+    def read_input(self, path: Path, info: DataInfo, data: AudioDataConfig) -> Tensor:
         """A WAV/FLAC/OGG file (through soundfile) as ``info.shape = (C, L)``, as the training clips were made.
 
         Mixed to ``C`` channels (stereo to mono by averaging, mono to stereo by repeating),
@@ -182,7 +182,7 @@ class AudioModality(Modality):
             x = normalize_loudness(x, data.normalize, -20.0)  # audio_folder's target_dbfs
         return crop_or_pad(x, length).float().contiguous()
 
-    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """One WAV per clip in the folder ``path`` (named by index and class) and a spectrogram grid."""
         from .io import save_spectrogram_grid, write_wav
 
@@ -218,7 +218,7 @@ class AudioModality(Modality):
             },
         )
 
-    def save_pictures(  # type: ignore[override]
+    def save_pictures(
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
     ) -> list[Path]:
         """Spectrograms of eight training clips, to compare with the samples."""
@@ -232,7 +232,7 @@ class AudioModality(Modality):
             )
         ]
 
-    def describe(self, data: AudioDataConfig) -> str:  # type: ignore[override]
+    def describe(self, data: AudioDataConfig) -> str:
         src = data.source + (f" {data.path}" if data.path else "")
         return (
             f"audio from {src}, {data.length} samples at {data.sample_rate} Hz ({data.length / data.sample_rate:.2f} s)"

@@ -24,7 +24,6 @@ from multidiff.modality import (
     mask_from_array,
     read_npy,
 )
-from multidiff.nn import UNet
 
 from . import data as D
 from .io import IMAGE_SUFFIXES, read_image, resize_center_crop, save_grid
@@ -68,6 +67,15 @@ class ImageModelConfig(PresetModelConfig):
 
     preset: Literal["tiny", "small", "ddpm_cifar10"] = "tiny"
     attention_resolutions: list[int] | None = None
+
+    def unet_args(self, info: DataInfo) -> dict[str, Any]:
+        """The preset's UNet arguments, ``attention_resolutions`` (sides) turned into the levels
+        whose side (the larger image side, halved per level) is listed."""
+        r = self.resolved()
+        side = max(info.shape[1:])
+        resolutions = r.pop("attention_resolutions")
+        r["attention_levels"] = [lvl for lvl in range(len(r["channel_mult"])) if -(-side // 2**lvl) in resolutions]
+        return r
 
 
 class ImageDataConfig(StrictModel):
@@ -159,38 +167,20 @@ def read_mask_image(path: Path) -> Tensor:
 
 def build_unet(
     model: ImageModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
-) -> UNet:
+) -> nn.Module:
     """The 2D UNet of ``model`` for images of ``info.shape``; attention goes to the levels whose
     side (the larger image side, halved per level) is listed in ``attention_resolutions``."""
-    r = model.resolved()
-    side = max(info.shape[1:])
-    levels = len(r["channel_mult"])
-    attention = [lvl for lvl in range(levels) if -(-side // 2**lvl) in r["attention_resolutions"]]
-    return UNet(
-        2,
-        info.shape[0],
-        channels=r["channels"],
-        channel_mult=r["channel_mult"],
-        num_res_blocks=r["num_res_blocks"],
-        attention_levels=attention,
-        head_channels=r["head_channels"],
-        dropout=r["dropout"],
-        num_classes=info.num_classes,
-        learned_variance=learned_variance,
-        noise_scale=noise_scale,
-        groups=r.get("groups", 32),
-        self_condition=r["self_condition"],
-    )
+    return model.build_unet(2, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
-class ImageModality(Modality):
+class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     name: ClassVar[str] = "image"
     ModelConfig: ClassVar[type[StrictModel]] = ImageModelConfig
     DataConfig: ClassVar[type[StrictModel]] = ImageDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES
     mask_suffixes: ClassVar[tuple[str, ...]] = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".npy")
 
-    def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+    def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
         if data.source == "digits":
             ds, info = D.digits(size, ch)
@@ -215,15 +205,15 @@ class ImageModality(Modality):
 
     def build_network(
         self, model: ImageModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
-    ) -> nn.Module:  # type: ignore[override]
+    ) -> nn.Module:
         return build_unet(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
-    def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+    def augment(self, x: Tensor, data: ImageDataConfig, generator: torch.Generator) -> Tensor:
         if not data.random_flip:
             return x
         return torch.where(coin_flips(x, generator), x.flip(-1), x)
 
-    def read_input(self, path: Path, info: DataInfo, data: ImageDataConfig | None = None) -> Tensor:  # type: ignore[override]
+    def read_input(self, path: Path, info: DataInfo, data: ImageDataConfig | None = None) -> Tensor:
         """A PNG/JPEG/BMP/WebP file as ``info.shape = (C, H, W)`` in [-1, 1], as a folder source reads
         it: RGB, or BT.601 luma for one channel (an RGB model repeats a grey file's channel), resized
         to cover ``(H, W)`` keeping its aspect ratio and centre-cropped. ``data`` is not needed."""
@@ -233,7 +223,7 @@ class ImageModality(Modality):
             raise ValueError(f"cannot read {str(p)!r} for images of {channels} channels: only 1 or 3 are supported")
         return resize_center_crop(read_image(p, channels), size).contiguous()  # type: ignore[arg-type]
 
-    def read_mask(self, path: Path, info: DataInfo) -> Tensor:  # type: ignore[override]
+    def read_mask(self, path: Path, info: DataInfo) -> Tensor:
         """A mask ``(1, H, W)`` (True: generate) from a picture (white: generate; see
         :func:`read_mask_image`), resized by nearest neighbour the way :meth:`read_input` resizes the
         image it goes with, or a ``.npy`` array (nonzero: generate) at the model's size exactly."""
@@ -242,7 +232,7 @@ class ImageModality(Modality):
             return mask_from_array(read_npy(p, "mask"), p, info)
         return _cover_crop_nearest(read_mask_image(p), tuple(info.shape[1:]))  # type: ignore[arg-type]
 
-    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """One PNG grid; for class-conditional samples in the default label order, one class per column."""
         nrow = None
         if (
@@ -274,7 +264,7 @@ class ImageModality(Modality):
             },
         )
 
-    def save_pictures(  # type: ignore[override]
+    def save_pictures(
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
     ) -> list[Path]:
         """A forward-noising strip of four training images and a denoising-trajectory strip."""
@@ -287,5 +277,5 @@ class ImageModality(Modality):
             trajectory_strip(denoiser, info, out / "trajectory.png", guidance_scale=guidance_scale),
         ]
 
-    def describe(self, data: ImageDataConfig) -> str:  # type: ignore[override]
+    def describe(self, data: ImageDataConfig) -> str:
         return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"

@@ -202,13 +202,13 @@ def _as_representation(grid: Tensor, data: VoxelDataConfig, path: Path) -> Tenso
     return occupancy_to_sdf(grid, data.truncation)
 
 
-class VoxelModality(Modality):
+class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
     name: ClassVar[str] = "voxel"
     ModelConfig: ClassVar[type[StrictModel]] = VoxelModelConfig
     DataConfig: ClassVar[type[StrictModel]] = VoxelDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = MESH_SUFFIXES + GRID_SUFFIXES
 
-    def build_dataset(self, data: VoxelDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:  # type: ignore[override]
+    def build_dataset(self, data: VoxelDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         from . import data as D
 
         if data.source == "shapes":
@@ -235,16 +235,16 @@ class VoxelModality(Modality):
 
     def build_network(
         self, model: VoxelModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
-    ) -> nn.Module:  # type: ignore[override]
+    ) -> nn.Module:
         return build_unet3d(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
-    def augment(self, x: Tensor, data: VoxelDataConfig, generator: torch.Generator) -> Tensor:  # type: ignore[override]
+    def augment(self, x: Tensor, data: VoxelDataConfig, generator: torch.Generator) -> Tensor:
         """Mirror along the last axis when ``data.random_flip`` is set."""
         if not data.random_flip:
             return x
         return torch.where(coin_flips(x, generator), x.flip(-1), x)
 
-    def read_input(self, path: Path, info: DataInfo, data: VoxelDataConfig) -> Tensor:  # type: ignore[override]
+    def read_input(self, path: Path, info: DataInfo, data: VoxelDataConfig) -> Tensor:
         """A mesh or a grid file as ``info.shape = (1, R, R, R)``: values in [-1, 1], positive inside.
 
         A mesh (OBJ/STL/PLY/OFF/GLB/glTF) is voxelized as a folder source voxelizes it
@@ -266,7 +266,7 @@ class VoxelModality(Modality):
             return _as_representation(read_grid_input(p, index, r), data, p).contiguous()
         return voxelize_file(p, r, data.representation, data.truncation, max_faces=data.max_faces)
 
-    def save_samples(  # type: ignore[override]
+    def save_samples(
         self,
         x: Tensor,
         path: Path,
@@ -323,7 +323,7 @@ class VoxelModality(Modality):
             },
         )
 
-    def save_pictures(  # type: ignore[override]
+    def save_pictures(
         self, denoiser: Any, dataset: Any, info: DataInfo, out_dir: Path, *, guidance_scale: float = 1.0
     ) -> list[Path]:
         """A preview of training shapes (one of each class when labelled), to compare with samples."""
@@ -335,7 +335,7 @@ class VoxelModality(Modality):
         x = torch.stack([torch.as_tensor(v) for v, _ in items])
         return [save_voxel_preview(x, Path(out_dir) / "voxel_real_preview.png", titles=titles)]
 
-    def describe(self, data: VoxelDataConfig) -> str:  # type: ignore[override]
+    def describe(self, data: VoxelDataConfig) -> str:
         src = data.source + (f" {data.path}" if data.path else "")
         if data.source == "shapes" and data.max_tilt < 180:
             src += f" tilted at most {data.max_tilt:g} degrees"

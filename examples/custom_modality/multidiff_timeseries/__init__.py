@@ -129,12 +129,12 @@ def write_csv(path: Path, x: Tensor) -> Path:
     return path
 
 
-class TimeSeriesModality(Modality):
+class TimeSeriesModality(Modality[TimeSeriesModelConfig, TimeSeriesDataConfig]):
     name = "timeseries"
     ModelConfig = TimeSeriesModelConfig
     DataConfig = TimeSeriesDataConfig
 
-    def build_dataset(self, data: TimeSeriesDataConfig) -> tuple[TensorDataset, DataInfo]:  # type: ignore[override]
+    def build_dataset(self, data: TimeSeriesDataConfig) -> tuple[TensorDataset, DataInfo]:
         if data.source == "synthetic":
             ds, info = synthetic(data.channels, data.length, data.per_class)
         else:
@@ -149,10 +149,10 @@ class TimeSeriesModality(Modality):
 
     def build_network(
         self, model: TimeSeriesModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
-    ) -> nn.Module:  # type: ignore[override]
+    ) -> nn.Module:
         return model.build_unet(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
-    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:  # type: ignore[override]
+    def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """One CSV per series and ``plot.png`` with every series (a panel each, channels overlaid)."""
         import matplotlib
 
@@ -177,7 +177,7 @@ class TimeSeriesModality(Modality):
         plt.close(fig)
         return [*paths, folder / "plot.png"]
 
-    def describe(self, data: TimeSeriesDataConfig) -> str:  # type: ignore[override]
+    def describe(self, data: TimeSeriesDataConfig) -> str:
         return f"{data.channels}-channel series of {data.length} steps from {data.source}"
 
     def demo(self, quick: bool) -> DemoRun:
