@@ -570,8 +570,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sa.set_defaults(func=_cmd_sample)
     from .cli_edit import add_edit_parser
+    from .cli_eval import add_eval_parser
 
     add_edit_parser(sub)
+    add_eval_parser(sub)
     s = sub.add_parser("samplers", help="list the registered samplers")
     s.set_defaults(func=_cmd_samplers)
     m = sub.add_parser("modalities", help="list the installed modality adapters")
