@@ -28,38 +28,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import ROOT, train_run
 from multidiff.evaluate import evaluate_run
 from multidiff.pipeline import load_pipeline
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def train(config: str, run: Path, overrides: list[str]) -> float:
-    cmd = [
-        sys.executable,
-        "-m",
-        "multidiff.cli",
-        "train",
-        config,
-        "--out-dir",
-        str(run),
-        "--set",
-        "train.progress=false",
-    ]
-    for o in overrides:
-        cmd += ["--set", o]
-    print("$", " ".join(cmd), flush=True)
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    return time.perf_counter() - t0
-
 
 SUITES = {
     "image": ("image_digits.yaml", "quality_digits", "digits_quality.png"),
@@ -111,7 +87,7 @@ def run_suite(suite: str, args: argparse.Namespace) -> str:
     config = args.config or str(ROOT / "configs" / config_name)
     run = Path(args.run or ROOT / "runs" / run_name)
     overrides = ([] if args.as_shipped or args.config else FULL_LENGTH.get(suite, [])) + args.set
-    train_s = None if args.skip_train else train(config, run, overrides)
+    train_s = None if args.skip_train else train_run(config, run, overrides)
     pipe = load_pipeline(str(run))
     # The judge is built once (classifiers trained or loaded from the cache) and scores every scale.
     options = {"inception_weights": args.inception_weights} if suite == "image" and args.inception_weights else {}
