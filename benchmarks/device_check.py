@@ -1,7 +1,7 @@
 """Check the core's samplers on an accelerator: same answers as on the CPU, no host-device
 synchronization inside sampler loops, and the sampler's own time per step.
 
-Run on a machine with CUDA: ``python benchmarks/device_check.py``. Prints a table; exits 1 if a
+Run on a machine with CUDA: ``python -m benchmarks.device_check``. Prints a table; exits 1 if a
 check fails. (The test suite runs on CPUs only; this script is how the GPU path is checked.)
 """
 

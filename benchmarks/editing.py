@@ -1,6 +1,6 @@
 """How exact are the editing methods? Measured on Gaussian mixtures, where the answers are closed-form.
 
-    python benchmarks/editing.py            # about a minute on one CPU core
+    python -m benchmarks.editing            # about a minute on one CPU core
 
 Tables:
 

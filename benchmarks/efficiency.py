@@ -2,9 +2,9 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/efficiency.py                    # all six networks, 1 thread (about 4 min)
-    PYTHONPATH=. python benchmarks/efficiency.py --quick            # smoke run (about 1.5 min)
-    PYTHONPATH=. python benchmarks/efficiency.py --modality audio --threads 2 --out audio.md
+    python -m benchmarks.efficiency                    # all six networks, 1 thread (about 4 min)
+    python -m benchmarks.efficiency --quick            # smoke run (about 1.5 min)
+    python -m benchmarks.efficiency --modality audio --threads 2 --out audio.md
 
 Networks (float32, CPU), built exactly as a user gets them from the adapters' presets
     image tiny   ``build_unet(ImageModelConfig(preset='tiny'), DataInfo((1, 16, 16), 10))``: the built-in

@@ -2,8 +2,8 @@
 
 Run on a machine with CUDA, from the repository root::
 
-    PYTHONPATH=. python benchmarks/gpu.py                       # every section (about 8 min on an H100)
-    PYTHONPATH=. python benchmarks/gpu.py --sections train cli  # some of them
+    python -m benchmarks.gpu                       # every section (about 8 min on an H100)
+    python -m benchmarks.gpu --sections train cli  # some of them
 
 Sections (each prints a markdown table, and ``--out FILE`` collects them):
 

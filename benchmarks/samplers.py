@@ -2,10 +2,10 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/samplers.py            # full run (24 min on 2 busy cores, 2026-12-04)
-    PYTHONPATH=. python benchmarks/samplers.py --quick    # smoke run (NFE 10 and 20, few samples)
-    PYTHONPATH=. python benchmarks/samplers.py --out results.md
-    PYTHONPATH=. python benchmarks/samplers.py --quick --csv samplers.csv   # then: multidiff plot samplers samplers.csv
+    python -m benchmarks.samplers            # full run (24 min on 2 busy cores, 2026-12-04)
+    python -m benchmarks.samplers --quick    # smoke run (NFE 10 and 20, few samples)
+    python -m benchmarks.samplers --out results.md
+    python -m benchmarks.samplers --quick --csv samplers.csv   # then: python -m benchmarks.plot_samplers samplers.csv
 
 Problems
     Two Gaussian mixtures from :mod:`multidiff.testing` whose denoiser is known in closed form, so
@@ -112,6 +112,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from benchmarks.common import load_kdiffusion_sampling
+from benchmarks.common import markdown_table as md_table
 from multidiff import grids
 from multidiff.samplers import NFECounter, available_samplers, get_sampler
 from multidiff.schedules import DiscreteSchedule
@@ -303,28 +305,6 @@ def our_methods() -> list[Method]:
 
 
 # --- k-diffusion ---------------------------------------------------------------------------------
-
-
-def load_kdiffusion_sampling() -> types.ModuleType | None:
-    """``k_diffusion.sampling`` without the package ``__init__`` (which imports models, CLIP, ...);
-    the full import as a fallback; ``None`` if k-diffusion is not installed or fails to import."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        return None
-    if "k_diffusion" not in sys.modules and spec.submodule_search_locations:
-        pkg = types.ModuleType("k_diffusion")
-        pkg.__path__ = list(spec.submodule_search_locations)
-        sys.modules["k_diffusion"] = pkg
-        try:
-            return importlib.import_module("k_diffusion.sampling")
-        except Exception:
-            for mod in [m for m in sys.modules if m == "k_diffusion" or m.startswith("k_diffusion.")]:
-                del sys.modules[mod]
-    try:
-        return importlib.import_module("k_diffusion.sampling")
-    except Exception as exc:  # pragma: no cover - depends on the environment
-        print(f"# k-diffusion not usable: {exc!r}", file=sys.stderr)
-        return None
 
 
 KDIFFUSION = (
@@ -665,12 +645,6 @@ def fmt(v: float | None, kind: str) -> str:
     return f"{v:.3g}"
 
 
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 METRICS = (
     ("ode", "ODE error (mean L2 to the exact PF-ODE endpoint; deterministic samplers)"),
     (
@@ -912,12 +886,12 @@ def environment(date: str | None, used: dict[str, bool]) -> str:
 
 
 def write_csv(path: str, problems: list[Problem], methods: list[Method], results: dict, nfes: tuple[int, ...]) -> None:
-    """Every (problem, method, NFE) result as a row of :data:`multidiff.plots.SAMPLER_CSV_FIELDS`
+    """Every (problem, method, NFE) result as a row of :data:`benchmarks.plot_samplers.SAMPLER_CSV_FIELDS`
     (``nan`` where a metric does not apply), and per problem and NFE the noise floor of true
-    samples (impl ``true samples``), for ``multidiff plot samplers``."""
+    samples (impl ``true samples``), for ``python -m benchmarks.plot_samplers``."""
     import csv
 
-    from multidiff.plots import FLOOR_IMPL, SAMPLER_CSV_FIELDS
+    from benchmarks.plot_samplers import FLOOR_IMPL, SAMPLER_CSV_FIELDS
 
     metrics = ("ode", "ode_med", "ll", "tv", "sw")
     rows = []
@@ -944,7 +918,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="NFE 10 and 20, few samples (a few minutes)")
     ap.add_argument("--out", help="also write the markdown to this file")
-    ap.add_argument("--csv", help="also write every result as CSV, for multidiff plot samplers")
+    ap.add_argument("--csv", help="also write every result as CSV, for python -m benchmarks.plot_samplers")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--no-peers", action="store_true", help="only multidiff's samplers")
     ap.add_argument("--seed", type=int, default=0)
@@ -1015,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         environment(args.date, used),
         "",
-        f"Command: `PYTHONPATH=. python benchmarks/samplers.py{' --quick' if args.quick else ''}`; "
+        f"Command: `python -m benchmarks.samplers{' --quick' if args.quick else ''}`; "
         f"samples: {n_ring} (ring), {n_mix} (64-D); reference ODE: RK4, {ode_steps} steps; "
         + "; ".join(f"{c.name}: sigma in [{c.sigma_min:.4g}, {c.sigma_max:.4g}]" for c in CASES)
         + ". `ddpm_learned_variance` is skipped "

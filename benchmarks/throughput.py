@@ -2,12 +2,12 @@
 
 Run from the repository root::
 
-    PYTHONPATH=. python benchmarks/throughput.py                      # image, audio and voxel (about 15 min on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --modality image     # image only (a few minutes on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --modality audio     # audio only (about 4 min on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --modality voxel --threads 1   # voxel only (about 6 min)
-    PYTHONPATH=. python benchmarks/throughput.py --quick              # smoke run (about 2 min on 2 cores)
-    PYTHONPATH=. python benchmarks/throughput.py --device cuda --compile --out results.md
+    python -m benchmarks.throughput                      # image, audio and voxel (about 15 min on 2 cores)
+    python -m benchmarks.throughput --modality image     # image only (a few minutes on 2 cores)
+    python -m benchmarks.throughput --modality audio     # audio only (about 4 min on 2 cores)
+    python -m benchmarks.throughput --modality voxel --threads 1   # voxel only (about 6 min)
+    python -m benchmarks.throughput --quick              # smoke run (about 2 min on 2 cores)
+    python -m benchmarks.throughput --device cuda --compile --out results.md
 
 Image models (``--modality image``): multidiff against diffusers' ``UNet2DModel``
     Both are the DDPM CIFAR-10 layout (Ho et al. 2020, appendix B) at half its width, so that a run
@@ -132,6 +132,7 @@ from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks.common import count_parameters, synchronize
 from multidiff.nn import UNet
 
 CHANNELS = 64
@@ -458,16 +459,6 @@ def make_voxel_inputs(
     a = alpha_bar.sqrt().view(-1, *([1] * len(shape)))
     s = (1 - alpha_bar).sqrt().view(-1, *([1] * len(shape)))
     return (a * x0 + s * eps).to(device), t.to(device), (a * eps - s * x0).to(device)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def synchronize(device: torch.device) -> None:
-    backend = getattr(torch, device.type, None)
-    if device.type != "cpu" and backend is not None and hasattr(backend, "synchronize"):
-        backend.synchronize()
 
 
 def make_inputs(

@@ -1,6 +1,6 @@
 """Where a trained shapes model loses the class (issue 5): per noise level, not only at the end.
 
-    PYTHONPATH=. python benchmarks/voxel_diagnose.py runs/quality_shapes [runs/other ...]
+    python -m benchmarks.voxel_diagnose runs/quality_shapes [runs/other ...]
 
 For each run (trained on ``data.source: shapes``), on 120 held-out real shapes (the split of
 quality.py) it prints three tables:
@@ -26,16 +26,11 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from quality import shapes_judge_classifier  # noqa: E402
-
-from multidiff.editing import strength_to_sigma  # noqa: E402
-from multidiff.evaluate import split_holdout  # noqa: E402
-from multidiff.metrics import class_accuracy  # noqa: E402
-from multidiff.pipeline import load_pipeline  # noqa: E402
+from modalities.voxel.judge import shapes_judge_classifier
+from multidiff.editing import strength_to_sigma
+from multidiff.evaluate import split_holdout
+from multidiff.metrics import class_accuracy
+from multidiff.pipeline import load_pipeline
 
 SIGMAS = (0.02, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0, 100.0)
 STRENGTHS = (0.3, 0.5, 0.7, 0.9)
@@ -53,7 +48,7 @@ def diagnose(run: str, cache: str, per_class: int, settings: list[str]) -> str:
     far = x.abs() >= 0.999
     null = torch.full_like(y, info.num_classes)
     den = pipe.denoiser
-    clf = shapes_judge_classifier(cfg, cache)
+    clf = shapes_judge_classifier(cfg.data, cache)
     g = torch.Generator().manual_seed(0)
     lines = [
         f"### {run} ({pipe.checkpoint.step} steps, {cfg.run.diffusion.parameterization}, {cfg.run.diffusion.weighting})",

@@ -1,8 +1,8 @@
 """Variants of configs/voxel_shapes.yaml, trained side by side on one GPU and scored by the judge
-of ``benchmarks/quality.py voxel`` (issue 5: shape class accuracy).
+of ``python -m benchmarks.quality voxel`` (issue 5: shape class accuracy).
 
-    PYTHONPATH=. python benchmarks/voxel_sweep.py --variants base,trunc4 --parallel 6
-    PYTHONPATH=. python benchmarks/voxel_sweep.py --score-only --variants base   # re-score runs
+    python -m benchmarks.voxel_sweep --variants base,trunc4 --parallel 6
+    python -m benchmarks.voxel_sweep --score-only --variants base   # re-score runs
 
 Each variant is a list of ``--set`` overrides on the config. The runs train with
 ``multidiff train`` exactly as quality.py does (a subprocess; ``train.precision=fp32`` unless a
@@ -31,8 +31,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks.common import ROOT, train_run
 
 CONFIG = str(ROOT / "configs" / "voxel_shapes.yaml")
 
@@ -107,12 +106,12 @@ def parse_setting(s: str) -> tuple[dict, bool]:
 
 
 def judge_for(cfg, cache: str, device: str):
-    """quality.py's voxel judge (the same function, so the same data, arguments and cache key), on ``device``."""
-    from quality import shapes_judge_classifier  # benchmarks/ is on the path when this runs as a script
-
+    """The voxel judge's classifier (``multidiff eval``'s and quality.py's: the same function, so the
+    same data, arguments and cache key), on ``device``."""
+    from modalities.voxel.judge import shapes_judge_classifier
     from multidiff.evaluate import classifier_judge
 
-    clf = shapes_judge_classifier(cfg, cache, device=device)
+    clf = shapes_judge_classifier(cfg.data, cache, device=device)
     return clf, classifier_judge(clf)
 
 
@@ -190,24 +189,7 @@ def worker(name: str, args: argparse.Namespace) -> None:
     ]
     t = None
     if not args.score_only:
-        cmd = [
-            sys.executable,
-            "-m",
-            "multidiff.cli",
-            "train",
-            CONFIG,
-            "--out-dir",
-            str(run),
-            "--set",
-            "train.progress=false",
-        ]
-        for o in sets:
-            cmd += ["--set", o]
-        t0 = time.perf_counter()
-        run.mkdir(parents=True, exist_ok=True)
-        with open(run / "train.log", "w") as log:
-            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-        t = time.perf_counter() - t0
+        t = train_run(CONFIG, run, sets, log=run / "train.log")
     score_run(run, args, "cuda" if torch.cuda.is_available() else "cpu", {"train_s": t})
 
 

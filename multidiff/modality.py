@@ -305,6 +305,29 @@ class Modality(ABC, Generic[ModelT, DataT]):
         :func:`demo_config`), or ``None`` (the default) to take no part."""
         return None
 
+    def judge(
+        self, data: Any, info: DataInfo, *, cache_dir: Path | str | None = None, device: Any = None, **options: Any
+    ) -> Any:
+        """A :class:`~multidiff.evaluate.Judge` of samples of a run whose validated data section is
+        ``data``: something that does not depend on the model, with held-out real examples as its
+        reference (``multidiff eval``, :func:`multidiff.evaluate.evaluate_run`).
+
+        The default is the generic one (:func:`multidiff.evaluate.held_out_judge`): a small
+        classifier over the data's rank trained on 80% of :meth:`build_dataset`'s labelled examples
+        (cached under ``cache_dir``, on ``device``), reporting class accuracy and the Fréchet
+        distance of its features to the other 20%. ``options``: ``epochs`` (default 10). Unlabelled
+        data raise ``ValueError``; an adapter with better judges (pitch, meshes) overrides this.
+        """
+        from .evaluate import held_out_judge, real_examples
+
+        unknown = sorted(set(options) - {"epochs"})
+        if unknown:
+            raise ValueError(f"the {self.name!r} modality's judge takes the option epochs, not {', '.join(unknown)}")
+        x, y = real_examples(self.build_dataset(data)[0])
+        extra = {"epochs": int(options["epochs"])} if "epochs" in options else {}
+        tag = f"quality:{self.name}:{self.describe(data)}"  # the tag benchmarks/quality.py has always used
+        return held_out_judge(x, y, tag=tag, cache_dir=cache_dir, device=device, **extra)
+
 
 @dataclass(frozen=True)
 class DemoRun:

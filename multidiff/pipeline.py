@@ -599,6 +599,18 @@ class Pipeline:
         )
         return self._out(out), mask.cpu()
 
+    # --- judging --------------------------------------------------------------------------------------
+
+    def evaluate(
+        self, num_per_class: int = 50, *, sample: C.SampleConfig | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """Score this model with its modality's judge (:func:`multidiff.evaluate.evaluate_run`):
+        ``num_per_class`` samples of every class, class accuracy by an independent classifier,
+        Fréchet distance to held-out real data and the modality's own figures."""
+        from .evaluate import evaluate_run
+
+        return evaluate_run(self, num_per_class=num_per_class, sample=sample, **kwargs)
+
 
 def _unguided(overrides: dict[str, Any]) -> dict[str, Any]:
     """``overrides`` with ``guidance_scale`` 1 unless one was given: ODE inversion is best unguided."""

@@ -149,7 +149,9 @@ def test_generate_checks_sampler_options_before_sampling() -> None:
     def denoiser(x: torch.Tensor, sigma: torch.Tensor, **cond: object) -> torch.Tensor:
         raise AssertionError("sampled despite a bad option")
 
-    with pytest.raises(C.ConfigError, match="sample.options.etta: unknown option 'etta' for sampler 'ddim'.*eta, final_step"):
+    with pytest.raises(
+        C.ConfigError, match="sample.options.etta: unknown option 'etta' for sampler 'ddim'.*eta, final_step"
+    ):
         generate(denoiser, DataInfo((1, 4)), n=2, sampler="ddim", steps=2, sigma_max=10.0, options={"etta": 0})
 
 

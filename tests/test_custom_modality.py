@@ -65,6 +65,10 @@ def test_the_example_modality_installs_lists_trains_and_samples(tmp_path: Path) 
         rows = list(csv.reader(f))
     assert rows[0] == ["ch0", "ch1", "ch2"] and len(rows) == 129 and all(len(r) == 3 for r in rows)
     assert (tmp_path / "s" / "plot.png").stat().st_size > 1000
+    # The adapter defines no judge: `multidiff eval` reports the generic figures (a classifier of its data).
+    out = _run([*cli, "eval", str(tmp_path / "run"), "-n", "2", "--steps", "2"], env, tmp_path).stdout
+    assert "a classifier trained on 48 real examples" in out and "frechet_floor" in out
+    assert {"class_accuracy", "worst_class_accuracy", "frechet", "judge_accuracy"} <= set(out.split())
 
     # the demo asks every installed modality for its run: the example's appears by being installed
     out = _run([*cli, "demo", "--quick", "--modality", "timeseries", "--out", str(tmp_path / "demo")], env, tmp_path)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import torch
@@ -18,7 +15,7 @@ from PIL import Image
 from multidiff import cli
 from multidiff import schedules as S
 from multidiff.denoiser import DataSpace
-from multidiff.plots import SAMPLER_CSV_FIELDS, noised_copies, smooth
+from multidiff.plots import noised_copies, smooth
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,21 +118,12 @@ def test_noised_copies_run_from_data_to_noise() -> None:
     assert abs(float(x[2].mean())) < 1.0 and float(x[2].std()) < 1.0  # t = 1: noise / data_scale
 
 
-def _bench_module(monkeypatch: pytest.MonkeyPatch) -> Any:
-    spec = importlib.util.spec_from_file_location("bench_samplers", ROOT / "benchmarks" / "samplers.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, mod)  # its dataclasses look themselves up there
-    spec.loader.exec_module(mod)
-    return mod
+def test_samplers_from_the_benchmark_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m benchmarks.samplers --csv`` writes what ``python -m benchmarks.plot_samplers``
+    reads (its writer run on made-up results here; the benchmark itself takes a minute)."""
+    import benchmarks.samplers as bench
+    from benchmarks.plot_samplers import SAMPLER_CSV_FIELDS, main
 
-
-def test_samplers_from_the_benchmark_csv(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``benchmarks/samplers.py --csv`` writes what ``multidiff plot samplers`` reads (its writer
-    run on made-up results here; the benchmark itself takes a minute)."""
-    bench = _bench_module(monkeypatch)
     nfes = (5, 10, 20)
     metrics = ("ode", "ode_med", "ll", "tv", "sw")
     problems = [SimpleNamespace(name=f"problem {i}", floor={k: 0.01 for k in metrics}) for i in range(2)]
@@ -157,9 +145,31 @@ def test_samplers_from_the_benchmark_csv(
     csv_path = tmp_path / "bench.csv"
     bench.write_csv(str(csv_path), problems, methods, results, nfes)
     assert csv_path.read_text().splitlines()[0] == ",".join(SAMPLER_CSV_FIELDS)
-    code, text, err = run_cli(["plot", "samplers", str(csv_path), "--out", str(tmp_path / "sp.png")], capsys)
-    assert code == 0, err
+    assert main([str(csv_path), "--out", str(tmp_path / "sp.png")]) == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'sp.png'}"
     assert_png(tmp_path / "sp.png")
+
+
+@pytest.mark.parametrize("what", ["MISSING", "PNG", "RUN/metrics.csv"])
+def test_plot_samplers_refuses_bad_input_naming_the_path(
+    runs: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    from benchmarks.plot_samplers import main
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "picture.png")
+    subs = {"MISSING": str(tmp_path / "no_such"), "PNG": str(tmp_path / "picture.png"), "RUN": str(runs[0])}
+    head = what.split("/")[0]
+    path = what.replace(head, subs[head], 1)
+    assert main([path, "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert path in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_samplers_is_no_longer_a_multidiff_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        cli.main(["plot", "samplers", "x.csv"])
+    assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -168,9 +178,6 @@ def test_samplers_from_the_benchmark_csv(
         (["plot", "loss", "MISSING"], "MISSING"),
         (["plot", "loss", "RUN", "PNG"], "PNG"),
         (["plot", "loss", "EMPTY"], "EMPTY"),
-        (["plot", "samplers", "MISSING"], "MISSING"),
-        (["plot", "samplers", "PNG"], "PNG"),
-        (["plot", "samplers", "RUN/metrics.csv"], "RUN/metrics.csv"),
         (["plot", "noising", "MISSING"], "MISSING"),
         (["plot", "noising", "RUN", "--input", "MISSING"], "MISSING"),
         (["plot", "noising", "RUN", "--input", "RUN/metrics.csv"], "RUN/metrics.csv"),

@@ -237,3 +237,9 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
         return (
             f"audio from {src}, {data.length} samples at {data.sample_rate} Hz ({data.length / data.sample_rate:.2f} s)"
         )
+
+    def judge(self, data: AudioDataConfig, info: DataInfo, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Pitch and log-mel statistics for the tone set; the generic judge for other audio (:mod:`.judge`)."""
+        from .judge import audio_judge
+
+        return audio_judge(self, data, info, **kwargs)

@@ -279,3 +279,9 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
 
     def describe(self, data: ImageDataConfig) -> str:
         return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"
+
+    def judge(self, data: ImageDataConfig, info: DataInfo, **kwargs: Any) -> Any:  # type: ignore[override]
+        """A classifier trained on 80% of the images, and FID with option ``inception_weights`` (:mod:`.judge`)."""
+        from .judge import image_judge
+
+        return image_judge(self, data, info, **kwargs)

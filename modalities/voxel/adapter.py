@@ -340,3 +340,9 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
         if data.source == "shapes" and data.max_tilt < 180:
             src += f" tilted at most {data.max_tilt:g} degrees"
         return f"voxels from {src}, {data.representation} at {data.resolution}^3"
+
+    def judge(self, data: VoxelDataConfig, info: DataInfo, **kwargs: Any) -> Any:  # type: ignore[override]
+        """A 3D classifier that never saw the run's shapes, and mesh figures (:mod:`.judge`)."""
+        from .judge import voxel_judge
+
+        return voxel_judge(self, data, info, **kwargs)

@@ -67,13 +67,13 @@ def add_sample_flags(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (
         elif kind == "choice":
             g.add_argument(*flags, dest=dest, choices=args, help=help_)
         elif kind == "pair":
-            g.add_argument(*flags, dest=dest, nargs=len(args), type=args[0], help=help_)
+            g.add_argument(*flags, dest=dest, nargs=len(args), type=args[0], metavar=name.upper(), help=help_)
         elif kind == "mapping":
             g.add_argument(*flags, dest=dest, action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
         elif kind == "number":
-            g.add_argument(*flags, dest=dest, type=args[0], help=help_)
+            g.add_argument(*flags, dest=dest, type=args[0], metavar=name.upper(), help=help_)
         else:
-            g.add_argument(*flags, dest=dest, help=help_)
+            g.add_argument(*flags, dest=dest, metavar=name.upper(), help=help_)
 
 
 def sample_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""``multidiff plot schedules | noising | loss | samplers``, each writing one PNG."""
+"""``multidiff plot schedules | noising | loss``, each writing one PNG."""
 
 from __future__ import annotations
 
@@ -83,16 +83,9 @@ def _cmd_plot_loss(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_plot_samplers(args: argparse.Namespace) -> int:
-    from ..plots import plot_samplers
-
-    print(f"wrote {plot_samplers(args.csv, _plot_out(args, 'samplers.png'))}")
-    return 0
-
-
 def add_parser(sub: Any) -> None:
-    """``multidiff plot schedules | noising | loss | samplers``, each writing one PNG."""
-    pl = sub.add_parser("plot", help="plot schedules, forward noising, loss curves or sampler accuracy (PNG)")
+    """``multidiff plot schedules | noising | loss``, each writing one PNG."""
+    pl = sub.add_parser("plot", help="plot schedules, forward noising or loss curves (PNG)")
     what = pl.add_subparsers(dest="what", required=True)
     ps = what.add_parser("schedules", help="alpha, sigma and log-SNR against t for the usual noise schedules")
     ps.add_argument("--out", help="the PNG (default: schedules.png)")
@@ -108,7 +101,3 @@ def add_parser(sub: Any) -> None:
     pc.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or their metrics.csv / metrics.jsonl)")
     pc.add_argument("--out", help="the PNG (default: loss.png)")
     pc.set_defaults(func=_cmd_plot_loss)
-    pb = what.add_parser("samplers", help="sampler accuracy against NFE from benchmarks/samplers.py --csv")
-    pb.add_argument("csv", metavar="BENCH_CSV", help="the CSV that python benchmarks/samplers.py --csv FILE wrote")
-    pb.add_argument("--out", help="the PNG (default: samplers.png)")
-    pb.set_defaults(func=_cmd_plot_samplers)
