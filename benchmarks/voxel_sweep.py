@@ -144,7 +144,7 @@ def score_run(run: Path, args: argparse.Namespace, device: str, extra: dict | No
             settings = settings[:2]
         for si, setting in enumerate(settings):
             kw, clip = parse_setting(setting)
-            pipe.denoiser.clip_x0 = pipe.denoiser.data_scale if clip else None
+            pipe.denoiser.clip_x0 = float(pipe.space.encode(torch.ones(()))) if clip else None
             accs, worst, out, wts = [], [], [], []
             for scale in [float(v) for v in args.scales.split(",")]:
                 x, _ = pipe.sample(len(labels), labels=labels, guidance_scale=scale, seed=1, precision="fp32", **kw)
