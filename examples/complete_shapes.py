@@ -21,45 +21,32 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.pipeline import load_pipeline
+from multidiff.cli.options import add_pipeline_args, pipeline_from_args
+
+MODALITY = "voxel"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--input", help="a mesh or grid file (default: a training shape of --class)")
     p.add_argument("--class", dest="label", help="kind of shape to complete as (default: torus, when the model has it)")
     p.add_argument("--region", default=":,:,0.5:1", help="part to generate, fractions per axis (default :,:,0.5:1)")
     p.add_argument("--method", choices=E.MASK_METHODS, default="repaint")
     p.add_argument("-n", "--num", type=int, default=4, help="completions")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's)")
     p.add_argument("--format", default="obj", choices=("obj", "ply", "stl", "glb"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="completed_shapes")
+    add_pipeline_args(p, exclude=("num_samples",))  # the run, --device, --steps, --guidance, --seed, ...
     args = p.parse_args(argv)
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    if pipe.adapter.name != "voxel":
-        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not a voxel one")
+    pipe, opts = pipeline_from_args(p, args, modality=MODALITY)
     names = pipe.info.class_names
     try:
         label = pipe.label(args.label or ("torus" if "torus" in names else None))
-        x = pipe.read(args.input) if args.input else pipe.training_examples(1, label, seed=args.seed)
+        x = pipe.read(args.input) if args.input else pipe.training_examples(1, label, seed=opts.seed)
         mask = pipe.mask(region=args.region)
     except ValueError as e:
         p.error(str(e))
-    y = pipe.inpaint(
-        x,
-        mask,
-        n=args.num,
-        label=label,
-        method=args.method,
-        steps=args.steps,
-        guidance_scale=args.guidance,
-        seed=args.seed,
-    )
+    y = pipe.inpaint(x, mask, n=args.num, label=label, method=args.method, sample=opts)
     keep = ~mask.expand_as(y)
     assert torch.equal(y[keep], x.expand_as(y)[keep]), "given voxels changed"
     out = Path(args.out)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.pipeline import load_pipeline
+from multidiff.cli.options import add_pipeline_args, pipeline_from_args
 
 
 def _plot(clips: dict[str, tuple[torch.Tensor, tuple[float, float] | None]], sr: int, path: Path) -> Path:
@@ -50,9 +50,11 @@ def _plot(clips: dict[str, tuple[torch.Tensor, tuple[float, float] | None]], sr:
     return path
 
 
+MODALITY = "audio"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--input", help="a WAV/FLAC/OGG file (default: a training clip of --input-class)")
     p.add_argument("--input-class", help="class of the built-in input clip (default: the middle class)")
     p.add_argument("--class", dest="label", help="condition the generation on this class (default: unconditional)")
@@ -60,15 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--continue-from", type=float, default=0.5, help="fraction kept as the prefix (default 0.5)")
     p.add_argument("--method", choices=E.MASK_METHODS, default="repaint")
     p.add_argument("-n", "--num", type=int, default=2, help="variations of each edit")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="edited_audio")
+    add_pipeline_args(p, exclude=("num_samples",))  # the run, --device, --steps, --guidance, --seed, ...
     args = p.parse_args(argv)
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    if pipe.adapter.name != "audio":
-        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not an audio one")
+    pipe, opts = pipeline_from_args(p, args, modality=MODALITY)
     from modalities.audio.io import write_wav
 
     names = pipe.info.class_names
@@ -78,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             x = pipe.read(args.input)
         else:
             src = pipe.label(args.input_class) if args.input_class else (len(names) // 2 if names else None)
-            x = pipe.training_examples(1, src, seed=args.seed)
+            x = pipe.training_examples(1, src, seed=opts.seed)
         if not 0 < args.continue_from < 1:
             raise ValueError(f"--continue-from must lie in (0, 1), got {args.continue_from}")
         gap = pipe.mask(region=args.gap)
@@ -89,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # the run's guidance towards a class; none when unconditional
-    opts = pipe.options(steps=args.steps, seed=args.seed, guidance_scale=None if label is not None else 1.0)
+    opts = opts if label is not None else opts.with_overrides(guidance_scale=1.0)
     lo, hi = (float(v) for v in args.gap.split(":"))
     clips: dict[str, tuple[torch.Tensor, tuple[float, float] | None]] = {"input": (x[0], None)}
     print(write_wav(out / "input.wav", x[0], sr))

@@ -23,12 +23,13 @@ from pathlib import Path
 import torch
 
 from multidiff import editing as E
-from multidiff.pipeline import load_pipeline
+from multidiff.cli.options import add_pipeline_args, pipeline_from_args
+
+MODALITY = "image"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
     p.add_argument("--input", action="append", default=[], help="image files (default: two training examples)")
     p.add_argument("--class", dest="labels", action="append", default=[], help="class of each input (names or indices)")
     p.add_argument("--region", default="0.5:1,0:1", help="box to regenerate, fractions of (height, width)")
@@ -36,16 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--particles", type=int, default=16, help="for --method smc")
     p.add_argument("-n", "--num", type=int, default=6, help="inpaintings per input")
     p.add_argument("--frames", type=int, default=8, help="interpolation frames")
-    p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="edited_images")
+    add_pipeline_args(p, exclude=("num_samples",))  # the run, --device, --steps, --guidance, --seed, ...
     args = p.parse_args(argv)
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    if pipe.adapter.name != "image":
-        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not an image one")
+    pipe, opts = pipeline_from_args(p, args, modality=MODALITY)
     from modalities.image.io import save_grid
 
     try:
@@ -54,14 +50,13 @@ def main(argv: list[str] | None = None) -> int:
             inputs = torch.cat([pipe.read(f) for f in args.input])
         else:
             labels = labels or ([3, 8] if pipe.info.num_classes >= 9 else [None, None])
-            inputs = torch.cat([pipe.training_examples(1, y, seed=args.seed) for y in labels])
+            inputs = torch.cat([pipe.training_examples(1, y, seed=opts.seed) for y in labels])
         mask = pipe.mask(region=args.region)
     except ValueError as e:
         p.error(str(e))
     labels += [None] * (len(inputs) - len(labels))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    opts = pipe.options(steps=args.steps, guidance_scale=args.guidance, seed=args.seed)
 
     rows = []
     for x, y in zip(inputs, labels):
@@ -73,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if len(inputs) >= 2:
         # unguided unless --guidance: the conditional model's ODE inverts accurately
+        given = {"guidance_scale": getattr(args, "sample__guidance_scale", None)}  # else unguided
         frames = pipe.interpolate(
-            inputs[0], inputs[1], args.frames, label=labels[0], label_b=labels[1], steps=args.steps, seed=args.seed
+            inputs[0], inputs[1], args.frames, label=labels[0], label_b=labels[1], sample=opts, **given
         )
         err = (frames[[0, -1]] - inputs[:2]).abs().max().item()
         print(save_grid(frames, out / "interpolation.png", nrow=args.frames, scale=4))

@@ -12,32 +12,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiff.pipeline import load_pipeline
+from multidiff.cli.options import add_pipeline_args, pipeline_from_args
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
-    p.add_argument("-n", "--num", type=int, default=8, help="number of clips")
     p.add_argument("--class", dest="label", help="class name (e.g. E4) or index; default: every class in turn")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    p.add_argument("--sampler", help="any of `multidiff samplers` (default: the run's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="generated_audio", help="output folder")
+    add_pipeline_args(p)  # the run, --device, --steps, --guidance, --seed, ...
     args = p.parse_args(argv)
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    if pipe.adapter.name != "audio":
-        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not an audio one")
+    pipe, opts = pipeline_from_args(p, args, modality="audio")
     try:
-        label = pipe.label(args.label)
+        label = pipe.label(args.label, "--class")
     except ValueError as e:
         p.error(str(e))
-    x, labels = pipe.sample(
-        args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
-    )
+    x, labels = pipe.sample(opts.num_samples, labels=label, sample=opts)
     for path in pipe.adapter.save_samples(x, args.out, pipe.info, labels=labels):
         print(path)
     return 0

@@ -14,49 +14,41 @@ from __future__ import annotations
 import argparse
 import sys
 
-from multidiff.pipeline import load_pipeline
+from multidiff.cli.options import add_pipeline_args, pipeline_from_args
 
 FORMATS = ("obj", "ply", "stl", "glb")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
-    p.add_argument("-n", "--num", type=int, default=8, help="number of shapes")
     p.add_argument("--class", dest="label", help="class name (e.g. torus) or index; default: every class in turn")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the run's)")
-    p.add_argument("--sampler", help="any of `multidiff samplers` (default: the run's)")
-    p.add_argument("--steps", type=int, help="sampler steps (default: the run's)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--format", default="obj", choices=FORMATS, help="mesh file format (default obj)")
     p.add_argument("--iso", type=float, default=0.0, help="iso-level in [-1, 1] for marching cubes (default 0)")
     p.add_argument("--smooth", type=int, default=0, help="Taubin smoothing iterations (default 0)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--out", default="generated_meshes", help="output folder")
+    add_pipeline_args(p)  # the run, --device, --steps, --guidance, --seed, ...
     args = p.parse_args(argv)
     if not -1.0 < args.iso < 1.0:
         p.error(f"--iso must lie strictly between -1 and 1 (grids are in [-1, 1]), got {args.iso}")
     if args.smooth < 0:
         p.error(f"--smooth must be >= 0, got {args.smooth}")
 
-    pipe = load_pipeline(args.checkpoint, device=args.device)
-    if pipe.adapter.name != "voxel":
-        p.error(f"{args.checkpoint} holds a {pipe.adapter.name} model, not a voxel one")
+    pipe, opts = pipeline_from_args(p, args, modality="voxel")
     try:
-        label = pipe.label(args.label)
+        label = pipe.label(args.label, "--class")
     except ValueError as e:
         p.error(str(e))
-    x, labels = pipe.sample(
-        args.num, labels=label, guidance_scale=args.guidance, sampler=args.sampler, steps=args.steps, seed=args.seed
-    )
+    x, labels = pipe.sample(opts.num_samples, labels=label, sample=opts)
     written = pipe.adapter.save_samples(
         x, args.out, pipe.info, labels=labels, file_format=args.format, level=args.iso, smooth=args.smooth
     )
     meshes = [q for q in written if q.suffix.lstrip(".") in FORMATS]
     for path in written:
         print(path)
-    if len(meshes) < args.num:
-        print(f"{args.num - len(meshes)} of {args.num} grids had no surface at iso-level {args.iso}; no mesh written")
+    if len(meshes) < opts.num_samples:
+        print(
+            f"{opts.num_samples - len(meshes)} of {opts.num_samples} grids had no surface at iso-level {args.iso}; no mesh written"
+        )
     return 0
 
 

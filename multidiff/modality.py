@@ -13,16 +13,17 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .distributed import current_rows
 
 __all__ = [
+    "DataConfig",
     "DataInfo",
     "DataT",
     "DemoRun",
@@ -115,6 +116,30 @@ class PresetModelConfig(StrictModel):
             noise_scale=noise_scale,
             **args,
         )
+
+
+class DataConfig(StrictModel):
+    """The keys every modality's ``data:`` section shares; an adapter's section subclasses it and
+    adds its ``source`` (a ``Literal`` that may include ``"folder"``) and its own keys.
+
+    ``path``: the folder of a ``folder`` source (required then; ``folder_files`` names its files in
+    the message); ``class_conditional``: use the data's classes; ``limit``: the first examples only;
+    ``on_bad_file``: a file of a folder source that cannot be read stops the run with its name
+    (``error``) or is left out with a warning (``skip``).
+    """
+
+    folder_files: ClassVar[str] = "files"
+
+    path: str | None = None
+    class_conditional: bool = True
+    limit: int | None = Field(None, ge=1)
+    on_bad_file: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataConfig:
+        if getattr(self, "source", None) == "folder" and not self.path:
+            raise ValueError(f"source 'folder' needs data.path, the folder of {self.folder_files}")
+        return self
 
 
 @dataclass(frozen=True)

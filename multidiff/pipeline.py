@@ -620,10 +620,15 @@ def _unguided(overrides: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def load_pipeline(path: str | Path, *, device: str = "auto", weights: str = "ema") -> Pipeline:
-    """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as."""
+def load_pipeline(
+    path: str | Path, *, device: str = "auto", weights: str = "ema", modality: str | None = None
+) -> Pipeline:
+    """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as;
+    ``modality``: refuse (``ValueError``) a model of another modality."""
     ckpt = find_checkpoint(str(path))
     cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
+    if modality is not None and cfg.adapter.name != modality:
+        raise ValueError(f"{path} holds a {cfg.adapter.name} model, not a {modality} one")
     info = DataInfo.from_json(ckpt.meta["data_info"])
     den = build_denoiser(cfg, info)
     load_state_dict_checked(den.net, ckpt.weights(weights), str(ckpt.path))

@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DataConfig,
     DataInfo,
     DemoRun,
     Modality,
@@ -70,7 +71,7 @@ class AudioModelConfig(PresetModelConfig):
     attention_levels: list[int] | None = None
 
 
-class AudioDataConfig(StrictModel):
+class AudioDataConfig(DataConfig):
     """The ``data:`` section.
 
     ``source``: ``tones`` (built in: synthesized notes, the class is the pitch), ``folder``
@@ -80,27 +81,18 @@ class AudioDataConfig(StrictModel):
     zero-padded to ``length`` samples and loudness-normalised.
     """
 
+    folder_files = "audio files"
+
     source: Literal["tones", "folder", "sc09"] = "tones"
-    path: str | None = None
     root: str | None = None
     download: bool = False
     sample_rate: int = Field(16000, ge=1000, le=384000)
     length: int = Field(16384, ge=64)
     channels: Literal[1, 2] = 1
-    class_conditional: bool = True
     crop: Literal["start", "center"] = "start"
     normalize: Literal["rms", "peak", "none"] = "rms"
     per_class: int = Field(200, ge=1)
     random_polarity: bool = False
-    limit: int | None = Field(None, ge=1)
-    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
-    on_bad_file: Literal["error", "skip"] = "error"
-
-    @model_validator(mode="after")
-    def _folder_needs_path(self) -> AudioDataConfig:
-        if self.source == "folder" and not self.path:
-            raise ValueError("source 'folder' needs data.path, the folder of audio files")
-        return self
 
 
 def build_unet1d(

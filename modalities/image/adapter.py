@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import field_validator
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DataConfig,
     DataInfo,
     DemoRun,
     Modality,
@@ -78,7 +79,7 @@ class ImageModelConfig(PresetModelConfig):
         return r
 
 
-class ImageDataConfig(StrictModel):
+class ImageDataConfig(DataConfig):
     """The ``data:`` section.
 
     ``source``: ``digits`` (built in, no download), ``folder`` (``path`` to a folder of images,
@@ -86,18 +87,15 @@ class ImageDataConfig(StrictModel):
     ``root``; fetched only with ``download: true``).
     """
 
+    folder_files = "images"
+
     source: Literal["digits", "folder", "mnist", "fashion_mnist", "cifar10"] = "digits"
-    path: str | None = None
     root: str | None = None
     download: bool = False
     size: int | tuple[int, int] = 16
     channels: Literal[1, 3] | None = None
-    class_conditional: bool = True
     random_flip: bool = False
     in_memory: bool = True
-    limit: int | None = Field(None, ge=1)
-    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
-    on_bad_file: Literal["error", "skip"] = "error"
 
     @field_validator("size")
     @classmethod
@@ -106,12 +104,6 @@ class ImageDataConfig(StrictModel):
         if any(s < 1 for s in sides):
             raise ValueError(f"size must be positive, got {v}")
         return v
-
-    @model_validator(mode="after")
-    def _folder_needs_path(self) -> ImageDataConfig:
-        if self.source == "folder" and not self.path:
-            raise ValueError("source 'folder' needs data.path, the folder of images")
-        return self
 
     @property
     def hw(self) -> tuple[int, int]:

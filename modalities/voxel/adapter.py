@@ -8,10 +8,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DataConfig,
     DataInfo,
     DemoRun,
     Modality,
@@ -88,7 +89,7 @@ class VoxelModelConfig(PresetModelConfig):
     checkpoint_norms: bool | None = None
 
 
-class VoxelDataConfig(StrictModel):
+class VoxelDataConfig(DataConfig):
     """The ``data:`` section.
 
     ``source``: ``shapes`` (built in: parametric primitives, the class is the kind) or ``folder``
@@ -103,26 +104,17 @@ class VoxelDataConfig(StrictModel):
     vertical only, as in aligned mesh collections.
     """
 
+    folder_files = "mesh files"
+
     source: Literal["shapes", "folder"] = "shapes"
-    path: str | None = None
     resolution: int = Field(16, ge=8, le=256)
     representation: Literal["occupancy", "sdf"] = "occupancy"
     truncation: float = Field(3.0, gt=0)
     per_class: int = Field(200, ge=1)
     max_tilt: float = Field(180.0, ge=0, le=180)
-    class_conditional: bool = True
     cache_dir: str | None = None
     max_faces: int = Field(2_000_000, ge=1)
     random_flip: bool = False
-    limit: int | None = Field(None, ge=1)
-    # a file in a folder source that cannot be read: stop with its name (error) or leave it out (skip)
-    on_bad_file: Literal["error", "skip"] = "error"
-
-    @model_validator(mode="after")
-    def _folder_needs_path(self) -> VoxelDataConfig:
-        if self.source == "folder" and not self.path:
-            raise ValueError("source 'folder' needs data.path, the folder of mesh files")
-        return self
 
 
 def build_unet3d(

@@ -112,3 +112,22 @@ def sampling_options(pipe: Any, args: argparse.Namespace) -> SampleConfig:
     if s.negative_class is not None:
         s = s.with_overrides(negative_class=pipe.label(s.negative_class, flag_of("negative_class")))
     return s
+
+
+def add_pipeline_args(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
+    """For scripts built on a trained model: the run or checkpoint, ``--device`` and the sampling flags."""
+    p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")
+    p.add_argument("--device", default="auto")
+    add_sample_flags(p, exclude=exclude)
+
+
+def pipeline_from_args(p: argparse.ArgumentParser, args: argparse.Namespace, *, modality: str | None = None) -> Any:
+    """``(pipeline, sampling options)`` of :func:`add_pipeline_args`' flags; a model of another
+    ``modality``, a bad flag or an unreadable checkpoint ends in ``p.error`` (exit 2, one line)."""
+    from ..pipeline import load_pipeline
+
+    try:
+        pipe = load_pipeline(args.checkpoint, device=args.device, modality=modality)
+        return pipe, sampling_options(pipe, args)
+    except ValueError as e:
+        p.error(str(e))

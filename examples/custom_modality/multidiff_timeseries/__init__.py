@@ -26,11 +26,11 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DataConfig,
     DataInfo,
     DemoRun,
     Modality,
     PresetModelConfig,
-    StrictModel,
     TensorDataset,
     demo_config,
     finish_dataset,
@@ -55,16 +55,15 @@ class TimeSeriesModelConfig(PresetModelConfig):
     attention_levels: list[int] | None = None
 
 
-class TimeSeriesDataConfig(StrictModel):
+class TimeSeriesDataConfig(DataConfig):
     """The ``data:`` section."""
 
+    folder_files = "CSV files"
+
     source: Literal["synthetic", "folder"] = "synthetic"
-    path: str | None = None
     channels: int = Field(3, ge=1)
     length: int = Field(128, ge=8)
     per_class: int = Field(300, ge=1)
-    class_conditional: bool = True
-    on_bad_file: Literal["error", "skip"] = "error"
     limit: int | None = Field(None, ge=1)
 
 
