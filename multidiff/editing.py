@@ -181,6 +181,15 @@ def repaint_path(n_steps: int, jump_length: int, resample: int) -> list[int]:
     return path
 
 
+def _run_sampler(
+    name: str, denoiser: DenoiserFn, x: Tensor, sigmas: Tensor, options: Mapping[str, Any] | None, **kwargs: Any
+) -> Tensor:
+    """The sampler called ``name`` with its own ``options``, checked first (a misspelt option names itself)."""
+    spec = get_sampler(name)
+    spec.check_options(dict(options or {}))
+    return spec.fn(denoiser, x, sigmas, **kwargs, **dict(options or {}))
+
+
 def _prior_with_known(known: Tensor, mask: Tensor, sigma: float, generator: torch.Generator | None) -> Tensor:
     """The starting state at ``sigma``: ``known + sigma z`` outside the mask, ``sigma z`` inside."""
     return torch.where(mask, torch.zeros_like(known), known) + sigma * randn_like(known, generator)
@@ -247,9 +256,7 @@ def inpaint(
         raise ValueError(f"the starting state has shape {tuple(x.shape)}, the data {tuple(known.shape)}")
     d_m = masked_denoiser(denoiser, known, m)
     if method == "replace":
-        out = get_sampler(sampler).fn(
-            d_m, x, sigmas, cond=cond, generator=generator, callback=callback, **dict(options or {})
-        )
+        out = _run_sampler(sampler, d_m, x, sigmas, options, cond=cond, generator=generator, callback=callback)
     elif method == "smc":
         if particles < 1:
             raise ValueError(f"particles must be at least 1, got {particles}")
@@ -439,9 +446,7 @@ def sdedit(
         return x.clone()
     sigmas = sdedit_sigmas(strength, steps, schedule=schedule, grid=grid)
     x_t = x + s0 * randn_like(x, generator)
-    return get_sampler(sampler).fn(
-        denoiser, x_t, sigmas, cond=cond, generator=generator, callback=callback, **dict(options or {})
-    )
+    return _run_sampler(sampler, denoiser, x_t, sigmas, options, cond=cond, generator=generator, callback=callback)
 
 
 # ---------------------------------------------------------------------------------------------
