@@ -268,6 +268,12 @@ class SampleConfig(StrictModel):
         description="classifier guidance on the denoiser's estimate by a classifier of the run's training data "
         "(trained once, cached; 0 = off)",
     )
+    clip_denoised: float | None = Field(
+        None,
+        gt=0,
+        description="clamp the denoiser's estimate to [-V, V] in data units at every step "
+        "(DDPM's clip_denoised; for data that lies in a known range)",
+    )
     num_samples: int = Field(64, ge=1, description="number of samples")
     batch_size: int = Field(256, ge=1, description="samples per network call")
     seed: int = Field(0, description="seed of the prior noise and of stochastic samplers")

@@ -142,9 +142,15 @@ def class_guidance(
 
 
 def _guided(denoiser: Callable[..., Tensor], info: DataInfo, s: C.SampleConfig) -> Callable[..., Tensor]:
-    """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class, interval)."""
+    """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class, interval),
+    its estimate clamped to ``s.clip_denoised`` (data units) if given."""
     negative = resolve_label(s.negative_class, info, "negative class")
-    return class_guidance(denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval)
+    guided = class_guidance(denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval)
+    if s.clip_denoised is None:
+        return guided
+    space = getattr(denoiser, "space", DataSpace())
+    lo, hi = (float(space.encode(torch.tensor(v))) for v in (-s.clip_denoised, s.clip_denoised))
+    return lambda x, sigma, **cond: guided(x, sigma, **cond).clamp(lo, hi)
 
 
 def _grid(s: C.SampleConfig, schedule: Any) -> Tensor:

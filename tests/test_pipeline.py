@@ -116,3 +116,30 @@ def test_labels_by_name_or_index_and_clear_errors(digits_run: Path) -> None:
         pipe.sample(2, options={"etta": 1})
     with pytest.raises(ValueError, match="negative class must be one of"):
         pipe.sample(2, negative_class="nope", guidance_scale=2, steps=2)
+
+
+def test_clip_denoised_clamps_every_estimate_in_data_units() -> None:
+    """``sample.clip_denoised`` (one field and its one use, in the guided denoiser every sampling path
+    shares): every estimate the sampler sees lies in [-V, V] data units, i.e. [-sV, sV] in a space
+    scaled by s; without it the mixture's estimates reach beyond."""
+    from multidiff.modality import DataInfo
+    from multidiff.pipeline import generate
+    from multidiff.testing import GaussianMixture
+
+    gm = GaussianMixture(torch.tensor([[-0.8], [0.8]]) * 2.0, 0.3 * 2.0)  # data at +-0.8, space scaled by 2
+    den = gm.denoiser()
+    den.space = DataSpace(2.0)
+    seen: list[torch.Tensor] = []
+    kw = dict(
+        n=64, sampler="euler", steps=8, sigma_min=0.02, sigma_max=20.0, callback=lambda d: seen.append(d["denoised"])
+    )
+    x, _ = generate(den, DataInfo((1,)), clip_denoised=0.5, **kw)
+    assert max(float(d.abs().max()) for d in seen) <= 1.0 + 1e-6  # 0.5 data units = 1.0 in the scaled space
+    assert float(x.abs().max()) <= 0.5 + 1e-6
+    seen.clear()
+    generate(den, DataInfo((1,)), **kw)
+    assert max(float(d.abs().max()) for d in seen) > 1.2
+    from multidiff.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "RUN", "--clip-denoised", "0.5"])
+    assert args.sample__clip_denoised == 0.5  # the flag exists because the field does
