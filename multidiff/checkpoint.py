@@ -260,8 +260,8 @@ def _errno_of(e: BaseException) -> int | None:
     """The errno of an ``OSError``, or of the I/O error safetensors reports in its message."""
     if isinstance(e, OSError) and e.errno is not None:
         return e.errno
-    m = re.search(r"\bcode: (\d+)", str(e))
-    return int(m.group(1)) if m else None
+    m = re.search(r"\(os error (\d+)\)|\bcode: (\d+)", str(e))  # "I/O error: ... (os error 28)"
+    return int(m.group(1) or m.group(2)) if m else None
 
 
 def _reason(e: BaseException, code: int | None) -> str:
