@@ -7,17 +7,29 @@ A checkpoint is a folder ``<run>/checkpoints/step_00001000/`` holding
 * ``state.pt``: optimizer, grad-scaler and RNG state, read back with ``torch.load(weights_only=True)``.
 
 It is written under a temporary name and renamed into place, so a folder named ``step_*`` is
-always complete; older ones beyond ``keep`` are removed only after the new one is in place.
+always complete; older ones beyond ``keep`` are removed only after the new one is in place. A
+write that fails for any reason (a full disk, an I/O error, a permission, an error inside
+safetensors) removes the temporary folder and raises :class:`CheckpointWriteError` (an
+``OSError``) naming the last good checkpoint.
+
+``meta.json``, written last, records the size and SHA-256 of every other file (``files``). Every
+read checks them (hashing the bytes it reads anyway, then deserializing those same bytes), so a
+file changed on disk or in a copy is refused by name instead of being trained or sampled from;
+a checkpoint written before hashes existed loads with a warning.
 """
 
 from __future__ import annotations
 
+import errno as _errno
+import hashlib
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +40,23 @@ from torch import Tensor, nn
 __all__ = [
     "FORMAT",
     "Checkpoint",
+    "CheckpointWriteError",
     "save_checkpoint",
     "find_checkpoint",
     "list_checkpoints",
     "load_state_dict_checked",
+    "check_state_dict",
     "grow_class_embedding",
 ]
 
 FORMAT = "multidiff-checkpoint/1"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_FILES = ("model.safetensors", "ema.safetensors", "state.pt")  # hashed in meta.json["files"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written; the temporary folder is gone and ``strerror`` is one
+    line naming the last good checkpoint (the command line prints it and exits 1)."""
 
 
 def _git_revision() -> str | None:
@@ -86,17 +106,51 @@ class Checkpoint:
 
         return migrate_config(self.meta["config"])
 
+    def read_bytes(self, name: str) -> bytes:
+        """The bytes of one of the checkpoint's files, checked against the size and SHA-256 that
+        ``meta.json`` recorded when it was written (``ValueError`` naming the file if they differ);
+        a checkpoint without hashes (an older multidiff) is read unchecked, with a warning."""
+        f = self.path / name
+        try:
+            data = f.read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read {f}: {e.strerror or e}{self._earlier()}") from None
+        files = self.meta.get("files")
+        if not isinstance(files, dict):
+            warnings.warn(
+                f"checkpoint {self.path} records no content hashes (written by an older multidiff); "
+                "its files are loaded unverified",
+                UserWarning,
+                stacklevel=3,
+            )
+            return data
+        want = files.get(name)
+        if not isinstance(want, dict) or "sha256" not in want:
+            raise ValueError(f"cannot read {f}: meta.json records no hash for it{self._earlier()}")
+        if "bytes" in want and len(data) != want["bytes"]:
+            raise ValueError(
+                f"cannot read {f}: it holds {len(data)} bytes, {want['bytes']} were written "
+                f"(truncated or changed){self._earlier()}"
+            )
+        if hashlib.sha256(data).hexdigest() != want["sha256"]:
+            raise ValueError(
+                f"cannot read {f}: its content does not match the SHA-256 recorded when it was written "
+                f"(corrupted on disk or in a copy){self._earlier()}"
+            )
+        return data
+
     def weights(self, which: str = "ema") -> dict[str, Tensor]:
-        """``model`` or ``ema`` weights as a state dict (CPU tensors)."""
-        from safetensors.torch import load_file
+        """``model`` or ``ema`` weights as a state dict (CPU tensors), verified against ``meta.json``."""
+        from safetensors.torch import load
 
         if which not in ("model", "ema"):
             raise ValueError(f"weights must be 'model' or 'ema', got {which!r}")
-        f = self.path / f"{which}.safetensors"
+        name = f"{which}.safetensors"
+        data = self.read_bytes(name)
         try:
-            return load_file(str(f))
+            return load(data)
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"cannot read {f}: {e}{self._earlier()}") from None
+            raise ValueError(f"cannot read {self.path / name}: {e}{self._earlier()}") from None
 
     def _earlier(self) -> str:
         """A pointer to the newest checkpoint before this one in its run, for error messages."""
@@ -107,11 +161,11 @@ class Checkpoint:
 
     def training_state(self, map_location: str | torch.device = "cpu") -> dict[str, Any]:
         """Optimizer, scaler and RNG state; loaded with ``weights_only=True`` (no arbitrary objects)."""
-        f = self.path / "state.pt"
+        data = self.read_bytes("state.pt")
         try:
-            return torch.load(f, map_location=map_location, weights_only=True)
+            return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
         except Exception as e:
-            raise ValueError(f"cannot read {f}: {e}{self._earlier()}") from None
+            raise ValueError(f"cannot read {self.path / 'state.pt'}: {e}{self._earlier()}") from None
 
 
 def save_checkpoint(
@@ -124,16 +178,13 @@ def save_checkpoint(
     state: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write ``<run_dir>/checkpoints/step_<step>`` atomically; keep the newest ``keep`` checkpoints."""
-    from safetensors.torch import save_file
+    """Write ``<run_dir>/checkpoints/step_<step>`` atomically; keep the newest ``keep`` checkpoints.
 
+    Any failure while writing (``OSError``, a safetensors or pickling error) removes the temporary
+    folder and raises :class:`CheckpointWriteError` naming the last good checkpoint."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     full_meta = {
         "format": FORMAT,
         "step": step,
@@ -143,33 +194,85 @@ def save_checkpoint(
         **meta,
     }
     try:
-        save_file(_state_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        save_file(_state_for_safetensors(ema), str(tmp / "ema.safetensors"), metadata={"format": FORMAT})
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps(full_meta, indent=2, sort_keys=True))
-        for f in tmp.iterdir():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-    except OSError as e:  # a full disk, a quota, a vanished mount: the last good checkpoint stays
+        _write_folder(tmp, model=model, ema=ema, meta=full_meta, state=state)
+        _move_into_place(tmp, final)
+    except BaseException as e:  # a full disk, a quota, a vanished mount, safetensors' own errors...
         shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, Exception):  # KeyboardInterrupt, SystemExit: cleaned up, passed on
+            raise
         kept = list_checkpoints(run_dir)
-        raise OSError(
-            e.errno,
-            f"cannot write checkpoint {final} ({e.strerror or e}); "
+        code = _errno_of(e)
+        raise CheckpointWriteError(
+            code,
+            f"cannot write checkpoint {final} ({_reason(e, code)}); "
             + (f"the last good checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"),
-        ) from None
-    if final.exists():  # the same step saved again (a resumed run): swap, then drop the old one
-        old = root / f".old_step_{step:08d}_{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+        ) from e
     _fsync_dir(root)
     for stale in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _write_folder(tmp: Path, *, model: nn.Module, ema: nn.Module, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    """Every file of a checkpoint into ``tmp``, each synced; ``meta.json`` last, with the others' hashes."""
+    from safetensors.torch import save_file
+
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_state_for_safetensors(model), str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    save_file(_state_for_safetensors(ema), str(tmp / "ema.safetensors"), metadata={"format": FORMAT})
+    torch.save(state, tmp / "state.pt")
+    files = {}
+    for name in _FILES:  # read back once: synced to disk and hashed as written
+        with open(tmp / name, "rb") as fh:
+            data = fh.read()
+            os.fsync(fh.fileno())
+        files[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    _write_meta(tmp / "meta.json", {**meta, "files": files})
+    _fsync_dir(tmp)
+
+
+def _write_meta(path: Path, meta: dict[str, Any]) -> None:
+    with open(path, "w") as fh:
+        fh.write(json.dumps(meta, indent=2, sort_keys=True))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    # the same step saved again (a resumed run): swap, then drop the old one
+    old = final.parent / f".old_{final.name}_{os.getpid()}"
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)  # put the old one back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _errno_of(e: BaseException) -> int | None:
+    """The errno of an ``OSError``, or of the I/O error safetensors reports in its message."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)|\bcode: (\d+)", str(e))  # "I/O error: ... (os error 28)"
+    return int(m.group(1) or m.group(2)) if m else None
+
+
+def _reason(e: BaseException, code: int | None) -> str:
+    """One line: the OS's words for ``code`` when known, else the error's own text."""
+    if isinstance(e, OSError) and e.strerror:
+        text = e.strerror
+    elif code is not None and code in _errno.errorcode:
+        text = os.strerror(code)
+    else:
+        text = f"{type(e).__name__}: {e}"
+    return " ".join(text.split())
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -205,7 +308,14 @@ def find_checkpoint(path: str | Path) -> Checkpoint:
 
 
 def load_state_dict_checked(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Load ``state`` into ``module`` exactly, or fail with one line saying how they differ."""
+    """Load ``state`` into ``module`` exactly, or fail with one line saying how they differ
+    (``module`` is left untouched then)."""
+    check_state_dict(module, state, source)
+    module.load_state_dict(state)
+
+
+def check_state_dict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """``ValueError`` with one line saying how ``state`` does not fit ``module``; nothing is loaded."""
     own = module.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -224,7 +334,6 @@ def load_state_dict_checked(module: nn.Module, state: dict[str, Tensor], source:
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]!r})")
         raise ValueError(f"checkpoint {source} was made for another model: " + "; ".join(parts))
-    module.load_state_dict(state)
 
 
 def grow_class_embedding(state: dict[str, Tensor], key: str, num_classes: int) -> dict[str, Tensor]:

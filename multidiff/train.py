@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 from . import config as C
 from ._util import amp_dtype, append_dims
 from .checkpoint import (
+    check_state_dict,
     find_checkpoint,
     grow_class_embedding,
     list_checkpoints,
@@ -259,24 +260,55 @@ class Trainer:
         self.ema.load_state_dict(self.net.state_dict())
 
     def _resume(self, resume: bool | str) -> None:
+        """Load a checkpoint's weights, EMA, optimizer, scaler, RNG and step, all or nothing: every
+        file is read and verified (:meth:`Checkpoint.read_bytes`) and checked against this model
+        before anything is applied, and a failure while applying restores what was there."""
         if resume is True:
             if not list_checkpoints(self.run_dir):
                 raise ValueError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
             ckpt = find_checkpoint(self.run_dir)
         else:
             ckpt = find_checkpoint(resume)
-        # every file is read before anything is loaded: a bad one leaves the trainer untouched
         model, ema, st = ckpt.weights("model"), ckpt.weights("ema"), ckpt.training_state()
-        load_state_dict_checked(self.net, model, str(ckpt.path))
-        load_state_dict_checked(self.ema, ema, str(ckpt.path))
-        self.opt.load_state_dict(st["optimizer"])
-        for group in self.opt.param_groups:  # the saved run may have been graphed or not
-            group["capturable"] = self.graphs
-        if st.get("scaler"):
-            self.scaler.load_state_dict(st["scaler"])
-        torch.set_rng_state(st["rng_cpu"])
-        self.step = int(st["step"])
+        check_state_dict(self.net, model, str(ckpt.path / "model.safetensors"))
+        check_state_dict(self.ema, ema, str(ckpt.path / "ema.safetensors"))
+        state_pt = ckpt.path / "state.pt"
+        if not isinstance(st, dict) or not all(k in st for k in ("optimizer", "rng_cpu", "step")):
+            raise ValueError(f"cannot read {state_pt}: it lacks the optimizer, RNG or step{ckpt._earlier()}")
+        before = self._snapshot()
+        try:
+            self.net.load_state_dict(model)
+            self.ema.load_state_dict(ema)
+            self.opt.load_state_dict(st["optimizer"])
+            for group in self.opt.param_groups:  # the saved run may have been graphed or not
+                group["capturable"] = self.graphs
+            if st.get("scaler"):
+                self.scaler.load_state_dict(st["scaler"])
+            torch.set_rng_state(st["rng_cpu"])
+            step = int(st["step"])
+        except Exception as e:  # a state.pt that does not fit this optimizer: back to before
+            self._restore(before)
+            raise ValueError(f"cannot load {state_pt} into this run: {e}{ckpt._earlier()}") from None
+        self.step = step
         self._resume_step = self.step
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Copies of everything :meth:`_resume` changes, for :meth:`_restore`."""
+        return {
+            "net": {k: v.clone() for k, v in self.net.state_dict().items()},
+            "ema": {k: v.clone() for k, v in self.ema.state_dict().items()},
+            "opt": copy.deepcopy(self.opt.state_dict()),
+            "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler.is_enabled() else None,
+            "rng_cpu": torch.get_rng_state(),
+        }
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        self.net.load_state_dict(snap["net"])
+        self.ema.load_state_dict(snap["ema"])
+        self.opt.load_state_dict(snap["opt"])
+        if snap["scaler"] is not None:
+            self.scaler.load_state_dict(snap["scaler"])
+        torch.set_rng_state(snap["rng_cpu"])
 
     def state(self) -> dict[str, Any]:
         opt = self.opt.state_dict()
