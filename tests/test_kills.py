@@ -147,7 +147,7 @@ def _train(tmp: Path, plan: dict[str, Any], *extra: str, nproc: int = 1, timeout
 
 def _steps(run: Path) -> list[int]:
     """The steps of a run's intact checkpoints, oldest first."""
-    return [int(p.name.removeprefix("step_")) for p in list_checkpoints(run)]
+    return [int(re.search(r"step_(\d+)", p.name).group(1)) for p in list_checkpoints(run)]
 
 
 def _saved(out: str) -> list[tuple[int, int]]:
@@ -200,9 +200,11 @@ def _assert_matches(run: Path, reference: Path) -> list[int]:
             continue
         ref = theirs[ck.name]
         for name in ("model.safetensors", "ema.safetensors"):
-            assert _same(load_file(str(ck / name)), load_file(str(ref / name))), f"{ck / name} differs from {ref}"
+            same = _same(load_file(str(ck / name)), load_file(str(ref / name)))
+            assert same, f"{ck / name} differs from {ref / name}"
         a, b = (torch.load(p / "state.pt", weights_only=True) for p in (ck, ref))
-        assert a["step"] == b["step"] and _same(a["optimizer"], b["optimizer"]), f"{ck / 'state.pt'} differs"
+        same = a["step"] == b["step"] and _same(a["optimizer"], b["optimizer"])
+        assert same, f"{ck / 'state.pt'} differs from {ref / 'state.pt'} (step or optimizer state)"
         compared.append(a["step"])
     return compared
 
