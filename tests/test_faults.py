@@ -64,6 +64,47 @@ def test_a_nonfinite_step_is_skipped_and_leaves_weights_and_ema_alone(tmp_path: 
     assert all(torch.isfinite(p).all() for p in tr.net.parameters())
 
 
+def _optimizer_state(tr: Trainer) -> list[tuple[str, torch.Tensor]]:
+    st = tr.opt.state_dict()
+    return [(f"{i}.{k}", v.clone()) for i, s in st["state"].items() for k, v in s.items()]  # moments, step counts
+
+
+@pytest.mark.parametrize("grad_clip", [1.0, None], ids=["clipped", "unclipped"])
+def test_an_inf_gradient_with_a_finite_loss_is_skipped_leaving_weights_optimizer_and_ema_alone(
+    tmp_path: Path, grad_clip: float | None
+) -> None:
+    tr = Trainer(C.resolve_config(tiny_run(tmp_path / "r", train={"steps": 5, "grad_clip": grad_clip})))
+    batches = tr._loader()
+    for _ in range(2):
+        tr.train_step(batches)
+    poison = {"on": True}
+
+    def hook(g: torch.Tensor) -> torch.Tensor:  # one element of one parameter's gradient becomes +inf
+        if not poison["on"]:
+            return g
+        g = g.clone()
+        g.view(-1)[0] = float("inf")
+        return g
+
+    param = next(p for p in tr.net.parameters() if p.requires_grad and p.numel() > 1)
+    handle = param.register_hook(hook)
+    before, opt_before = _state(tr), _optimizer_state(tr)
+    loss, gnorm = tr.train_step(batches)
+    assert torch.isfinite(loss) and not torch.isfinite(gnorm)  # the loss alone would not tell
+    assert tr.skipped and tr.step == 3
+    after, opt_after = _state(tr), _optimizer_state(tr)
+    for b, a in zip(before, after):
+        assert all(torch.equal(b[k], a[k]) for k in b)
+    assert [k for k, _ in opt_before] == [k for k, _ in opt_after] and len(opt_before) > 1
+    assert all(torch.equal(b, a) for (_, b), (_, a) in zip(opt_before, opt_after))
+    assert all(p.grad is None for p in tr.net.parameters())  # nothing carried into the next step
+    poison["on"] = False
+    handle.remove()
+    tr.train_step(batches)
+    assert not tr.skipped and all(torch.isfinite(p).all() for p in tr.net.parameters())
+    assert not all(torch.equal(before[0][k], tr.net.state_dict()[k]) for k in before[0])
+
+
 def test_the_loop_warns_logs_good_steps_only_and_finishes(tmp_path: Path, monkeypatch) -> None:
     _poison(monkeypatch, {2, 3})
     tr = Trainer(C.resolve_config(tiny_run(tmp_path / "r", train={"steps": 5, "log_every": 5})))
