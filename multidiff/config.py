@@ -13,10 +13,12 @@ errors, and each error names the key, the value given and what was expected.
 from __future__ import annotations
 
 import json
+import re
+import types
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import Field, TypeAdapter, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -350,8 +352,10 @@ class RunConfig(StrictModel):
     def _consistent(self) -> RunConfig:
         d = self.diffusion
         if d.noise_cond == "timestep" and d.schedule.kind not in ("linear", "scaled_linear", "cosine_discrete"):
-            raise ValueError(
-                "diffusion.noise_cond: 'timestep' needs a discrete schedule (linear, scaled_linear, cosine_discrete)"
+            raise PydanticCustomError(
+                "noise_cond",
+                f"'timestep' needs a discrete schedule (linear, scaled_linear, cosine_discrete), not {d.schedule.kind!r}",
+                {"loc": ("diffusion", "noise_cond")},
             )
         return self
 
@@ -374,56 +378,111 @@ class ResolvedConfig:
         return d
 
 
+def _key(p: Any) -> str:
+    """One key of a dotted path as shown: plain names and list positions as they are, any other
+    key (empty, with a dot, a space, a colon or a control character) quoted, so the path is unambiguous."""
+    return str(p) if isinstance(p, int) or re.fullmatch(r"[A-Za-z0-9_-]+", str(p)) else repr(p)
+
+
 def _format_errors(err: ValidationError, prefix: str, model: type[StrictModel] | None, source: str) -> ConfigError:
-    lines = []
+    lines: list[str] = []
+    merged: dict[tuple[str, str], int] = {}  # (path, value) -> line of a plain union's first failing member
     for e in err.errors():
         # a model validator's error may name the key it is about (ctx["loc"], below the model's own loc)
         raw = (*e["loc"], *e.get("ctx", {}).get("loc", ()))
-        # a tagged union (diffusion.schedule) puts its tag in the loc: left out, named as "for kind ..."
-        shown, tags = _untag(model, raw) if model is not None else (raw, [])
-        loc = ".".join(str(p) for p in (prefix, *shown) if p != "")
+        # a tagged union (diffusion.schedule) puts its tag in the loc: left out, named as "for kind ...";
+        # a plain union (bool | 'auto') puts the member tried there: left out, its messages joined
+        shown, tags, member = _untag(model, raw) if model is not None else (raw, [], False)
+        loc = ".".join([prefix] * bool(prefix) + [_key(p) for p in shown])
         kind = f" for kind {tags[-1]!r}" if tags else ""
         if e["type"] == "extra_forbidden":
             expected = _fields_at(model, raw[:-1]) if model is not None else []
             hint = f"; expected one of: {', '.join(expected)}" if expected else ""
-            lines.append(f"{loc}: unknown key{kind} (value {e['input']!r}){hint}")
+            line = f"{loc}: unknown key{kind} (value {e['input']!r}){hint}"
+        elif e["type"] == "missing" and shown and isinstance(shown[-1], int):  # a tuple given too few items
+            line = f"{loc.rpartition('.')[0]}: too few items (got {e['input']!r})"
         elif e["type"] == "missing":
-            lines.append(f"{loc}: missing required key")
+            line = f"{loc}: missing required key"
         elif e["type"] == "union_tag_invalid":
             field, tag = str(e["ctx"]["discriminator"]).strip("'"), e["ctx"]["tag"]
-            lines.append(f"{loc}.{field}: unknown {field} {tag!r}; expected one of: {e['ctx']['expected_tags']}")
+            line = f"{loc}.{field}: unknown {field} {tag!r}; expected one of: {e['ctx']['expected_tags']}"
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(
-                f"{loc}: {msg} (got {e['input']!r})" if not isinstance(e["input"], dict) else f"{loc or '<top>'}: {msg}"
-            )
+            got = f" (got {e['input']!r})" if not isinstance(e["input"], dict) else ""
+            if member and (loc, got) in merged:  # "Input should be a valid boolean or 'auto' (got [1])"
+                i = merged[(loc, got)]
+                lines[i] = f"{lines[i].removesuffix(got)} or {msg.removeprefix('Input should be ')}{got}"
+                continue
+            if member:
+                merged[(loc, got)] = len(lines)
+            line = f"{loc or '<top>'}: {msg}{got}"
+        if line not in lines:
+            lines.append(line)
     if len(lines) == 1:
         return ConfigError(f"invalid config {source}: {lines[0]}")
     return ConfigError(f"invalid config {source}, {len(lines)} problems:\n  " + "\n  ".join(lines))
 
 
-def _step(cur: Any, p: Any) -> tuple[Any, bool]:
-    """The annotation below ``cur`` at loc item ``p``, and whether ``p`` was a tagged union's tag."""
-    members = {
-        m.model_fields["kind"].default: m
-        for m in get_args(cur)
-        if isinstance(m, type) and issubclass(m, StrictModel) and "kind" in m.model_fields
-    }
-    if p in members:
-        return members[p], True
-    f = getattr(cur, "model_fields", {}).get(p)
-    return (f.annotation if f is not None else None), False
+def _unwrap(t: Any) -> Any:
+    while get_origin(t) is Annotated:
+        t = get_args(t)[0]
+    return t
 
 
-def _untag(model: type[StrictModel], path: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str]]:
-    """``path`` without the tags of tagged unions, and those tags."""
+def _step(cur: Any, p: Any) -> tuple[Any, str]:
+    """The annotation below ``cur`` at loc item ``p``, and what ``p`` is there: ``"tag"`` (a tagged
+    union's tag), ``"member"`` (the member of a plain union pydantic tried, not a key) or ``"key"``."""
+    cur = _unwrap(cur)
+    if get_origin(cur) in (Union, types.UnionType):
+        members = [_unwrap(m) for m in get_args(cur) if m is not type(None)]
+        kinds = {
+            m.model_fields["kind"].default: m
+            for m in members
+            if isinstance(m, type) and issubclass(m, StrictModel) and "kind" in m.model_fields
+        }
+        if p in kinds:
+            return kinds[p], "tag"
+        if len(members) == 1:  # X | None: pydantic names no member
+            return _step(members[0], p)
+        if isinstance(p, str) and not kinds:
+            named = [m for m in members if _member_name(m) == p.split("[")[0]]
+            return (named[0] if named else None), "member"
+        return None, "key"
+    if isinstance(cur, type) and issubclass(cur, StrictModel):
+        f = cur.model_fields.get(p)
+        return (f.annotation if f is not None else None), "key"
+    args = get_args(cur)
+    if get_origin(cur) is dict and len(args) == 2:
+        return args[1], "key"
+    if get_origin(cur) in (list, tuple) and args and isinstance(p, int):
+        return (args[p] if get_origin(cur) is tuple and args[-1] is not Ellipsis and p < len(args) else args[0]), "key"
+    return None, "key"
+
+
+def _member_name(m: Any) -> str:
+    """How pydantic names a union member in an error's loc, up to any ``[``: ``bool``, ``literal``, ``tuple``."""
+    origin = get_origin(m)
+    if origin is Literal:
+        return "literal"
+    return getattr(origin or m, "__name__", "")
+
+
+def _untag(model: type[StrictModel], path: tuple[Any, ...]) -> tuple[tuple[Any, ...], list[str], bool]:
+    """``path`` without the tags of tagged unions and the members of plain unions, the tags, and
+    whether a plain union's member was left out."""
     cur: Any = model
     shown: list[Any] = []
     tags: list[str] = []
+    member = False
     for p in path:
-        cur, tag = _step(cur, p)
-        (tags if tag else shown).append(p)
-    return tuple(shown), tags
+        cur, role = _step(cur, p)
+        if role == "tag":
+            tags.append(p)
+        elif role == "member":
+            member = True
+        else:
+            shown.append(p)
+    return tuple(shown), tags, member
 
 
 def _fields_at(model: type[StrictModel], path: tuple[Any, ...]) -> list[str]:
@@ -433,7 +492,8 @@ def _fields_at(model: type[StrictModel], path: tuple[Any, ...]) -> list[str]:
         cur, _ = _step(cur, p)
         if cur is None:
             return []
-    return sorted(getattr(cur, "model_fields", {}))
+    cur = _unwrap(cur)
+    return sorted(cur.model_fields) if isinstance(cur, type) and issubclass(cur, StrictModel) else []
 
 
 def _parse_value(text: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
@@ -138,7 +139,9 @@ class DataConfig(StrictModel):
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
         if getattr(self, "source", None) == "folder" and not self.path:
-            raise ValueError(f"source 'folder' needs data.path, the folder of {self.folder_files}")
+            raise PydanticCustomError(  # named as data.path
+                "folder_path", f"source 'folder' needs data.path, the folder of {self.folder_files}", {"loc": ("path",)}
+            )
         return self
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +19,8 @@ from PIL import Image
 
 from multidiff import cli
 from multidiff.checkpoint import find_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_samplers_lists_every_registered_sampler(capsys: pytest.CaptureFixture[str]) -> None:
@@ -127,7 +131,25 @@ def test_bad_arguments_exit_with_usage_error() -> None:
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
+# what `import multidiff` must not import (.ci/run checks the same list in a fresh install)
+HEAVY = (
+    "torchaudio",
+    "torchvision",
+    "trimesh",
+    "soundfile",
+    "skimage",
+    "scipy",
+    "sklearn",
+    "matplotlib",
+    "PIL",
+    "modalities",
+)
+
+
 def test_import_multidiff_stays_light() -> None:
-    code = "import sys, multidiff; print(sorted({'torchaudio', 'torchvision', 'trimesh'} & set(sys.modules)))"
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = f"import sys, multidiff; print(sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert r.stdout.strip() == "[]"
+    # each of them is installed here, so the check above is not vacuous
+    assert [m for m in HEAVY if importlib.util.find_spec(m) is None] == []

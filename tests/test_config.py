@@ -83,6 +83,29 @@ def test_folder_without_path(tmp_path: Path) -> None:
     assert "data" in msg and "data.path" in msg
 
 
+def test_every_error_line_starts_with_the_dotted_path_of_its_key(tmp_path: Path) -> None:
+    """What the config fuzz (tests/test_faults.py) found: no pydantic member names, positions or
+    bare validators in the path, and keys that would make the path ambiguous are quoted."""
+    cases = {
+        "train.cuda_graphs: Input should be a valid boolean or 'auto' (got [1])": {"train": {"cuda_graphs": [1]}},
+        "sample.negative_class: Input should be a valid integer or a valid string (got [2])": {
+            "sample": {"negative_class": [2]}
+        },
+        "train.adam_betas: too few items (got [0.5])": {"train": {"adam_betas": [0.5]}},
+        "diffusion.noise_cond: 'timestep' needs a discrete schedule": {
+            "diffusion": {"noise_cond": "timestep", "schedule": {"kind": "cosine"}}
+        },
+        "data.path: source 'folder' needs data.path": {"data": {"source": "folder"}},
+        "'': unknown key": {"": 1},
+        "train.'a.b': unknown key": {"train": {"a.b": 1}},
+        "'x\\ny': unknown key": {"x\ny": 1},
+    }
+    for expected, sections in cases.items():
+        with pytest.raises(C.ConfigError) as e:
+            C.resolve_config(tiny_run(tmp_path, **sections))
+        assert str(e.value).startswith(f"invalid config <dict>: {expected}") and "\n" not in str(e.value), str(e.value)
+
+
 def test_bad_files_and_overrides(tmp_path: Path) -> None:
     with pytest.raises(C.ConfigError, match="does not exist"):
         C.load_config(tmp_path / "nope.yaml")

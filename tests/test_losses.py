@@ -138,3 +138,88 @@ def test_hybrid_loss_first_step_is_a_gaussian_nll() -> None:
 def test_hybrid_loss_needs_learned_variance() -> None:
     with pytest.raises(ValueError, match="learned_variance"):
         L.hybrid_loss(Denoiser(_Affine(1), S.DiscreteSchedule.linear()), torch.zeros(2, 1, 3))
+
+
+# --- the weightings against the papers' closed forms, computed here from the network's output ---
+
+SIGMAS = torch.tensor([0.01, 0.2, 1.0, 4.0, 30.0], dtype=torch.float64)
+
+
+def _draws(shape: tuple[int, ...] = (2, 3, 4)) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    return (
+        torch.randn((len(SIGMAS), *shape), generator=g, dtype=torch.float64),
+        torch.randn((len(SIGMAS), *shape), generator=g, dtype=torch.float64),
+    )
+
+
+def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def _vp(sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """alpha, sigma_vp of x_t = alpha x0 + sigma_vp eps, alpha^2 + sigma_vp^2 = 1, for VE noise sigma."""
+    alpha = 1 / torch.sqrt(1 + sigma**2)
+    return alpha, sigma * alpha
+
+
+def _b(t: torch.Tensor) -> torch.Tensor:
+    return t.view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("param", ["v", "eps", "x0"])
+def test_snr_plus_one_is_the_v_prediction_mse_under_vp(param: str) -> None:
+    """Salimans & Ho 2022, sec. 4: with x_t = alpha x0 + sigma eps (VP), v = alpha eps - sigma x0;
+    the snr_plus_one loss is |v_hat - v|^2, whatever the network predicts."""
+    x0, eps = _draws()
+    den = Denoiser(_Affine(2), S.CosineSchedule(), param)
+    loss = L.diffusion_loss(den, x0, SIGMAS, noise=eps, weighting="snr_plus_one")
+    alpha, s = _vp(SIGMAS)
+    x_t = _b(alpha) * x0 + _b(s) * eps
+    out, _, _ = den.raw(x0 + _b(SIGMAS) * eps, SIGMAS)  # the network's raw output F
+    if param == "v":
+        v_hat = out
+    elif param == "eps":  # x0_hat = (x_t - sigma eps_hat) / alpha
+        v_hat = _b(alpha) * out - _b(s) * (x_t - _b(s) * out) / _b(alpha)
+    else:  # eps_hat = (x_t - alpha x0_hat) / sigma
+        v_hat = _b(alpha) * (x_t - _b(alpha) * out) / _b(s) - _b(s) * out
+    v = _b(alpha) * eps - _b(s) * x0
+    assert torch.allclose(loss, _mse(v_hat, v), rtol=1e-9)
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 1.3])
+def test_the_edm_weighting_is_the_plain_loss_on_karras_effective_target(sigma_data: float) -> None:
+    """Karras et al. 2022, eq. 8 with Table 1: lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2 = 1 / c_out^2,
+    so the weighted x0 loss is the plain MSE of F against (x0 - c_skip x) / c_out."""
+    x0, eps = _draws()
+    den = Denoiser(_Affine(2), S.EDMSchedule(), "edm", sigma_data=sigma_data)
+    loss = L.diffusion_loss(den, x0, SIGMAS, noise=eps, weighting="edm")
+    sd2 = sigma_data**2
+    c_skip = sd2 / (SIGMAS**2 + sd2)
+    c_out = SIGMAS * sigma_data / torch.sqrt(SIGMAS**2 + sd2)
+    x = x0 + _b(SIGMAS) * eps
+    out, _, _ = den.raw(x, SIGMAS)
+    assert torch.allclose(loss, _mse(out, (x0 - _b(c_skip) * x) / _b(c_out)), rtol=1e-9)
+    # and for a network of another parameterization: lambda(sigma) times the x0 error
+    eps_den = Denoiser(_Affine(2), S.EDMSchedule(), "eps", sigma_data=sigma_data)
+    lam = (SIGMAS**2 + sd2) / (SIGMAS * sigma_data) ** 2
+    loss = L.diffusion_loss(eps_den, x0, SIGMAS, noise=eps, weighting="edm")
+    eps_hat, _, _ = eps_den.raw(x, SIGMAS)
+    assert torch.allclose(loss, lam * _mse(x - _b(SIGMAS) * eps_hat, x0), rtol=1e-7)
+
+
+@pytest.mark.parametrize("bias", [0.0, 2.0, -3.0])
+@pytest.mark.parametrize("param", ["eps", "v"])
+def test_the_sigmoid_weighting_is_the_eps_mse_times_sigmoid_of_bias_minus_logsnr(param: str, bias: float) -> None:
+    """Kingma & Gao 2023, sec. 5.2 (and simple diffusion): the eps-prediction MSE weighted by
+    sigmoid(b - lambda), lambda = log SNR = log(alpha^2 / sigma^2) under VP."""
+    x0, eps = _draws()
+    den = Denoiser(_Affine(2), S.CosineSchedule(), param)
+    loss = L.diffusion_loss(den, x0, SIGMAS, noise=eps, weighting="sigmoid", bias=bias)
+    alpha, s = _vp(SIGMAS)
+    x_t = _b(alpha) * x0 + _b(s) * eps
+    out, _, _ = den.raw(x0 + _b(SIGMAS) * eps, SIGMAS)
+    eps_hat = out if param == "eps" else _b(s) * x_t + _b(alpha) * out  # from v = alpha eps - sigma x0
+    logsnr = torch.log(alpha**2 / s**2)
+    w = 1 / (1 + torch.exp(-(bias - logsnr)))
+    assert torch.allclose(loss, w * _mse(eps_hat, eps), rtol=1e-9)

@@ -3,6 +3,8 @@ the Denoiser wrapper around an exact network equals the exact denoiser."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -146,3 +148,49 @@ def test_clip_is_off_by_default() -> None:
     assert (den(x, torch.ones(2)) == 5.0).all()
     clipped = Denoiser(net, S.EDMSchedule(), "x0", clip_x0=1.0)
     assert (clipped(x, torch.ones(2)) == 1.0).all()
+
+
+# Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based Generative Models", Table 1
+# (the EDM column), typed out here in plain floats rather than taken from the package.
+def _karras_table1(sigma: float, sd: float) -> dict[str, float]:
+    return {
+        "c_skip": sd**2 / (sigma**2 + sd**2),
+        "c_out": sigma * sd / math.sqrt(sigma**2 + sd**2),
+        "c_in": 1 / math.sqrt(sigma**2 + sd**2),
+        "c_noise": math.log(sigma) / 4,
+    }
+
+
+SIGMAS = [0.002, 0.05, 0.5, 1.0, 7.0, 80.0]
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 1.0, 2.0])
+@pytest.mark.parametrize("vp", [True, False])
+def test_edm_scalings_are_karras_table_1(sigma_data: float, vp: bool) -> None:
+    sc = P.scalings("edm", torch.tensor(SIGMAS, dtype=torch.float64), vp=vp, sigma_data=sigma_data)
+    for i, s in enumerate(SIGMAS):
+        ref = _karras_table1(s, sigma_data)
+        for name in ("c_skip", "c_out", "c_in"):
+            assert getattr(sc, name)[i].item() == pytest.approx(ref[name], rel=1e-12), (name, s)
+
+
+def test_the_edm_denoiser_feeds_the_network_as_karras_table_1_says() -> None:
+    """D(x, sigma) = c_skip x + c_out F(c_in x, c_noise) (Karras eq. 7), every factor from Table 1."""
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+            seen["x_in"], seen["c_noise"] = x_in, c_noise
+            return torch.sin(3 * x_in) + c_noise.view(-1, 1, 1)  # any F
+
+    sd = 0.5
+    den = Denoiser(Recorder(), S.EDMSchedule(), "edm", sigma_data=sd)
+    sigma = torch.tensor(SIGMAS, dtype=torch.float64)
+    x = torch.randn(len(SIGMAS), 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    d = den(x, sigma)
+    for i, s in enumerate(SIGMAS):
+        ref = _karras_table1(s, sd)
+        assert seen["c_noise"][i].item() == pytest.approx(ref["c_noise"], rel=1e-12, abs=1e-15)
+        assert torch.allclose(seen["x_in"][i], ref["c_in"] * x[i], rtol=1e-12, atol=0)
+        f = torch.sin(3 * ref["c_in"] * x[i]) + ref["c_noise"]
+        assert torch.allclose(d[i], ref["c_skip"] * x[i] + ref["c_out"] * f, rtol=1e-12, atol=1e-15)
