@@ -134,3 +134,32 @@ def test_quick_commands_run_as_written(
             assert (tmp_path / path).exists(), f"{where} said it wrote {path}, which does not exist"
             if count is not None:
                 assert len(list((tmp_path / path).iterdir())) >= count, f"{where}: fewer than {count} files in {path}"
+
+
+def fault_table_tests(readme: Path = ROOT / "README.md") -> list[tuple[str, str, str | None]]:
+    """``(fault, test file, test function or None)`` for every test the README's fault table names;
+    ``::name`` after a file continues that file, a bare ``::name`` the previous file."""
+    text = readme.read_text()
+    table = text[text.index("| fault | what happens | test |") :].split("\n\n")[0]
+    out: list[tuple[str, str, str | None]] = []
+    for row in table.splitlines()[2:]:
+        fault, _, tests = [c.strip() for c in row.strip("|").split(" | ")]
+        file = None
+        for ref in re.findall(r"`([^`]+)`", tests):
+            name, _, func = ref.partition("::")
+            file = name or file
+            assert file, (fault, ref)
+            out.append((fault, file, func or None))
+    return out
+
+
+def test_every_test_the_fault_table_names_exists() -> None:
+    named = fault_table_tests()
+    assert len({fault for fault, _, _ in named}) >= 12  # every row names one
+    for fault, file, func in named:
+        path = ROOT / "tests" / file
+        assert path.is_file(), f"the fault table's row {fault!r} names {file}, which does not exist"
+        if func:
+            assert re.search(rf"^def {re.escape(func)}\(", path.read_text(), re.M), (
+                f"the fault table's row {fault!r} names {file}::{func}, which does not exist"
+            )
