@@ -405,3 +405,28 @@ def test_refuses_an_unsupported_scheduler(models: dict[str, Path], tmp_path: Pat
 def test_cond_model_needs_encoder_states_on_the_command_line(models: dict[str, Path], tmp_path: Path) -> None:
     r = _cli("sample", "--diffusers", str(models["cond"]), "-n", "1", "--steps", "2", "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "encoder_hidden_states" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_class_labels_and_guidance_on_a_class_conditional_model(models: dict[str, Path]) -> None:
+    """Labels 0, 1, 2 by default; guidance needs a negative class (diffusers' class models have no null class)."""
+    pipe = load_pipeline(models["v"], device="cpu")  # a model folder, its scheduler/ beside it
+    x, labels = pipe.sample(3, steps=3)
+    assert labels.tolist() == [0, 1, 2] and torch.isfinite(x).all()
+    with pytest.raises(ValueError, match="negative class"):
+        pipe.sample(1, steps=2, guidance_scale=2.0)
+    guided, _ = pipe.sample(1, steps=2, guidance_scale=2.0, negative_class=1, labels=0)
+    plain, _ = pipe.sample(1, steps=2, labels=0)
+    assert (guided - plain).abs().max() > 0
+
+
+def test_text_conditional_pipeline_with_bound_encoder_states(models: dict[str, Path]) -> None:
+    """``DiffusersNet.condition`` holds the text embeddings for every call of a sampling run (a batch of 1 repeated)."""
+    pipe = Pipeline.from_diffusers(models["cond"], device="cpu")
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        pipe.sample(1, steps=2)
+    states = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(7))
+    pipe.denoiser.net.condition["encoder_hidden_states"] = states
+    x, _ = pipe.sample(2, steps=2)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    pipe.denoiser.net.condition["encoder_hidden_states"] = -states
+    assert (pipe.sample(2, steps=2)[0] - x).abs().max() > 0  # the states reach the network
