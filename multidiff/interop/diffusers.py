@@ -31,8 +31,9 @@ with ``variance_type: learned_range`` it is kept as the improved-DDPM interpolat
 (``Denoiser.with_variance``, the ``ddpm_learned_variance`` sampler), otherwise dropped.
 
 **Flow-matching models** (``FlowMatchEulerDiscreteScheduler``). The model predicts the velocity
-``v = eps - x0`` of ``x_t = (1 - t) x0 + t eps`` at ``timestep = 1000 t`` (diffusers passes
-``sigmas * num_train_timesteps``; its ``sigmas`` are ``t``). In the VE view divide by ``1 - t``:
+``v = eps - x0`` of ``x_t = (1 - t) x0 + t eps`` at ``timestep = T t``, ``T = num_train_timesteps``
+(1000): diffusers' pipelines pass ``timesteps = sigmas * num_train_timesteps``, its ``sigmas`` being
+``t``. The ``t`` of a sigma is clamped below at the table's least, ``1/T`` shifted. In the VE view divide by ``1 - t``:
 ``y = x_t / (1 - t) = x0 + sigma eps`` with ``sigma = t / (1 - t)``, so ``t = sigma / (1 + sigma)``,
 ``1 - t = 1 / (1 + sigma)`` and ``x_t = y / (1 + sigma)``. From ``x_t = x0 + t (eps - x0) = x0 + t v``:
 ``D(y, sigma) = x0_hat = x_t - t v_hat = y / (1 + sigma) - sigma / (1 + sigma) v_hat``, i.e.
@@ -41,9 +42,11 @@ The scheduler's ``shift`` maps ``t -> shift t / (1 + (shift - 1) t)``, which is
 ``sigma -> shift * sigma``: a log-SNR shift by ``-2 log shift`` that changes where the grid puts its
 steps, not what the network computes, so it enters :class:`FlowSchedule` (the grids' range) only.
 The table's noisiest entry is ``t = 1`` (``sigma = inf``); the VE view stops at the one before,
-``sigma_max = shift (T - 1)``, whose prior sample differs from pure noise by a factor ``1 - 1/T``.
+``sigma_max = shift (T - 1)``: its prior sample ``sigma_max z`` is ``x_t = t_max z`` with
+``t_max = sigma_max / (1 + sigma_max)`` (0.9997 for shift 3), where diffusers starts from ``z``.
 An Euler step in ``sigma`` on ``y`` is exactly diffusers' Euler step in ``t`` on ``x_t``:
-both give ``x_t' = D + (t'/t)(x_t - (1 - t) D)`` rescaled (``tests/test_diffusers_interop.py``).
+``x_t + (t' - t) v`` with ``v = (x_t - D) / t`` is ``D + (t'/t)(x_t - D)``, and
+``(1 - t') (D + (sigma'/sigma)(y - D))`` is the same (``tests/test_diffusers_interop.py``).
 
 Conditions: ``class_labels`` and ``encoder_hidden_states`` are passed through to the network;
 :attr:`DiffusersNet.condition` holds defaults (text embeddings for a whole sampling run) used when
