@@ -430,3 +430,28 @@ def test_text_conditional_pipeline_with_bound_encoder_states(models: dict[str, P
     assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
     pipe.denoiser.net.condition["encoder_hidden_states"] = -states
     assert (pipe.sample(2, steps=2)[0] - x).abs().max() > 0  # the states reach the network
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"beta_schedule": "linear"},
+        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
+        {"beta_schedule": "squaredcos_cap_v2"},
+        {"beta_schedule": "linear", "rescale_betas_zero_snr": True},
+        {"trained_betas": np.linspace(1e-3, 0.05, 50).tolist(), "num_train_timesteps": 50},
+    ],
+)
+def test_alphas_cumprod_from_the_config_matches_diffusers(config: dict[str, object]) -> None:
+    """Computed here in float64; diffusers' float32 table agrees to float32 rounding (the zero-SNR
+    table's last entry is kept finite here, 0 there)."""
+    from multidiff.interop.diffusers import discrete_schedule
+
+    sched = diffusers.DDIMScheduler(**config)
+    ours = discrete_schedule(sched.config).alphas_cumprod
+    theirs = sched.alphas_cumprod.double()
+    assert ours.shape == theirs.shape
+    n = -1 if config.get("rescale_betas_zero_snr") else None
+    assert torch.allclose(ours[:n], theirs[:n], rtol=1e-5, atol=1e-7)
+    if n:
+        assert theirs[-1] == 0 and 0 < ours[-1] < ours[-2]
