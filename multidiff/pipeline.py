@@ -212,7 +212,14 @@ def generate(
     graphs = graphs_enabled(
         s.cuda_graphs,
         device,
-        {"the denoiser is not a multidiff Denoiser": not isinstance(denoiser, Denoiser)},
+        {
+            "the denoiser is not a multidiff Denoiser": not isinstance(denoiser, Denoiser),
+            # a network from elsewhere (a diffusers UNet) says so: its capture was never checked
+            "the network was not checked under CUDA graph capture": getattr(
+                getattr(denoiser, "net", None), "graph_capture_checked", True
+            )
+            is False,
+        },
         "cuda_graphs",
     )
     if graphs:

@@ -318,7 +318,13 @@ class DiffusersNet(nn.Module):
     either, used when a call does not pass it (a batch of 1 is repeated to the call's batch).
     ``keep_channels`` output channels are returned (the variance half of a learned-variance model
     beyond them is dropped).
+
+    ``graph_capture_checked = False``: sampling's ``cuda_graphs: auto`` runs it eagerly. Its
+    capture has not been tried on a GPU, and :attr:`condition` would be read outside the graph's
+    inputs (a tensor replaced there later would not be seen); ``cuda_graphs: true`` refuses it.
     """
+
+    graph_capture_checked = False
 
     def __init__(self, unet: nn.Module, keep_channels: int, num_classes: int = 0) -> None:
         super().__init__()
