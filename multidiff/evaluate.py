@@ -283,6 +283,8 @@ def evaluate_run(
         from .pipeline import load_pipeline
 
         pipe = load_pipeline(str(pipe), device=device)
+    if judge is None and pipe.checkpoint is None:
+        raise ValueError(f"evaluating needs the model's training data (the judge's reference); {pipe.source} has none")
     if num_per_class < 1:
         raise ValueError(f"the number of samples per class must be at least 1, got {num_per_class}")
     if judge is None:
@@ -296,8 +298,8 @@ def evaluate_run(
     figures = {"samples": float(x.shape[0]), "seconds": seconds, **scored["figures"]}
     names = list(pipe.info.class_names) or [str(i) for i in range(pipe.info.num_classes)]
     settings = {
-        "checkpoint": str(pipe.checkpoint.path),
-        "step": int(pipe.checkpoint.step),
+        "checkpoint": str(pipe.checkpoint.path if pipe.checkpoint is not None else pipe.origin),
+        "step": int(pipe.checkpoint.step) if pipe.checkpoint is not None else None,
         "modality": pipe.adapter.name,
         "sampler": s.sampler,
         "steps": s.steps,

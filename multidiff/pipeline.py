@@ -212,7 +212,14 @@ def generate(
     graphs = graphs_enabled(
         s.cuda_graphs,
         device,
-        {"the denoiser is not a multidiff Denoiser": not isinstance(denoiser, Denoiser)},
+        {
+            "the denoiser is not a multidiff Denoiser": not isinstance(denoiser, Denoiser),
+            # a network from elsewhere (a diffusers UNet) says so: its capture was never checked
+            "the network was not checked under CUDA graph capture": getattr(
+                getattr(denoiser, "net", None), "graph_capture_checked", True
+            )
+            is False,
+        },
         "cuda_graphs",
     )
     if graphs:
@@ -314,12 +321,46 @@ class Pipeline:
 
     Inputs and outputs are in data units; ``sample``/``**overrides`` arguments are the run's
     ``sample`` section (or the :class:`~multidiff.config.SampleConfig` given) with fields replaced.
+
+    A model trained elsewhere (:meth:`from_diffusers`) has no ``checkpoint``; ``origin`` is then
+    the folder it was read from, and ``config`` is its modality's defaults (no training data).
     """
 
     denoiser: Denoiser
     config: C.ResolvedConfig
     info: DataInfo
-    checkpoint: Checkpoint
+    checkpoint: Checkpoint | None
+    origin: Path | None = None
+
+    @classmethod
+    def from_diffusers(cls, path: str | Path, *, device: str = "auto", modality: str | None = None) -> Pipeline:
+        """A local diffusers folder (a ``UNet2DModel``, ``UNet1DModel`` or ``UNet2DConditionModel``
+        with its scheduler config) as a pipeline of the modality whose files fit it (``image`` for
+        a 2D UNet, ``audio`` for a 1D one, or ``modality``); see :mod:`multidiff.interop.diffusers`.
+        ``ValueError`` (:class:`~multidiff.interop.diffusers.DiffusersError`) naming the file otherwise."""
+        from .interop.diffusers import load_diffusers
+
+        m = load_diffusers(path, device=resolve_device(device), modality=modality)
+        cfg = C.resolve_config({"modality": m.modality}, source=str(m.model_dir))
+        return cls(m.denoiser, cfg, m.info, None, Path(path))
+
+    @property
+    def source(self) -> str:
+        """Where the model came from, for messages: the checkpoint, or the folder read."""
+        if self.checkpoint is not None:
+            return f"{self.checkpoint.path} (step {self.checkpoint.step})"
+        return str(self.origin)
+
+    @property
+    def output_root(self) -> Path:
+        """Where outputs go by default: the run folder of the checkpoint, or the folder read."""
+        if self.checkpoint is not None:
+            return self.checkpoint.path.parent.parent
+        return Path(self.origin or ".")
+
+    def _training_data(self, what: str) -> None:
+        if self.checkpoint is None:
+            raise ValueError(f"{what} needs the model's training data; a model read from {self.origin} has none here")
 
     @property
     def adapter(self) -> Any:
@@ -370,6 +411,7 @@ class Pipeline:
     def training_examples(self, n: int = 1, label: int | str | None = None, seed: int = 0) -> Tensor:
         """``n`` examples of the run's training data (of class ``label`` when given), in data units:
         inputs for edits when the user gives no file."""
+        self._training_data("training_examples")
         want = self.label(label)
         ds, _ = self.adapter.build_dataset(self.config.data)
         idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
@@ -445,6 +487,7 @@ class Pipeline:
 
     def classifier(self, *, cache_dir: Path | None = None) -> Classifier:
         """``log p(y | x)`` from a classifier of the run's training data (:func:`data_classifier`)."""
+        self._training_data("classifier guidance")
         return data_classifier(self.config, self.info, self.device, cache_dir=cache_dir)
 
     # --- editing ----------------------------------------------------------------------------------
@@ -630,7 +673,16 @@ def load_pipeline(
     path: str | Path, *, device: str = "auto", weights: str = "ema", modality: str | None = None
 ) -> Pipeline:
     """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as;
-    ``modality``: refuse (``ValueError``) a model of another modality."""
+    ``modality``: refuse (``ValueError``) a model of another modality. A diffusers folder (a
+    ``model_index.json``, or a ``config.json`` with ``_class_name``) is read by
+    :meth:`Pipeline.from_diffusers` (``weights`` does not apply)."""
+    from .interop.diffusers import is_diffusers_folder
+
+    if is_diffusers_folder(path):
+        pipe = Pipeline.from_diffusers(path, device=device)
+        if modality is not None and pipe.adapter.name != modality:
+            raise ValueError(f"{path} holds a {pipe.adapter.name} model, not a {modality} one")
+        return pipe
     ckpt = find_checkpoint(str(path))
     cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
     if modality is not None and cfg.adapter.name != modality:

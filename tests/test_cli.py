@@ -143,6 +143,7 @@ HEAVY = (
     "matplotlib",
     "PIL",
     "modalities",
+    "diffusers",
 )
 
 

@@ -15,18 +15,16 @@ from typing import Any
 import torch
 
 from .. import editing as E
-from .options import add_sample_flags, sampling_options
+from .options import add_model_args, add_sample_flags, load_model, sampling_options
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     """The pipeline, the sampling options and the output folder of an edit command."""
-    from ..pipeline import load_pipeline
-
     want = 2 if args.edit == "interpolate" else 1
     if len(args.input) != want:
         what = "two --input files" if want == 2 else "one --input file"
         raise ValueError(f"multidiff edit {args.edit} takes {what}, got {len(args.input)}")
-    pipe = load_pipeline(args.checkpoint, device=args.device)
+    pipe = load_model(args)
     for flag in ("class_label", "class_b", "reference_class"):  # names or indices to indices, errors name the flag
         if getattr(args, flag, None) is not None:
             setattr(args, flag, pipe.label(getattr(args, flag), "--" + flag.replace("_label", "").replace("_", "-")))
@@ -34,7 +32,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     folder = (
         Path(args.out)
         if args.out
-        else pipe.checkpoint.path.parent.parent / "edits" / f"{args.edit}_{Path(args.input[0]).stem}_seed{s.seed}"
+        else pipe.output_root / "edits" / f"{args.edit}_{Path(args.input[0]).stem}_seed{s.seed}"
     )
     return pipe, s, folder
 
@@ -89,7 +87,11 @@ def _invert(args: argparse.Namespace) -> int:
     save_file(
         {"noise": inv.noise[0].contiguous(), "sigmas": inv.sigmas.float()},
         str(noise),
-        metadata={"solver": args.solver, "checkpoint": str(pipe.checkpoint.path), "input": str(args.input[0])},
+        metadata={
+            "solver": args.solver,
+            "checkpoint": str(pipe.checkpoint.path if pipe.checkpoint is not None else pipe.origin),
+            "input": str(args.input[0]),
+        },
     )
     paths = [noise, *pipe.save(inv.reconstruction, folder / "reconstruction")]
     top = inv.sigmas[0].item()
@@ -141,7 +143,7 @@ def _diffedit(args: argparse.Namespace) -> int:
 def _common(
     p: argparse.ArgumentParser, inputs: str = "the input file (PNG, WAV, mesh or grid, as the model's modality reads)"
 ) -> None:
-    p.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    add_model_args(p)
     p.add_argument("--input", action="append", required=True, metavar="FILE", help=inputs)
     p.add_argument("--out", help="output folder (default: <run>/edits/<edit>_<input>_seed<seed>)")
     p.add_argument("--class", dest="class_label", help="class index or name to generate (default: unconditional)")

@@ -114,6 +114,33 @@ def sampling_options(pipe: Any, args: argparse.Namespace) -> SampleConfig:
     return s
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """The model a command uses: a run or checkpoint folder (or a diffusers folder, detected), or
+    ``--diffusers PATH``."""
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="a checkpoint folder, a run folder (its newest checkpoint) or a diffusers folder (detected)",
+    )
+    p.add_argument(
+        "--diffusers",
+        metavar="PATH",
+        help="a local diffusers folder instead: a pipeline (model_index.json, unet/, scheduler/) or a UNet "
+        "folder with its scheduler config (multidiff.interop.diffusers)",
+    )
+
+
+def load_model(args: argparse.Namespace) -> Any:
+    """The :class:`~multidiff.pipeline.Pipeline` of :func:`add_model_args`' arguments."""
+    from ..pipeline import Pipeline, load_pipeline
+
+    if (args.checkpoint is None) == (getattr(args, "diffusers", None) is None):
+        raise ValueError("give the model as exactly one of a checkpoint/run folder or --diffusers PATH")
+    if args.diffusers is not None:
+        return Pipeline.from_diffusers(args.diffusers, device=args.device)
+    return load_pipeline(args.checkpoint, device=args.device)
+
+
 def add_pipeline_args(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = ()) -> None:
     """For scripts built on a trained model: the run or checkpoint, ``--device`` and the sampling flags."""
     p.add_argument("checkpoint", help="a run folder (its newest checkpoint) or a checkpoint folder")

@@ -1,4 +1,5 @@
-"""``multidiff sample RUN [--class C] [-n N] [any sampling option]``: new examples as the modality's files."""
+"""``multidiff sample RUN|--diffusers PATH [--class C] [-n N] [any sampling option]``: new examples as the
+modality's files (PNG grids for a 2D model, WAVs for a 1D one...)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .options import add_sample_flags, sampling_options
+from .options import add_model_args, add_sample_flags, load_model, sampling_options
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import load_pipeline
-
-    pipe = load_pipeline(args.checkpoint, device=args.device)
+    pipe = load_model(args)
     s = sampling_options(pipe, args)
     t0 = time.perf_counter()
     x, labels = pipe.sample(s.num_samples, labels=pipe.label(args.class_label, "--class"), sample=s)
-    out = Path(args.out) if args.out else pipe.checkpoint.path.parent.parent / "samples" / f"sample_seed{s.seed}"
+    out = Path(args.out) if args.out else pipe.output_root / "samples" / f"sample_seed{s.seed}"
     paths = pipe.save(x, out, labels)
-    print(
-        f"sampled {s.num_samples} in {time.perf_counter() - t0:.1f}s from {pipe.checkpoint.path} "
-        f"(step {pipe.checkpoint.step})"
-    )
+    print(f"sampled {s.num_samples} in {time.perf_counter() - t0:.1f}s from {pipe.source}")
     for p in paths:
         print(f"wrote {p}")
     return 0
@@ -30,9 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> None:
     sa = sub.add_parser("sample", help="sample a trained model")
-    sa.add_argument("checkpoint", help="a checkpoint folder, or a run folder (its newest checkpoint)")
+    add_model_args(sa)
     sa.add_argument("--class", dest="class_label", help="class index or name (default: every class in turn)")
     sa.add_argument("--device", default="auto")
-    sa.add_argument("--out", help="output path (default: <run>/samples/sample_seed<seed>)")
+    sa.add_argument("--out", help="output path (default: <run or diffusers folder>/samples/sample_seed<seed>)")
     add_sample_flags(sa)
     sa.set_defaults(func=run)
