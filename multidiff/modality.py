@@ -254,6 +254,9 @@ class Modality(ABC, Generic[ModelT, DataT]):
         DataConfig: pydantic model of the ``data:`` section.
         input_suffixes: the file kinds :meth:`read_input` accepts (``(".png", ".jpg")``); none by default.
         mask_suffixes: the file kinds :meth:`read_mask` accepts; ``.npy`` by default.
+        diffusers_classes: the diffusers model classes (``"UNet2DModel"``) whose samples are this
+            modality's data: a diffusers folder of such a model is read as this modality
+            (:mod:`multidiff.interop.diffusers`); none by default.
     """
 
     name: ClassVar[str] = ""
@@ -261,6 +264,7 @@ class Modality(ABC, Generic[ModelT, DataT]):
     DataConfig: ClassVar[type[StrictModel]] = StrictModel
     input_suffixes: ClassVar[tuple[str, ...]] = ()
     mask_suffixes: ClassVar[tuple[str, ...]] = (".npy",)
+    diffusers_classes: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build_dataset(self, data: DataT) -> tuple[Dataset, DataInfo]:

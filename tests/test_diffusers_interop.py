@@ -458,3 +458,14 @@ def test_alphas_cumprod_from_the_config_matches_diffusers(config: dict[str, obje
     assert torch.allclose(ours[:n], theirs[:n], rtol=1e-5, atol=1e-7)
     if n:
         assert theirs[-1] == 0 and 0 < ours[-1] < ours[-2]
+
+
+def test_the_modality_of_a_diffusers_model_comes_from_the_adapters_not_the_core() -> None:
+    from multidiff.interop.diffusers import DiffusersError, modality_for
+    from multidiff.registry import load_modality
+
+    for cls in ("UNet2DModel", "UNet2DConditionModel", "UNet1DModel"):
+        name = modality_for(cls)
+        assert cls in load_modality(name).diffusers_classes
+    with pytest.raises(DiffusersError, match=r"^model/config.json: no installed modality takes a UNet3DConditionModel"):
+        modality_for("UNet3DConditionModel", "model/config.json")

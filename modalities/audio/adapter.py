@@ -104,6 +104,7 @@ def build_unet1d(
 
 class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
     name: ClassVar[str] = "audio"
+    diffusers_classes: ClassVar[tuple[str, ...]] = ("UNet1DModel",)
     ModelConfig: ClassVar[type[StrictModel]] = AudioModelConfig
     DataConfig: ClassVar[type[StrictModel]] = AudioDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = AUDIO_SUFFIXES

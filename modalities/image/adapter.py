@@ -167,6 +167,7 @@ def build_unet(
 
 class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     name: ClassVar[str] = "image"
+    diffusers_classes: ClassVar[tuple[str, ...]] = ("UNet2DModel", "UNet2DConditionModel")
     ModelConfig: ClassVar[type[StrictModel]] = ImageModelConfig
     DataConfig: ClassVar[type[StrictModel]] = ImageDataConfig
     input_suffixes: ClassVar[tuple[str, ...]] = IMAGE_SUFFIXES

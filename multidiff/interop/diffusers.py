@@ -374,8 +374,8 @@ class DiffusersNet(nn.Module):
 class DiffusersModel:
     """What :func:`load_diffusers` returns: the denoiser, the data it makes and where it came from.
 
-    ``modality`` is the registered modality whose files fit the model (``image`` for a 2D UNet,
-    ``audio`` for a 1D one).
+    ``modality`` is the installed modality whose adapter lists the model's class in
+    ``diffusers_classes`` (the image adapter a 2D UNet, the audio adapter a 1D one).
     """
 
     denoiser: Denoiser
@@ -432,6 +432,19 @@ def _size(value: Any, dims: int, source: Path) -> tuple[int, ...]:
     raise DiffusersError(f"{source}: sample_size {value!r} is not {dims} whole number(s)")
 
 
+def modality_for(class_name: str, source: str = "") -> str:
+    """The installed modality whose adapter lists ``class_name`` in ``diffusers_classes`` (the first
+    by name if several do); :class:`DiffusersError` naming ``source`` if none does."""
+    from ..registry import available_modalities, load_modality
+
+    for name in available_modalities():
+        if class_name in getattr(load_modality(name), "diffusers_classes", ()):
+            return name
+    raise DiffusersError(
+        f"{source}: no installed modality takes a {class_name}'s samples (an adapter lists it in diffusers_classes)"
+    )
+
+
 def load_diffusers(
     path: str | Path, *, device: str | torch.device = "cpu", modality: str | None = None
 ) -> DiffusersModel:
@@ -486,5 +499,5 @@ def load_diffusers(
     info = DataInfo((c_in, *_size(cfg.get("sample_size"), dims, cfg_path)), num_classes, (), extra)
     den = den.to(torch.device(device)).eval().requires_grad_(False)
     return DiffusersModel(
-        den, info, modality or ("audio" if dims == 1 else "image"), model_dir, sched_path, dict(cfg), sched
+        den, info, modality or modality_for(cls_name, str(cfg_path)), model_dir, sched_path, dict(cfg), sched
     )
