@@ -293,3 +293,60 @@ def test_a_wrong_flow_key_or_value_is_a_config_error_naming_it(diffusion: dict, 
     with pytest.raises(C.ConfigError) as e:
         C.resolve_config(d)
     assert f"{key}:" in str(e.value), str(e.value)
+
+
+# --- 5. a flow model learns ----------------------------------------------------------------------
+
+
+class _MLP(torch.nn.Module):
+    """``net(x_t, t)`` for 2-D points: the point and a Fourier embedding of ``t``, three layers."""
+
+    def __init__(self, width: int = 128) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.arange(1, 9, dtype=torch.float32) * math.pi)
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(2 + 16, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, width),
+            torch.nn.SiLU(),
+            torch.nn.Linear(width, 2),
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = t[:, None] * self.freqs
+        return self.body(torch.cat([x, a.sin(), a.cos()], dim=1))
+
+
+@pytest.mark.slow
+def test_a_flow_model_learns_a_gaussian_mixture() -> None:
+    """Velocity regression on a four-mode mixture with SD3's logit-normal times (about 15 s), sampled
+    with two samplers: every mode gets its share and the samples are as near the mixture (sliced
+    Wasserstein against exact draws) as the exact denoiser's with the same sampler, nearly."""
+    from multidiff.grids import make_grid
+    from multidiff.testing import sliced_wasserstein
+
+    torch.manual_seed(0)
+    gm = GaussianMixture.ring(n_modes=4, radius=1.5, std=0.15)
+    den = Denoiser(_MLP(), S.FlowSchedule(), "flow")
+    opt = torch.optim.Adam(den.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2000):
+        x0 = gm.sample(256, generator=g)[0].float()
+        sigma = L.sample_sigma_logit_normal(den.schedule, 256, generator=g).float()
+        loss = L.diffusion_loss(den, x0, sigma, generator=g).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    truth = gm.sample(2000, generator=torch.Generator().manual_seed(2))[0]
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(3))
+    sigmas = make_grid("karras", 20, schedule=den.schedule)
+    with torch.no_grad():
+        for name in ("euler", "dpmpp_2m"):
+            x = sample(den, z * sigmas[0], sigmas, name).double()
+            w = gm.mode_weights(x)
+            assert (w - 0.25).abs().max() < 0.08, (name, w)
+            exact = sample(gm.denoiser(), z.double() * sigmas[0], sigmas, name)
+            sw, sw_exact = sliced_wasserstein(x, truth), sliced_wasserstein(exact, truth)
+            # within 0.05 of what the exact denoiser reaches with the same sampler and grid (2000 steps
+            # gave 0.030 above it with euler, 0.013 with dpmpp_2m; the prior noise is 0.32 away)
+            assert sw < sw_exact + 0.05, (name, sw, sw_exact)
