@@ -37,6 +37,7 @@ __all__ = [
     "CosineScheduleConfig",
     "SigmoidScheduleConfig",
     "EDMScheduleConfig",
+    "FlowScheduleConfig",
     "SCHEDULE_KINDS",
     "schedule_config",
     "migrate_config",
@@ -129,6 +130,23 @@ class EDMScheduleConfig(ScheduleConfig):
     rho: float = Field(7.0, gt=0)
 
 
+class FlowScheduleConfig(ScheduleConfig):
+    """Rectified flow, ``x_t = (1 - t) x0 + t eps`` (``sigma = t / (1 - t)``), with ``t`` clamped to
+    ``[t_min, t_max]`` for training draws and sampling grids; the schedule of ``parameterization: flow``."""
+
+    kind: Literal["flow"] = "flow"
+    t_min: float = Field(0.002, gt=0, lt=1)
+    t_max: float = Field(0.99, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _range(self) -> FlowScheduleConfig:
+        if not self.t_min < self.t_max:
+            raise PydanticCustomError(
+                "t_range", f"t_max must exceed t_min={self.t_min}, got {self.t_max}", {"loc": ("t_max",)}
+            )
+        return self
+
+
 SCHEDULE_CONFIGS: dict[str, type[ScheduleConfig]] = {
     c.model_fields["kind"].default: c
     for c in (
@@ -139,6 +157,7 @@ SCHEDULE_CONFIGS: dict[str, type[ScheduleConfig]] = {
         CosineScheduleConfig,
         SigmoidScheduleConfig,
         EDMScheduleConfig,
+        FlowScheduleConfig,
     )
 }
 SCHEDULE_KINDS = tuple(SCHEDULE_CONFIGS)
@@ -152,7 +171,8 @@ AnyScheduleConfig = Annotated[
     | VPLinearScheduleConfig
     | CosineScheduleConfig
     | SigmoidScheduleConfig
-    | EDMScheduleConfig,
+    | EDMScheduleConfig
+    | FlowScheduleConfig,
     Field(discriminator="kind"),
 ]
 
@@ -171,14 +191,25 @@ _SCHEDULE_ADAPTER: TypeAdapter[ScheduleConfig] = TypeAdapter(AnyScheduleConfig)
 
 
 class DiffusionConfig(StrictModel):
-    """How the model is trained: schedule, what the network predicts, loss weighting, noise levels."""
+    """How the model is trained: schedule, what the network predicts, loss weighting, noise levels.
+
+    ``parameterization: flow`` is rectified flow (the network predicts the velocity ``eps - x0``
+    from ``(1 - t) x0 + t eps``); its schedule is ``kind: flow``, filled in when ``schedule`` (or
+    its ``kind``) is omitted. SD3's recipe (Esser et al. 2024) adds ``noise_sampling:
+    logit_normal`` with ``logit_mean``, ``logit_std`` and ``time_shift``; the ``uniform``
+    weighting is then the velocity MSE.
+    """
 
     schedule: AnyScheduleConfig = LinearScheduleConfig()
-    parameterization: Literal["eps", "x0", "v", "edm"] = "eps"
-    weighting: Literal["uniform", "min_snr", "snr_plus_one", "edm", "sigmoid"] = "uniform"
+    parameterization: Literal["eps", "x0", "v", "edm", "flow"] = "eps"
+    weighting: Literal["uniform", "min_snr", "snr_plus_one", "edm", "sigmoid", "flow"] = "uniform"
     noise_sampling: Literal["uniform_t", "log_normal", "logit_normal"] = "uniform_t"
     p_mean: float = -1.2
     p_std: float = Field(1.2, gt=0)
+    # logit_normal: t = sigmoid(N(logit_mean, logit_std^2)) shifted by time_shift (Esser et al. 2024, eqs. 19, 23)
+    logit_mean: float = 0.0
+    logit_std: float = Field(1.0, gt=0)
+    time_shift: float = Field(1.0, gt=0)
     min_snr_gamma: float = Field(5.0, gt=0)
     sigmoid_bias: float = 0.0
     sigma_data: float = Field(0.5, gt=0)
@@ -187,6 +218,18 @@ class DiffusionConfig(StrictModel):
     # divided by it again. Audio at -20 dBFS RMS (std 0.1) wants about 5 to look like images' 0.5.
     data_scale: float = Field(1.0, gt=0)
     noise_cond: Literal["t", "timestep", "logsnr", "log_sigma"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flow_schedule(cls, data: Any) -> Any:
+        """``parameterization: flow`` without a schedule kind gets the flow schedule."""
+        if isinstance(data, dict) and data.get("parameterization") == "flow":
+            sched = data.get("schedule")
+            if sched is None:
+                data = {**data, "schedule": {"kind": "flow"}}
+            elif isinstance(sched, dict) and "kind" not in sched:
+                data = {**data, "schedule": {"kind": "flow", **sched}}
+        return data
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -356,6 +399,26 @@ class RunConfig(StrictModel):
                 "noise_cond",
                 f"'timestep' needs a discrete schedule (linear, scaled_linear, cosine_discrete), not {d.schedule.kind!r}",
                 {"loc": ("diffusion", "noise_cond")},
+            )
+        if d.parameterization == "flow" and d.schedule.kind != "flow":
+            # the network is conditioned on the flow time t = sigma / (1 + sigma), which is the time of
+            # the flow schedule only
+            raise PydanticCustomError(
+                "flow_schedule",
+                f"parameterization 'flow' needs schedule kind 'flow' (rectified flow's time), not {d.schedule.kind!r}",
+                {"loc": ("diffusion", "schedule", "kind")},
+            )
+        if d.schedule.kind == "flow" and d.schedule.zero_terminal_snr:
+            raise PydanticCustomError(
+                "flow_terminal",
+                "the flow schedule reaches pure noise at t = 1 already; raise its t_max instead",
+                {"loc": ("diffusion", "schedule", "zero_terminal_snr")},
+            )
+        if d.time_shift != 1.0 and d.noise_sampling != "logit_normal":
+            raise PydanticCustomError(
+                "time_shift",
+                f"time_shift shifts the logit-normal draws; it needs noise_sampling 'logit_normal', not {d.noise_sampling!r}",
+                {"loc": ("diffusion", "time_shift")},
             )
         return self
 
@@ -634,6 +697,8 @@ def build_schedule(cfg: ScheduleConfig, size: float | None = None) -> S.Schedule
         sched = S.SigmoidSchedule(logsnr_min=cfg.logsnr_min, logsnr_max=cfg.logsnr_max)
     elif isinstance(cfg, EDMScheduleConfig):
         sched = S.EDMSchedule(cfg.sigma_min, cfg.sigma_max, cfg.rho)
+    elif isinstance(cfg, FlowScheduleConfig):
+        sched = S.FlowSchedule(cfg.t_min, cfg.t_max)
     else:
         raise ConfigError(
             f"diffusion.schedule: unknown kind {cfg.kind!r}; expected one of: {', '.join(SCHEDULE_KINDS)}"

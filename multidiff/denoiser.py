@@ -96,7 +96,8 @@ class Denoiser(nn.Module):
         net: the network; called with the scaled input, the noise condition ``(B,)`` and ``cond``.
         schedule: the training schedule; decides VP or VE input scaling and maps sigma to time.
             May be ``None`` for EDM models conditioned on ``log_sigma`` (VE).
-        parameterization: ``eps``, ``x0``, ``v`` or ``edm``.
+        parameterization: ``eps``, ``x0``, ``v``, ``edm`` or ``flow`` (rectified flow's velocity,
+            over a :class:`~multidiff.schedules.FlowSchedule` so that ``t`` is the flow time).
         sigma_data: data standard deviation for ``edm``.
         noise_cond: what the network is conditioned on; defaults to ``log_sigma`` for ``edm``,
             ``timestep`` for a discrete schedule and ``t`` otherwise.

@@ -3,8 +3,9 @@
 Every weighting is written once as a weight ``w(sigma)`` on the x0-space error
 ``|D(x) - x0|^2``, so it means the same whatever the network predicts; the loss itself is
 computed on the network's own target, which avoids the cancellation of forming ``D(x) - x0`` at
-small sigma. With ``snr = 1 / sigma^2`` (VE view), the eps-MSE is ``snr`` times the x0-MSE and
-the v-MSE ``snr + 1`` times (for a VP model).
+small sigma. With ``snr = 1 / sigma^2`` (VE view), the eps-MSE is ``snr`` times the x0-MSE,
+the v-MSE ``snr + 1`` times (for a VP model) and the rectified-flow velocity MSE
+``((1 + sigma) / sigma)^2 = (1 + sqrt(snr))^2`` times.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = [
     "normal_kl",
 ]
 
-WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "snr_plus_one", "edm", "sigmoid")
+WEIGHTINGS: tuple[str, ...] = ("uniform", "min_snr", "snr_plus_one", "edm", "sigmoid", "flow")
 
 
 def x0_weight(
@@ -49,7 +50,10 @@ def x0_weight(
     * ``snr_plus_one``: ``snr + 1``, the v-prediction loss (Salimans & Ho 2022, sec. 4);
     * ``edm``: ``(sigma^2 + sd^2) / (sigma sd)^2`` (Karras et al. 2022, eq. 8 and table 1);
     * ``sigmoid``: ``snr * sigmoid(bias - logsnr)`` (Kingma & Gao 2023, sec. 5.2: the eps-loss
-      weighted by ``sigmoid(b - lambda)``).
+      weighted by ``sigmoid(b - lambda)``);
+    * ``flow``: ``((1 + sigma) / sigma)^2``, the velocity MSE of rectified flow (Esser et al. 2024,
+      eq. 1 with ``v = eps - x0``; see :func:`multidiff.parameterization.scalings`), which is the
+      ``uniform`` weighting of a ``flow`` model and gives any other the same objective.
     """
     snr = sigma.pow(-2)
     if weighting == "uniform":
@@ -66,6 +70,8 @@ def x0_weight(
         return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
     if weighting == "sigmoid":
         return snr * torch.sigmoid(bias - S.sigma_to_logsnr(sigma))
+    if weighting == "flow":
+        return ((1 + sigma) / sigma) ** 2
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
 
 
@@ -129,14 +135,27 @@ def sample_sigma_logit_normal(
     *,
     mean: float = 0.0,
     std: float = 1.0,
+    shift: float = 1.0,
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """``t = sigmoid(z), z ~ N(mean, std^2)`` through the schedule (Esser et al. 2024, sec. 3.1)."""
+    """``t = sigmoid(z), z ~ N(mean, std^2)`` (Esser et al. 2024, eq. 19), shifted to
+    ``t' = shift t / (1 + (shift - 1) t)`` (eq. 23), through the schedule. Float64 ``(n,)``.
+
+    For a :class:`~multidiff.schedules.FlowSchedule`, ``t`` is the flow time and
+    ``sigma = t' / (1 - t') = shift e^(mean + std z)``: logit-normal flow time is log-normal
+    sigma, ``ln sigma ~ N(mean + ln shift, std^2)``, and the shift scales sigma. The network is
+    conditioned on the shifted time ``t'``, the noise level it actually sees, as in SD3.
+    """
     if std <= 0:
         raise ValueError(f"std must be positive, got {std}")
+    if shift <= 0:
+        raise ValueError(f"shift must be positive, got {shift}")
     z = _draw(torch.randn, n, generator, device)
-    return S.sigma(schedule, torch.sigmoid(mean + std * z))
+    t = torch.sigmoid(mean + std * z)
+    if shift != 1.0:
+        t = shift * t / (1 + (shift - 1) * t)
+    return S.sigma(schedule, t)
 
 
 # --- the loss ---------------------------------------------------------------------------

@@ -22,8 +22,8 @@ from torch import Tensor
 
 from ._util import append_dims
 
-Parameterization = Literal["eps", "x0", "v", "edm"]
-PARAMETERIZATIONS: tuple[str, ...] = ("eps", "x0", "v", "edm")
+Parameterization = Literal["eps", "x0", "v", "edm", "flow"]
+PARAMETERIZATIONS: tuple[str, ...] = ("eps", "x0", "v", "edm", "flow")
 
 __all__ = [
     "Parameterization",
@@ -40,6 +40,8 @@ __all__ = [
     "x0_to_score",
     "eps_to_score",
     "score_to_eps",
+    "flow_time",
+    "flow_sigma",
 ]
 
 
@@ -99,6 +101,16 @@ def x0_to_score(x_t: Tensor, x0: Tensor, a: Tensor | float, s: Tensor | float) -
     return -(x_t - _b(a, x_t) * x0) / (s * s)
 
 
+def flow_time(sigma: Tensor) -> Tensor:
+    """Rectified-flow time of VE noise ``sigma``: ``t = sigma / (1 + sigma)`` (``x_t = (1 - t) x``)."""
+    return sigma / (1 + sigma)
+
+
+def flow_sigma(t: Tensor) -> Tensor:
+    """VE noise of rectified-flow time ``t`` in [0, 1): ``sigma = t / (1 - t)``."""
+    return t / (1 - t)
+
+
 # --- the scalings table -------------------------------------------------------------------
 
 
@@ -116,8 +128,8 @@ def scalings(parameterization: str, sigma: Tensor, *, vp: bool, sigma_data: floa
 
     ``vp`` says whether the network was fed ``a x0 + s eps`` with ``a = 1 / sqrt(1 + sigma^2)``,
     ``s = sigma a`` (VP, as DDPM) or ``x0 + sigma eps`` (VE, ``a = 1``, ``s = sigma``); the VE
-    sample ``x`` is then ``x_t / a``. ``edm`` is Karras et al. 2022, table 1, which brings its own
-    input scaling and ignores ``vp``.
+    sample ``x`` is then ``x_t / a``. ``edm`` is Karras et al. 2022, table 1, and ``flow`` is
+    rectified flow; both bring their own input scaling and ignore ``vp``.
 
     Derivations (``x = x0 + sigma eps``, ``x_t = a x``):
 
@@ -125,6 +137,19 @@ def scalings(parameterization: str, sigma: Tensor, *, vp: bool, sigma_data: floa
     * x0:  ``x0 = F``                                   -> ``c_skip = 0, c_out = 1``
     * v:   ``x0 = (a x_t - s v) / (a^2 + s^2)``          -> ``c_skip = a^2 / (a^2 + s^2), c_out = -s / (a^2 + s^2)``
     * edm: ``c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2)``
+    * flow (rectified flow, Liu et al. 2023; Esser et al. 2024, sec. 2 and 3.1): the network sees
+      ``x_t = (1 - t) x0 + t eps`` at time ``t`` in (0, 1) and predicts the velocity
+      ``v = dx_t/dt = eps - x0``. Dividing by ``1 - t``, ``x_t / (1 - t) = x0 + t / (1 - t) eps``
+      is the VE sample, so ``sigma = t / (1 - t)``, ``t = sigma / (1 + sigma)`` (:func:`flow_time`),
+      ``1 - t = 1 / (1 + sigma)`` and ``x_t = x / (1 + sigma)``: ``c_in = 1 / (1 + sigma)``. From
+      ``x_t - t v = (1 - t) x0 + t eps - t eps + t x0 = x0``,
+      ``x0 = x / (1 + sigma) - sigma / (1 + sigma) v`` -> ``c_skip = 1 / (1 + sigma)``,
+      ``c_out = -sigma / (1 + sigma)``. (It is the ``v`` row's algebra with ``a = 1 - t``,
+      ``s = t``, which do not satisfy ``a^2 + s^2 = 1``, so the rows differ.) The x0 error is
+      ``D - x0 = c_out (F - v)``: the velocity MSE is ``((1 + sigma) / sigma)^2`` times the x0 MSE,
+      the ``flow`` weighting of :func:`multidiff.losses.x0_weight`. The noise condition is ``t``
+      itself (``noise_cond: t`` over :class:`~multidiff.schedules.FlowSchedule`, whose time is
+      this ``t``; the network's embedding multiplies it by 1000, as SD3 does).
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
@@ -141,6 +166,9 @@ def scalings(parameterization: str, sigma: Tensor, *, vp: bool, sigma_data: floa
     if parameterization == "v":
         n = a * a + s * s
         return Scalings(a * a / n, -s / n, a)
+    if parameterization == "flow":
+        c = 1 / (1 + sigma)
+        return Scalings(c, -sigma * c, c)
     sd2 = sigma_data**2
     n = sigma * sigma + sd2
     return Scalings(sd2 / n, sigma * sigma_data * torch.rsqrt(n), torch.rsqrt(n))

@@ -34,6 +34,7 @@ __all__ = [
     "CosineSchedule",
     "SigmoidSchedule",
     "EDMSchedule",
+    "FlowSchedule",
     "ShiftedSchedule",
     "ZeroTerminalSNR",
     "linear_betas",
@@ -364,6 +365,40 @@ class EDMSchedule:
         lo, hi = self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
         s = logsnr_to_sigma(_as_tensor(lam))
         return ((s ** (1 / self.rho) - lo) / (hi - lo)).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """Rectified flow (Liu et al. 2023; Esser et al. 2024, sec. 2): ``x_t = (1 - t) x0 + t eps``.
+
+    In the VE view ``sigma(t) = t / (1 - t)``, so ``lam(t) = -2 logit(t)`` and
+    ``t = sigmoid(-lam / 2) = sigma / (1 + sigma)``: this schedule's time is the flow time, the
+    ``t`` a ``flow`` model is conditioned on (``noise_cond: t``). Pure data (``t = 0``) and pure
+    noise (``t = 1``) sit at sigma 0 and infinity; ``logsnr`` clamps ``t`` to ``[t_min, t_max]``, the
+    range training draws and sampling grids span (defaults: sigma from 0.002 to 99). The inverse is
+    not clamped, so any sigma a sampler asks for maps to its own exact ``t``.
+
+    ``vp`` only matters for the other parameterizations on this schedule (``flow`` and ``edm``
+    bring their own input scaling): an eps or v network sees the unit-variance VP input.
+    A resolution shift (Esser et al. 2024, eq. 23, ``t' = shift t / (1 + (shift - 1) t)``) is
+    ``sigma' = shift * sigma``: simple diffusion's log-SNR shift (:class:`ShiftedSchedule`) with
+    ``shift = size / base_size``.
+    """
+
+    t_min: float = 0.002
+    t_max: float = 0.99
+    vp: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.t_min < self.t_max < 1:
+            raise ValueError(f"need 0 < t_min < t_max < 1, got t_min={self.t_min}, t_max={self.t_max}")
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        t = _as_tensor(t).clamp(self.t_min, self.t_max)
+        return 2.0 * (torch.log1p(-t) - torch.log(t))
+
+    def t_from_logsnr(self, lam: Tensor) -> Tensor:
+        return torch.sigmoid(-0.5 * _as_tensor(lam))
 
 
 # ---------------------------------------------------------------------------------------------

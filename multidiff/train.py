@@ -360,7 +360,9 @@ class Trainer:
         if d.noise_sampling == "log_normal":
             return sample_sigma_log_normal(n, p_mean=d.p_mean, p_std=d.p_std, generator=g, device=self.device)
         if d.noise_sampling == "logit_normal":
-            return sample_sigma_logit_normal(sched, n, generator=g, device=self.device)
+            return sample_sigma_logit_normal(
+                sched, n, mean=d.logit_mean, std=d.logit_std, shift=d.time_shift, generator=g, device=self.device
+            )
         return sample_sigma_uniform_t(sched, n, generator=g, device=self.device)
 
     def _micro_loss(self, x0: Tensor, labels: Tensor, k: int) -> Tensor:

@@ -58,10 +58,11 @@ def test_scalings_turn_the_exact_target_into_x0(rank_shape: tuple[int, ...], par
         "x0": x0,
         "v": a.view(b) * eps - s.view(b) * x0,
         "edm": (x0 - sc.c_skip.view(b) * x) / sc.c_out.view(b),  # Karras et al. 2022, eq. 8
+        "flow": eps - x0,  # rectified flow's velocity
     }[param]
     d = sc.c_skip.view(b) * x + sc.c_out.view(b) * target
     assert torch.allclose(d, x0, atol=1e-8)
-    expected_c_in = torch.rsqrt(sigma**2 + 0.25) if param == "edm" else a
+    expected_c_in = {"edm": torch.rsqrt(sigma**2 + 0.25), "flow": 1 / (1 + sigma)}.get(param, a)
     assert torch.allclose(sc.c_in, expected_c_in)
 
 
@@ -69,7 +70,7 @@ def test_unknown_parameterization() -> None:
     with pytest.raises(ValueError, match="parameterization must be one of"):
         P.scalings("score", torch.ones(2), vp=True)
     with pytest.raises(ValueError, match="parameterization"):
-        Denoiser(torch.nn.Identity(), S.CosineSchedule(), "flow")
+        Denoiser(torch.nn.Identity(), S.CosineSchedule(), "score")
 
 
 class _ExactNet(torch.nn.Module):

@@ -16,6 +16,7 @@ CONTINUOUS = {
     "cosine": S.CosineSchedule(),
     "sigmoid": S.SigmoidSchedule(),
     "edm": S.EDMSchedule(),
+    "flow": S.FlowSchedule(),
     "shifted": S.ShiftedSchedule(S.CosineSchedule(), base_size=64, size=256),
     "ztsnr_cosine": S.ZeroTerminalSNR(S.CosineSchedule()),
 }
