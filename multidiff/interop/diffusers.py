@@ -40,7 +40,7 @@ with ``variance_type: learned_range`` it is kept as the improved-DDPM interpolat
 ``c_in = c_skip = 1 / (1 + sigma)``, ``c_out = -sigma / (1 + sigma)`` (:func:`flow_scalings`).
 The scheduler's ``shift`` maps ``t -> shift t / (1 + (shift - 1) t)``, which is
 ``sigma -> shift * sigma``: a log-SNR shift by ``-2 log shift`` that changes where the grid puts its
-steps, not what the network computes, so it enters :class:`FlowSchedule` (the grids' range) only.
+steps, not what the network computes, so it enters :class:`DiffusersFlowSchedule` (the grids' range) only.
 The table's noisiest entry is ``t = 1`` (``sigma = inf``); the VE view stops at the one before,
 ``sigma_max = shift (T - 1)``: its prior sample ``sigma_max z`` is ``x_t = t_max z`` with
 ``t_max = sigma_max / (1 + sigma_max)`` (0.9997 for shift 3), where diffusers starts from ``z``.
@@ -69,14 +69,14 @@ from .. import schedules as S
 from .._util import append_dims, per_sample
 from ..denoiser import Denoiser
 from ..modality import DataInfo
-from ..parameterization import Scalings
+from ..parameterization import Scalings, scalings
 
 __all__ = [
     "DiffusersError",
     "DiffusersModel",
     "DiffusersNet",
     "FlowDenoiser",
-    "FlowSchedule",
+    "DiffusersFlowSchedule",
     "FLOW_SCHEDULERS",
     "MODELS",
     "PREDICTION_TYPES",
@@ -227,7 +227,7 @@ def discrete_schedule(cfg: Mapping[str, Any], source: str = "scheduler_config.js
 
 
 @dataclass(frozen=True)
-class FlowSchedule:
+class DiffusersFlowSchedule:
     """A flow-matching model's noise levels in the VE view, ``sigma = t / (1 - t)``, for grids.
 
     Schedule time ``tau`` in [0, 1] runs over diffusers' training table ``u = 1/T .. 1 - 1/T``
@@ -276,21 +276,21 @@ class FlowSchedule:
 
 
 def flow_scalings(sigma: Tensor) -> Scalings:
-    """``D(y, sigma) = c_skip y + c_out v_hat(c_in y)`` for a velocity ``v = eps - x0`` model:
-    ``c_in = c_skip = 1 / (1 + sigma)``, ``c_out = -sigma / (1 + sigma)`` (module docstring)."""
-    a = 1 / (1 + sigma)
-    return Scalings(a, -sigma * a, a)
+    """``D(y, sigma) = c_skip y + c_out v_hat(c_in y)`` for a velocity ``v = eps - x0`` model: the
+    ``flow`` row of :func:`multidiff.parameterization.scalings` (``c_in = c_skip = 1 / (1 + sigma)``,
+    ``c_out = -sigma / (1 + sigma)``; module docstring)."""
+    return scalings("flow", sigma, vp=False)
 
 
 class FlowDenoiser(Denoiser):
     """A flow-matching network (velocity ``v = eps - x0`` at ``timestep = T t``) as a VE denoiser.
 
     A :class:`~multidiff.denoiser.Denoiser` with the scalings of :func:`flow_scalings` and the noise
-    condition :meth:`FlowSchedule.timestep`; everything that takes a ``Denoiser`` (compile, CUDA
+    condition :meth:`DiffusersFlowSchedule.timestep`; everything that takes a ``Denoiser`` (compile, CUDA
     graphs, the pipeline) takes it.
     """
 
-    def __init__(self, net: nn.Module, schedule: FlowSchedule) -> None:
+    def __init__(self, net: nn.Module, schedule: DiffusersFlowSchedule) -> None:
         super().__init__(net, schedule, "x0", noise_cond="t")
         self.parameterization = "flow"
 
@@ -301,7 +301,7 @@ class FlowDenoiser(Denoiser):
         sigma = per_sample(sigma, x)
         sc = self.scalings(sigma)
         schedule = self.schedule
-        assert isinstance(schedule, FlowSchedule)
+        assert isinstance(schedule, DiffusersFlowSchedule)
         c_noise = schedule.timestep(sigma.double()).to(x.dtype)
         return self.net(append_dims(sc.c_in, x.ndim) * x, c_noise, **cond), None, sc
 
@@ -486,7 +486,7 @@ def load_diffusers(
     den: Denoiser
     if flow:
         shift = float(sched.get("shift", 1.0))
-        den = FlowDenoiser(net, FlowSchedule(shift, int(sched.get("num_train_timesteps", 1000))))
+        den = FlowDenoiser(net, DiffusersFlowSchedule(shift, int(sched.get("num_train_timesteps", 1000))))
     else:
         schedule = discrete_schedule(sched, str(sched_path))
         param = PREDICTION_TYPES[sched.get("prediction_type", "epsilon")]
