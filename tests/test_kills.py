@@ -48,12 +48,16 @@ WRAPPER = textwrap.dedent(
     plan, home, argv = json.loads(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
     rank = int(os.environ.get("RANK", "0"))
     (home / f"rank{rank}").mkdir(parents=True, exist_ok=True)
+    (home / f"rank{rank}" / "pid").write_text(str(os.getpid()))  # torchrun's workers: killed by pid on a hang
     os.chdir(home / f"rank{rank}")
     where, at = plan.get("where"), plan.get("step")
 
+    def say(line):  # one write a line: the ranks share a pipe, and print() writes the newline apart under -u
+        os.write(1, (line + "\\n").encode())
+
     def fire(point):
         if plan.get("rank", rank) == rank:
-            print(f"wrapper: rank {rank} sends itself {plan['signal']} {point}", flush=True)
+            say(f"wrapper: rank {rank} sends itself {plan['signal']} {point}")
             os.kill(os.getpid(), getattr(signal, plan["signal"]))
 
     def temporary(path):  # checkpoint `at`'s temporary folder
@@ -96,12 +100,12 @@ WRAPPER = textwrap.dedent(
 
     def save_checkpoint(run_dir, step, **k):
         out = real_save(run_dir, step, **k)
-        print(f"wrapper: rank {rank} saved step {step}", flush=True)
+        say(f"wrapper: rank {rank} saved step {step}")
         return out
 
     def fit(self):
         r = real_fit(self)
-        print(f"wrapper: rank {rank} left the loop at step {r.step}, interrupted {r.interrupted}", flush=True)
+        say(f"wrapper: rank {rank} left the loop at step {r.step}, interrupted {r.interrupted}")
         return r
 
     T.Trainer.train_step, T.Trainer._update_ema, T.Trainer.fit = train_step, update_ema, fit
@@ -127,6 +131,8 @@ def _train(tmp: Path, plan: dict[str, Any], *extra: str, nproc: int = 1, timeout
     """``multidiff train tmp/run.yaml`` through the wrapper (under ``torchrun`` for ``nproc`` > 1):
     its exit status and output (stdout and stderr together)."""
     (tmp / "wrapper.py").write_text(WRAPPER)
+    for old in (tmp / "ranks").glob("rank*/pid"):
+        old.unlink()
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     cmd = [sys.executable]
@@ -139,7 +145,12 @@ def _train(tmp: Path, plan: dict[str, Any], *extra: str, nproc: int = 1, timeout
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher (and a run without torchrun)
+        for f in (tmp / "ranks").glob("rank*/pid") if nproc > 1 else ():
+            try:  # torchrun starts each worker in a session of its own: killpg misses them, and they hold the pipe
+                os.kill(int(f.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
         out, _ = proc.communicate()
         raise AssertionError(f"no exit within {timeout:.0f}s: {' '.join(cmd)}\n{out}") from None
     return proc.returncode, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
     assert not all(torch.equal(m1[k], m3[k]) for k in m1)
 
 
-def test_checkpoint_contents_and_safe_loading(tmp_path: Path) -> None:
+def test_checkpoint_contents_and_safe_loading(tmp_path: Path, capsys) -> None:
     d = tiny_run(tmp_path / "run")
     d["train"].update(steps=4, checkpoint_every=2, keep_checkpoints=1)
     _train(d)
@@ -76,6 +77,15 @@ def test_checkpoint_contents_and_safe_loading(tmp_path: Path) -> None:
     torch.save({"step": 4, "evil": _Evil()}, cks[0] / "state.pt")
     with pytest.raises(ValueError, match="cannot read"):
         ck.training_state()
+    # The same with meta.json's hash rewritten to match (a hostile checkpoint, not a damaged one):
+    # only weights_only=True stands in the way now.
+    data = (cks[0] / "state.pt").read_bytes()
+    meta = json.loads((cks[0] / "meta.json").read_text())
+    meta["files"]["state.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (cks[0] / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"cannot read .*state\.pt: .*[Ww]eights.only"):
+        find_checkpoint(tmp_path / "run").training_state()
+    assert "unpickled!" not in capsys.readouterr().out
 
 
 class _Evil:
