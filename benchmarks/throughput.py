@@ -355,7 +355,7 @@ def voxel_layout(preset: str) -> dict:
         "num_res_blocks": r["num_res_blocks"],
         "attention_levels": tuple(lvl in r["attention_levels"] for lvl in range(len(widths))),
         # Our Attention uses max(1, width // head_channels) heads; MONAI takes channels per head.
-        "num_head_channels": tuple(w // max(1, w // r["head_channels"]) for w in widths),
+        "num_head_channels": tuple(w // max(1, w // r.get("head_channels", 64)) for w in widths),
         "norm_num_groups": groups,
         "num_class_embeds": VOXEL_CLASSES + 1,
         "use_flash_attention": MONAI_FLASH_ATTENTION,

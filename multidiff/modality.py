@@ -52,24 +52,48 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
+BACKBONES = ("unet", "dit")
+# ``model:`` keys every backbone takes; every other key belongs to one backbone (see
+# :meth:`PresetModelConfig.backbone_keys`): DIT_KEYS to the transformer, the rest to the UNet
+SHARED_KEYS = frozenset({"preset", "backbone", "dropout", "self_condition", "patch_size", "gradient_checkpointing"})
+DIT_KEYS = frozenset({"width", "depth", "heads", "mlp_ratio", "long_skips"})
+
+
 class PresetModelConfig(StrictModel):
     """A ``model:`` section that names a preset, any of whose values may be overridden.
 
     A subclass sets ``PRESETS`` (name -> network arguments), narrows ``preset`` to a ``Literal``
     of those names and adds its own override fields, each ``None`` meaning "the preset's value".
     :meth:`resolved` returns the preset with every override applied.
+
+    ``backbone`` picks the network: ``unet`` (:class:`multidiff.nn.UNet`) or ``dit``
+    (:class:`multidiff.transformer.DiT`). A preset names its backbone with a ``"backbone"`` entry
+    (``unet`` when it has none); ``backbone: dit`` without a ``preset`` takes the first ``dit``
+    preset. A key of the other backbone (``channels`` with ``dit``, ``depth`` with ``unet``) is an
+    error naming it, as is a backbone that contradicts the preset's.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     preset: str
+    backbone: Literal["unet", "dit"] | None = None
+    # UNet keys
     channels: int | None = Field(None, ge=1)
     channel_mult: list[int] | None = None
     num_res_blocks: int | None = Field(None, ge=1)
-    head_channels: int = Field(64, ge=1)
-    dropout: float | None = Field(None, ge=0, lt=1)
+    head_channels: int | None = Field(None, ge=1)  # channels per attention head (64 when unset)
     # GroupNorm groups (the largest count up to this that divides each width; 32, as in DDPM, by default)
     groups: int | None = Field(None, ge=1)
+    # DiT keys: token width, blocks, attention heads, MLP width over token width, U-ViT long skips
+    width: int | None = Field(None, ge=2)
+    depth: int | None = Field(None, ge=1)
+    heads: int | None = Field(None, ge=1)
+    mlp_ratio: float | None = Field(None, gt=0)
+    long_skips: bool | None = None
+    # both: dropout (UNet residual blocks, DiT MLPs), patch side (an int, or one per spatial axis:
+    # UNet space-to-depth, DiT tokens)
+    dropout: float | None = Field(None, ge=0, lt=1)
+    patch_size: int | list[int] | None = None
     # self-conditioning (Chen et al. 2023, "Analog Bits", sec. 3.2): the network also sees its own
     # earlier x0 estimate; half of each training batch gets one (an extra no-grad forward on it),
     # and the samplers feed each step the previous step's estimate
@@ -82,14 +106,71 @@ class PresetModelConfig(StrictModel):
             raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
         return v
 
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: int | list[int] | None) -> int | list[int] | None:
+        if v is not None and (v < 1 if isinstance(v, int) else not v or any(p < 1 for p in v)):
+            raise ValueError(f"patch_size must be a positive int or a list of positive ints, one per axis, got {v}")
+        return v
+
+    @classmethod
+    def backbone_keys(cls, backbone: str) -> set[str]:
+        """The keys of this section that a ``backbone`` network takes (the shared ones included)."""
+        fields = set(cls.model_fields)
+        own = DIT_KEYS if backbone == "dit" else fields - DIT_KEYS - SHARED_KEYS
+        return fields & (SHARED_KEYS | own)
+
+    @classmethod
+    def preset_backbone(cls, preset: str) -> str:
+        return cls.PRESETS.get(preset, {}).get("backbone", "unet")
+
+    @property
+    def network_backbone(self) -> str:
+        """The backbone this section builds: ``backbone`` if given, else the preset's."""
+        return self.backbone or self.preset_backbone(self.preset)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_of_backbone(cls, data: Any) -> Any:
+        # ``backbone: dit`` alone means the first dit preset (the default preset is a UNet's)
+        if isinstance(data, dict) and data.get("backbone") in BACKBONES and "preset" not in data:
+            default = cls.model_fields["preset"].default
+            fits = [p for p in cls.PRESETS if cls.preset_backbone(p) == data["backbone"]]
+            if fits and not (isinstance(default, str) and cls.preset_backbone(default) == data["backbone"]):
+                data = {**data, "preset": fits[0]}
+        return data
+
+    @model_validator(mode="after")
+    def _keys_fit_backbone(self) -> PresetModelConfig:
+        backbone, of_preset = self.network_backbone, self.preset_backbone(self.preset)
+        if backbone != of_preset:
+            fits = [p for p in self.PRESETS if self.preset_backbone(p) == backbone]
+            hint = f"use a {backbone} preset ({', '.join(fits)})" if fits else f"this modality has no {backbone} preset"
+            raise PydanticCustomError(  # named as model.backbone
+                "backbone_preset",
+                f"backbone {backbone!r} does not fit preset {self.preset!r}, a {of_preset} preset; {hint}",
+                {"loc": ("backbone",)},
+            )
+        taken = self.backbone_keys(backbone)
+        wrong = sorted(k for k in type(self).model_fields if k not in taken and getattr(self, k) is not None)
+        if wrong:
+            other = "unet" if backbone == "dit" else "dit"
+            raise PydanticCustomError(  # named as model.<first key>
+                "backbone_key",
+                f"{', '.join(wrong)} {'is a key' if len(wrong) == 1 else 'are keys'} of the {other} backbone, "
+                f"not of {backbone!r} (preset {self.preset!r}); its keys: {', '.join(sorted(taken - {'preset'}))}",
+                {"loc": (wrong[0],)},
+            )
+        return self
+
     def resolved(self) -> dict[str, Any]:
-        """The preset with this section's overrides applied (``attention_levels``, when the preset
-        has them, checked against the number of levels)."""
-        out = dict(self.PRESETS[self.preset])
+        """The preset's network arguments (without its ``backbone``) with this section's overrides
+        applied (``attention_levels``, when the preset has them, checked against the number of levels)."""
+        out = {k: v for k, v in self.PRESETS[self.preset].items() if k != "backbone"}
         for k in type(self).model_fields:
-            if k != "preset" and getattr(self, k) is not None:
+            if k not in ("preset", "backbone") and getattr(self, k) is not None:
                 out[k] = getattr(self, k)
-        levels = len(out["channel_mult"])
+        levels = len(out.get("channel_mult", ()))
         if any(not 0 <= a < levels for a in out.get("attention_levels", ())):
             raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
         return out
@@ -100,6 +181,21 @@ class PresetModelConfig(StrictModel):
         arguments (image sizes for attention) translates them here; every key must reach the UNet."""
         return self.resolved()
 
+    def dit_args(self, info: DataInfo) -> dict[str, Any]:
+        """The :class:`multidiff.transformer.DiT` arguments of the resolved preset for examples
+        of ``info.shape``: the preset's keys as they are; every key must reach the DiT."""
+        return self.resolved()
+
+    def build_network(
+        self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False, **unet_fixed: Any
+    ) -> nn.Module:
+        """The network of :attr:`network_backbone` over ``dims`` axes for examples of ``info.shape``:
+        :meth:`build_unet` (given ``unet_fixed``, arguments an adapter fixes for its UNet) or
+        :meth:`build_dit`. Both take ``net(x, c_noise, class_labels=None, self_cond=None)``."""
+        if self.network_backbone == "dit":
+            return self.build_dit(dims, info, noise_scale=noise_scale, learned_variance=learned_variance)
+        return self.build_unet(dims, info, noise_scale=noise_scale, learned_variance=learned_variance, **unet_fixed)
+
     def build_unet(
         self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False, **fixed: Any
     ) -> nn.Module:
@@ -108,6 +204,8 @@ class PresetModelConfig(StrictModel):
         ``fixed`` adds or overrides some."""
         from .nn import UNet
 
+        if self.network_backbone != "unet":
+            raise ValueError(f"model.backbone is {self.network_backbone!r}: build the network with build_network")
         args = {**self.unet_args(info), **fixed}
         return UNet(
             dims,
@@ -116,6 +214,20 @@ class PresetModelConfig(StrictModel):
             learned_variance=learned_variance,
             noise_scale=noise_scale,
             **args,
+        )
+
+    def build_dit(self, dims: int, info: DataInfo, *, noise_scale: float, learned_variance: bool = False) -> nn.Module:
+        """A :class:`multidiff.transformer.DiT` over ``dims`` axes for examples of ``info.shape``
+        from :meth:`dit_args` (every key reaches it; an unknown one is an error)."""
+        from .transformer import DiT
+
+        return DiT(
+            dims,
+            info.shape[0],
+            num_classes=info.num_classes,
+            learned_variance=learned_variance,
+            noise_scale=noise_scale,
+            **self.dit_args(info),
         )
 
 

@@ -292,28 +292,63 @@ def _another(key: str, value: object) -> object:
     ("modality", "shape"), [("image", (3, 32, 32)), ("audio", (1, 2048)), ("voxel", (1, 16, 16, 16))]
 )
 def test_every_model_key_reaches_the_network(modality: str, shape: tuple[int, ...]) -> None:
-    """No preset key or model override is dropped on the way to the UNet: changing any one of them
-    (from the first preset, or from the UNet's default where that preset leaves it out) changes the
-    network the adapter builds."""
+    """No preset key or model override is dropped on the way to the network, for either backbone:
+    changing any key the backbone takes (from its first preset, or from the network's default
+    where that preset leaves it out) changes the network the adapter builds."""
     import inspect
 
     from multidiff import registry
     from multidiff.modality import DataInfo
     from multidiff.nn import UNet
+    from multidiff.transformer import DiT
 
     adapter = registry.load_modality(modality)()
     mc = adapter.ModelConfig
-    preset = next(iter(mc.PRESETS))
     info = DataInfo(shape, 3)
-    keys = {k for p in mc.PRESETS.values() for k in p} | (set(mc.model_fields) - {"preset"})
-    resolved = mc(preset=preset).resolved()
-    unet_defaults = {k: p.default for k, p in inspect.signature(UNet).parameters.items()}
-    base = _network_fingerprint(adapter.build_network(mc(preset=preset), info, noise_scale=1.0))
-    for key in sorted(keys):
-        value = resolved[key] if key in resolved else unet_defaults[key]
-        model = mc(preset=preset, **{key: _another(key, value)})
-        net = adapter.build_network(model, info, noise_scale=1.0)
-        assert _network_fingerprint(net) != base, f"{modality} model.{key} does not change the network"
+    for backbone, cls in (("unet", UNet), ("dit", DiT)):
+        presets = [p for p in mc.PRESETS if mc.preset_backbone(p) == backbone]
+        preset = presets[0]
+        keys = {k for p in presets for k in mc.PRESETS[p]} | mc.backbone_keys(backbone)
+        keys -= {"preset", "backbone"}
+        resolved = mc(preset=preset).resolved()
+        defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()}
+        base_net = adapter.build_network(mc(preset=preset), info, noise_scale=1.0)
+        assert isinstance(base_net, cls)
+        base = _network_fingerprint(base_net)
+        for key in sorted(keys):
+            value = resolved[key] if key in resolved else defaults[key]
+            model = mc(preset=preset, **{key: _another(key, value)})
+            net = adapter.build_network(model, info, noise_scale=1.0)
+            assert _network_fingerprint(net) != base, f"{modality} {backbone} model.{key} does not change the network"
+
+
+@pytest.mark.parametrize("modality", ["image", "audio", "voxel"])
+def test_backbone_picks_the_network_and_refuses_the_other_backbones_keys(modality: str) -> None:
+    from multidiff.nn import UNet
+    from multidiff.transformer import DiT
+
+    base = {"modality": modality}
+    cfg = C.resolve_config({**base, "model": {"backbone": "dit"}})
+    assert cfg.model.preset == "dit_tiny" and cfg.model.network_backbone == "dit"
+    assert C.resolve_config({**base, "model": {"preset": "dit_tiny"}}).model.network_backbone == "dit"
+    assert C.resolve_config({**base, "model": {"backbone": "unet"}}).model.preset == "tiny"
+    shape = {"image": (1, 16, 16), "audio": (1, 2048), "voxel": (1, 16, 16, 16)}[modality]
+    from multidiff.modality import DataInfo
+
+    info = DataInfo(shape, 2)
+    assert isinstance(cfg.adapter.build_network(cfg.model, info, noise_scale=1.0), DiT)
+    unet_cfg = C.resolve_config(base)
+    assert isinstance(unet_cfg.adapter.build_network(unet_cfg.model, info, noise_scale=1.0), UNet)
+    with pytest.raises(C.ConfigError, match=r"model\.channels: channels is a key of the unet backbone, not of 'dit'"):
+        C.resolve_config({**base, "model": {"backbone": "dit", "channels": 8}})
+    with pytest.raises(C.ConfigError, match=r"model\.depth: depth, width are keys of the dit backbone, not of 'unet'"):
+        C.resolve_config({**base, "model": {"preset": "tiny", "width": 64, "depth": 2}})
+    with pytest.raises(C.ConfigError, match=r"model\.backbone: backbone 'dit' does not fit preset 'tiny'.*dit_tiny"):
+        C.resolve_config({**base, "model": {"preset": "tiny", "backbone": "dit"}})
+    with pytest.raises(C.ConfigError, match=r"model\.patch_size"):
+        C.resolve_config({**base, "model": {"backbone": "dit", "patch_size": 0}})
+    # a saved config (every key written out, the other backbone's as null) reads back the same
+    assert C.config_from_json(json.dumps(cfg.to_json())).model == cfg.model
 
 
 def test_a_checkpoint_saved_with_a_legacy_flat_schedule_loads(tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def test_presets_and_attention_placement() -> None:
     assert any(n.startswith("down.") for n in attn)
     tiny = build_unet(ImageModelConfig(preset="tiny"), DataInfo((1, 16, 16), 10))
     assert count_parameters(tiny) < 2e6
-    assert set(PRESETS) == {"tiny", "small", "ddpm_cifar10"}
+    assert set(PRESETS) == {"tiny", "small", "ddpm_cifar10", "dit_tiny"}
     cfg = ImageModelConfig(preset="tiny", channels=16)
     assert cfg.resolved()["channels"] == 16 and cfg.resolved()["channel_mult"] == PRESETS["tiny"]["channel_mult"]
 

@@ -58,6 +58,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_levels": [4, 5],
         "dropout": 0.1,
     },
+    # a diffusion transformer (multidiff.transformer.DiT, adaLN-Zero; U-ViT long skips on request)
+    # with 16-sample patches: 128 tokens for a 2048-sample clip
+    "dit_tiny": {
+        "backbone": "dit",
+        "patch_size": 16,
+        "width": 128,
+        "depth": 6,
+        "heads": 4,
+        "mlp_ratio": 4.0,
+        "long_skips": False,
+        "dropout": 0.0,
+    },
 }
 
 
@@ -66,7 +78,7 @@ class AudioModelConfig(PresetModelConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
-    preset: Literal["tiny", "small", "base"] = "tiny"
+    preset: Literal["tiny", "small", "base", "dit_tiny"] = "tiny"
     factor: int | None = Field(None, ge=2)
     attention_levels: list[int] | None = None
 
@@ -98,8 +110,9 @@ class AudioDataConfig(DataConfig):
 def build_unet1d(
     model: AudioModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
 ) -> nn.Module:
-    """The 1D UNet of ``model`` for clips of ``info.shape = (channels, length)``."""
-    return model.build_unet(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
+    """The 1D network of ``model`` (a UNet, or a DiT with ``model.backbone: dit``) for clips of
+    ``info.shape = (channels, length)``."""
+    return model.build_network(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
 class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):

@@ -58,6 +58,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attention_resolutions": [16],
         "dropout": 0.1,
     },
+    # a diffusion transformer (multidiff.transformer.DiT, adaLN-Zero; U-ViT long skips on request)
+    # with 2x2 patches: 64 tokens at 16x16, 256 at 32x32
+    "dit_tiny": {
+        "backbone": "dit",
+        "patch_size": 2,
+        "width": 128,
+        "depth": 6,
+        "heads": 4,
+        "mlp_ratio": 4.0,
+        "long_skips": False,
+        "dropout": 0.0,
+    },
 }
 
 
@@ -66,14 +78,16 @@ class ImageModelConfig(PresetModelConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
-    preset: Literal["tiny", "small", "ddpm_cifar10"] = "tiny"
+    preset: Literal["tiny", "small", "ddpm_cifar10", "dit_tiny"] = "tiny"
     attention_resolutions: list[int] | None = None
 
     def unet_args(self, info: DataInfo) -> dict[str, Any]:
         """The preset's UNet arguments, ``attention_resolutions`` (sides) turned into the levels
         whose side (the larger image side, halved per level) is listed."""
         r = self.resolved()
-        side = max(info.shape[1:])
+        patch = r.get("patch_size", 1)
+        patch = [patch] * (len(info.shape) - 1) if isinstance(patch, int) else patch
+        side = max(-(-s // p) for s, p in zip(info.shape[1:], patch))  # the first level's side
         resolutions = r.pop("attention_resolutions")
         r["attention_levels"] = [lvl for lvl in range(len(r["channel_mult"])) if -(-side // 2**lvl) in resolutions]
         return r
@@ -160,9 +174,10 @@ def read_mask_image(path: Path) -> Tensor:
 def build_unet(
     model: ImageModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
 ) -> nn.Module:
-    """The 2D UNet of ``model`` for images of ``info.shape``; attention goes to the levels whose
-    side (the larger image side, halved per level) is listed in ``attention_resolutions``."""
-    return model.build_unet(2, info, noise_scale=noise_scale, learned_variance=learned_variance)
+    """The 2D network of ``model`` for images of ``info.shape``: a UNet, whose attention goes to the
+    levels whose side (the larger image side, halved per level) is listed in ``attention_resolutions``,
+    or a DiT (``model.backbone: dit``)."""
+    return model.build_network(2, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
 
 class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):

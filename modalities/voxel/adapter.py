@@ -68,6 +68,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": True,
         "checkpoint_norms": False,
     },
+    # a diffusion transformer (multidiff.transformer.DiT, adaLN-Zero; U-ViT long skips on request)
+    # with 2x2x2 patches: 512 tokens at 16^3
+    "dit_tiny": {
+        "backbone": "dit",
+        "patch_size": 2,
+        "width": 128,
+        "depth": 6,
+        "heads": 4,
+        "mlp_ratio": 4.0,
+        "long_skips": False,
+        "dropout": 0.0,
+        "gradient_checkpointing": False,
+    },
 }
 
 
@@ -82,9 +95,8 @@ class VoxelModelConfig(PresetModelConfig):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
 
-    preset: Literal["tiny", "small", "base"] = "tiny"
+    preset: Literal["tiny", "small", "base", "dit_tiny"] = "tiny"
     attention_levels: list[int] | None = None
-    patch_size: int | None = Field(None, ge=1)
     gradient_checkpointing: bool | None = None
     checkpoint_norms: bool | None = None
 
@@ -120,8 +132,9 @@ class VoxelDataConfig(DataConfig):
 def build_unet3d(
     model: VoxelModelConfig, info: DataInfo, *, noise_scale: float = 1.0, learned_variance: bool = False
 ) -> nn.Module:
-    """The 3D UNet of ``model`` for grids of ``info.shape = (channels, D, H, W)``: every level halves all three axes."""
-    return model.build_unet(3, info, noise_scale=noise_scale, learned_variance=learned_variance, factor=2)
+    """The 3D network of ``model`` for grids of ``info.shape = (channels, D, H, W)``: a UNet whose
+    every level halves all three axes, or a DiT (``model.backbone: dit``)."""
+    return model.build_network(3, info, noise_scale=noise_scale, learned_variance=learned_variance, factor=2)
 
 
 def _split_index(path: Path) -> tuple[Path, int | None]:

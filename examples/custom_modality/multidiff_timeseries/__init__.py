@@ -149,7 +149,7 @@ class TimeSeriesModality(Modality[TimeSeriesModelConfig, TimeSeriesDataConfig]):
     def build_network(
         self, model: TimeSeriesModelConfig, info: DataInfo, *, noise_scale: float, learned_variance: bool = False
     ) -> nn.Module:
-        return model.build_unet(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
+        return model.build_network(1, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
     def save_samples(self, x: Tensor, path: Path, info: DataInfo, *, labels: Tensor | None = None) -> list[Path]:
         """One CSV per series and ``plot.png`` with every series (a panel each, channels overlaid)."""
