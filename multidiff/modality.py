@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from .distributed import current_rows
 
 __all__ = [
+    "DIT_TINY",
     "DataConfig",
     "DataInfo",
     "DataT",
@@ -57,6 +58,19 @@ BACKBONES = ("unet", "dit")
 # :meth:`PresetModelConfig.backbone_keys`): DIT_KEYS to the transformer, the rest to the UNet
 SHARED_KEYS = frozenset({"preset", "backbone", "dropout", "self_condition", "patch_size", "gradient_checkpointing"})
 DIT_KEYS = frozenset({"width", "depth", "heads", "mlp_ratio", "long_skips"})
+
+
+# The small diffusion transformer every built-in modality offers as its ``dit_tiny`` preset (with its
+# own patch size): 128 wide, 6 blocks of 4 heads, no long skips.
+DIT_TINY: dict[str, Any] = {
+    "backbone": "dit",
+    "width": 128,
+    "depth": 6,
+    "heads": 4,
+    "mlp_ratio": 4.0,
+    "long_skips": False,
+    "dropout": 0.0,
+}
 
 
 class PresetModelConfig(StrictModel):

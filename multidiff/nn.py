@@ -215,6 +215,29 @@ def _run_layer(layer: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
     return h
 
 
+def network_input(net: nn.Module, x: Tensor, self_cond: Tensor | None) -> Tensor:
+    """A network's input checked against its ``dims`` and ``in_channels``, with its self-condition
+    channels appended when it was built with ``self_condition`` (zeros when ``self_cond`` is None);
+    shared by :class:`UNet` and :class:`multidiff.transformer.DiT`."""
+    name = type(net).__name__
+    if x.ndim != net.dims + 2:
+        raise ValueError(
+            f"this {name} has {net.dims} spatial axes and takes (B, C, *spatial) of rank {net.dims + 2}, "
+            f"got shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != net.in_channels:
+        raise ValueError(f"expected {net.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if net.self_condition:
+        if self_cond is None:
+            self_cond = torch.zeros_like(x)
+        elif self_cond.shape != x.shape:
+            raise ValueError(f"self_cond must have the shape of x, {tuple(x.shape)}, got {tuple(self_cond.shape)}")
+        return torch.cat([x, self_cond.to(x.dtype)], dim=1)
+    if self_cond is not None:
+        raise ValueError("this network was built without self_condition=True; it takes no self_cond")
+    return x
+
+
 class UNet(nn.Module):
     """A UNet over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None) -> (B, out, *spatial)``.
 
@@ -354,20 +377,7 @@ class UNet(nn.Module):
     def forward(
         self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, self_cond: Tensor | None = None
     ) -> Tensor:
-        if x.ndim != self.dims + 2:
-            raise ValueError(
-                f"this UNet has {self.dims} spatial axes and takes (B, C, *spatial) of rank {self.dims + 2}, got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if self.self_condition:
-            if self_cond is None:
-                self_cond = torch.zeros_like(x)
-            elif self_cond.shape != x.shape:
-                raise ValueError(f"self_cond must have the shape of x, {tuple(x.shape)}, got {tuple(self_cond.shape)}")
-            x = torch.cat([x, self_cond.to(x.dtype)], dim=1)
-        elif self_cond is not None:
-            raise ValueError("this network was built without self_condition=True; it takes no self_cond")
+        x = network_input(self, x, self_cond)
         spatial = x.shape[2:]
         pad = [(-s) % m for s, m in zip(spatial, self.multiple)]
         if any(pad):

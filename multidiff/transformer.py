@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
-from .nn import NoiseEmbedding, conv_nd, depth_to_space
+from .nn import NoiseEmbedding, conv_nd, depth_to_space, network_input
 
 __all__ = ["DiT", "DiTBlock", "sincos_position_embedding"]
 
@@ -294,21 +294,7 @@ class DiT(nn.Module):
         self_cond: Tensor | None = None,
         tokens: Tensor | None = None,
     ) -> Tensor:
-        if x.ndim != self.dims + 2:
-            raise ValueError(
-                f"this DiT has {self.dims} spatial axes and takes (B, C, *spatial) of rank {self.dims + 2}, "
-                f"got shape {tuple(x.shape)}"
-            )
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (shape {tuple(x.shape)})")
-        if self.self_condition:
-            if self_cond is None:
-                self_cond = torch.zeros_like(x)
-            elif self_cond.shape != x.shape:
-                raise ValueError(f"self_cond must have the shape of x, {tuple(x.shape)}, got {tuple(self_cond.shape)}")
-            x = torch.cat([x, self_cond.to(x.dtype)], dim=1)
-        elif self_cond is not None:
-            raise ValueError("this network was built without self_condition=True; it takes no self_cond")
+        x = network_input(self, x, self_cond)
         if tokens is not None:
             if not self.token_dim:
                 raise ValueError("this network has no cross-attention (token_dim=0) but got tokens")

@@ -12,6 +12,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DIT_TINY,
     DataConfig,
     DataInfo,
     DemoRun,
@@ -60,16 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # a diffusion transformer (multidiff.transformer.DiT, adaLN-Zero; U-ViT long skips on request)
     # with 16-sample patches: 128 tokens for a 2048-sample clip
-    "dit_tiny": {
-        "backbone": "dit",
-        "patch_size": 16,
-        "width": 128,
-        "depth": 6,
-        "heads": 4,
-        "mlp_ratio": 4.0,
-        "long_skips": False,
-        "dropout": 0.0,
-    },
+    "dit_tiny": {**DIT_TINY, "patch_size": 16},
 }
 
 

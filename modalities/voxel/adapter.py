@@ -12,6 +12,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from multidiff.modality import (
+    DIT_TINY,
     DataConfig,
     DataInfo,
     DemoRun,
@@ -70,17 +71,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # a diffusion transformer (multidiff.transformer.DiT, adaLN-Zero; U-ViT long skips on request)
     # with 2x2x2 patches: 512 tokens at 16^3
-    "dit_tiny": {
-        "backbone": "dit",
-        "patch_size": 2,
-        "width": 128,
-        "depth": 6,
-        "heads": 4,
-        "mlp_ratio": 4.0,
-        "long_skips": False,
-        "dropout": 0.0,
-        "gradient_checkpointing": False,
-    },
+    "dit_tiny": {**DIT_TINY, "patch_size": 2, "gradient_checkpointing": False},
 }
 
 
