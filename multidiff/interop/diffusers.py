@@ -464,8 +464,17 @@ def load_diffusers(
             f"{cfg_path}: reading diffusers models needs the diffusers package (pip install 'diffusers>=0.30')"
         ) from None
     cls_name = cfg["_class_name"]
+    from diffusers.utils import is_accelerate_available
+
     try:
-        unet = getattr(diffusers, cls_name).from_pretrained(str(model_dir), local_files_only=True)
+        # safetensors only: weights are never unpickled (a .bin-only folder is refused, named);
+        # low_cpu_mem_usage only with accelerate, else diffusers warns on stderr
+        unet = getattr(diffusers, cls_name).from_pretrained(
+            str(model_dir),
+            local_files_only=True,
+            use_safetensors=True,
+            low_cpu_mem_usage=is_accelerate_available(),
+        )
     except Exception as e:  # diffusers raises OSError, ValueError, EnvironmentError, RuntimeError...
         raise DiffusersError(f"{model_dir}: cannot load the {cls_name}: {_one_line(e)}") from None
     unet = unet.float().eval().requires_grad_(False)
