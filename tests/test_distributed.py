@@ -83,6 +83,7 @@ def one_process(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run
 
 
+@pytest.mark.slow  # real torchrun processes
 def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path: Path, one_process: Path) -> None:
     out = _torchrun(tmp_path, 2, _config("run", 4))
     assert "cpu x 2 processes (global batch 16)" in out.stdout
@@ -114,6 +115,7 @@ def test_two_processes_train_the_weights_of_one_and_only_rank0_writes(tmp_path: 
     assert mean_diff < 1e-4 * mean_moved
 
 
+@pytest.mark.slow  # real torchrun processes
 def test_a_checkpoint_resumes_under_another_process_count(tmp_path: Path, one_process: Path) -> None:
     run = tmp_path / "run"
     Trainer(C.resolve_config(_config(str(run), 2))).fit()  # 2 steps on one process

@@ -32,6 +32,9 @@ from multidiff.checkpoint import list_checkpoints
 from multidiff.train import Trainer, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
+# Each test runs three to five real training processes (about a minute together): in the full suite
+# and CI, not in the quick `-m "not slow"` loop.
+pytestmark = pytest.mark.slow
 STEPS = 8  # checkpoints every 2 steps; every kill lands strictly between step 0 and STEPS
 
 # ``python wrapper.py PLAN HOME train CONFIG ...``. PLAN (JSON) is ``{}`` or names a signal, the rank that
