@@ -182,7 +182,11 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
 
     def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
-        if data.source == "digits":
+        if data.source == "digits" and data.captions:
+            ds, info = D.captioned_digits(size, ch)
+            if data.limit is not None:
+                ds = ds.subset(range(min(data.limit, len(ds))))
+        elif data.source == "digits":
             ds, info = D.digits(size, ch)
             if data.limit is not None:
                 ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
@@ -196,6 +200,12 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
                 in_memory=data.in_memory,
                 limit=data.limit,
                 on_bad=data.on_bad_file,
+                captions=data.captions,
+            )
+        elif data.captions:
+            raise ValueError(
+                f"data.captions: the {data.source!r} set has no captions; captioned sources: digits "
+                "(attributes drawn and stated) and folder (metadata.jsonl or sidecar .txt files)"
             )
         else:
             ds, info = D.torchvision_set(
