@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from multidiff.modality import (
@@ -110,6 +111,17 @@ class ImageDataConfig(DataConfig):
         if any(s < 1 for s in sides):
             raise ValueError(f"size must be positive, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _flip_keeps_captions_true(self) -> ImageDataConfig:
+        if self.captions and self.random_flip:
+            raise PydanticCustomError(  # named as data.random_flip
+                "flip_captions",
+                "random_flip mirrors left and right, which captions state (\"leaning left\", \"on the right\"); "
+                "turn it off with captions: true",
+                {"loc": ("random_flip",)},
+            )
+        return self
 
     @property
     def hw(self) -> tuple[int, int]:
