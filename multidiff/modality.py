@@ -252,7 +252,10 @@ class DataConfig(StrictModel):
     ``path``: the folder of a ``folder`` source (required then; ``folder_files`` names its files in
     the message); ``class_conditional``: use the data's classes; ``limit``: the first examples only;
     ``on_bad_file``: a file of a folder source that cannot be read stops the run with its name
-    (``error``) or is left out with a warning (``skip``).
+    (``error``) or is left out with a warning (``skip``); ``captions``: the examples come with a
+    caption each (text conditioning): a folder's from its ``metadata.jsonl`` or sidecar ``.txt``
+    files (see :func:`multidiff.captions.read_captions`; a missing, empty or non-UTF-8 caption
+    is a bad file), a built-in set's from the attributes it draws, where the modality has such a set.
     """
 
     folder_files: ClassVar[str] = "files"
@@ -261,6 +264,7 @@ class DataConfig(StrictModel):
     class_conditional: bool = True
     limit: int | None = Field(None, ge=1)
     on_bad_file: Literal["error", "skip"] = "error"
+    captions: bool = False
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:
@@ -357,6 +361,11 @@ class TensorDataset(Dataset):
     def __getitems__(self, idx: Sequence[int]) -> tuple[Tensor, Tensor]:
         i = torch.as_tensor(idx, dtype=torch.long)
         return self.x[i], self.labels[i]
+
+    def subset(self, idx: Sequence[int] | Tensor) -> TensorDataset:
+        """The examples ``idx``, in that order (a subclass keeps what it holds per example)."""
+        i = torch.as_tensor(idx, dtype=torch.long)
+        return TensorDataset(self.x[i], self.labels[i])
 
 
 ModelT = TypeVar("ModelT", bound=StrictModel)
@@ -553,7 +562,7 @@ def finish_dataset(
 ) -> tuple[Dataset, DataInfo]:
     """The first ``limit`` examples of an in-memory set, and no classes when ``class_conditional`` is off."""
     if limit is not None and isinstance(ds, TensorDataset) and len(ds) > limit:
-        ds = TensorDataset(ds.x[:limit], ds.labels[:limit])
+        ds = ds.subset(range(limit))
     if not class_conditional and info.num_classes:
         info = DataInfo(info.shape, 0, (), info.extra)
     return ds, info

@@ -27,12 +27,15 @@ __all__ = [
     "NoiseEmbedding",
     "ResBlock",
     "Attention",
+    "TokenAttention",
+    "CrossAttention",
     "Downsample",
     "Upsample",
     "UNet",
     "space_to_depth",
     "depth_to_space",
     "count_parameters",
+    "check_condition",
 ]
 
 _CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -160,6 +163,70 @@ class Attention(nn.Module):
         return x + rearrange(h, "b n c -> b c n").reshape(x.shape[0], -1, *spatial)
 
 
+class TokenAttention(nn.Module):
+    """Multi-head attention of ``(B, N, width)`` queries to themselves or, with ``context`` (a token
+    width), to ``(B, T, context)`` tokens, optionally masked.
+
+    ``mask (B, T)`` (True: a token, False: padding) is the keys' attention mask: a masked key gets
+    weight exactly zero, so its value changes nothing. A row whose tokens are all masked attends
+    to none: its output is zero (softmax over no key would be NaN), i.e. a residual branch adds
+    nothing. Shared by the DiT's blocks, the UNet's :class:`CrossAttention` and the learned text
+    encoder (:mod:`multidiff.text`).
+    """
+
+    def __init__(self, width: int, heads: int, context: int | None = None) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width ({width}) must be divisible by the number of heads ({heads})")
+        self.heads = heads
+        self.cross = context is not None
+        if self.cross:
+            self.q = nn.Linear(width, width)
+            self.kv = nn.Linear(context, 2 * width)
+        else:
+            self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        if self.cross:
+            if context is None:
+                raise ValueError("cross-attention needs context tokens")
+            q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
+            k, v = rearrange(self.kv(context.to(x.dtype)), "b t (two h d) -> two b h t d", two=2, h=self.heads)
+        else:
+            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        if mask is None:
+            h = F.scaled_dot_product_attention(q, k, v)
+            return self.proj(rearrange(h, "b h n d -> b n (h d)"))
+        mask = mask.bool()
+        some = mask.any(dim=1)  # (B,): rows with at least one token; no host read
+        attend = (mask | ~some[:, None])[:, None, None, :]  # an empty row attends to all, then is zeroed
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+        return self.proj(rearrange(h, "b h n d -> b n (h d)")) * some[:, None, None].to(x.dtype)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention of every position of a ``(B, C, *spatial)`` tensor to ``(B, T, context)``
+    tokens (a text encoder's states), as in Stable Diffusion's UNet (Rombach et al. 2022, sec. 3.3):
+    ``x + attn(norm(x) -> tokens)`` over ``rearrange(x, 'b c ... -> b (...) c')``, its output
+    projection zero-initialised so the block starts as the identity. ``mask (B, T)``: see
+    :class:`TokenAttention`.
+    """
+
+    def __init__(self, channels: int, context: int, *, head_channels: int = 64, groups: int = 32) -> None:
+        super().__init__()
+        heads = max(1, channels // head_channels)
+        if channels % heads:
+            raise ValueError(f"channels ({channels}) must be divisible by the number of heads ({heads})")
+        self.norm = group_norm(channels, groups)
+        self.attn = TokenAttention(channels, heads, context)
+        zero_(self.attn.proj)
+
+    def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
+        h = self.attn(rearrange(self.norm(x), "b c ... -> b (...) c"), tokens, mask)
+        return x + rearrange(h, "b n c -> b c n").reshape(x.shape)
+
+
 def _factors(factor: int | Sequence[int], dims: int) -> tuple[int, ...]:
     f = (factor,) * dims if isinstance(factor, int) else tuple(factor)
     if len(f) != dims or any(v < 1 for v in f):
@@ -209,9 +276,16 @@ def depth_to_space(x: Tensor, patch: Sequence[int]) -> Tensor:
     return rearrange(x, f"{dst} -> {src}", **{f"p{i}": p for i, p in enumerate(patch)})
 
 
-def _run_layer(layer: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
+def _run_layer(
+    layer: nn.ModuleList, h: Tensor, emb: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None
+) -> Tensor:
     for m in layer:
-        h = m(h, emb) if isinstance(m, ResBlock) else m(h)
+        if isinstance(m, ResBlock):
+            h = m(h, emb)
+        elif isinstance(m, CrossAttention):
+            h = m(h, tokens, mask) if tokens is not None else h
+        else:
+            h = m(h)
     return h
 
 
@@ -238,8 +312,35 @@ def network_input(net: nn.Module, x: Tensor, self_cond: Tensor | None) -> Tensor
     return x
 
 
+def check_condition(
+    net: nn.Module, batch: int, tokens: Tensor | None, token_mask: Tensor | None, pooled: Tensor | None
+) -> None:
+    """Check a text condition against a network's ``token_dim`` and ``pooled_dim`` (both 0: it takes
+    none): ``tokens (B, T, token_dim)``, ``token_mask (B, T)`` (only with tokens), ``pooled (B,
+    pooled_dim)``; shared by :class:`UNet` and :class:`multidiff.transformer.DiT`."""
+    name = type(net).__name__
+    if tokens is not None:
+        if not net.token_dim:
+            raise ValueError(f"this {name} has no cross-attention (token_dim=0) but got tokens")
+        if tokens.ndim != 3 or tokens.shape[0] != batch or tokens.shape[2] != net.token_dim:
+            raise ValueError(f"tokens must have shape ({batch}, T, {net.token_dim}), got {tuple(tokens.shape)}")
+    if token_mask is not None:
+        if tokens is None:
+            raise ValueError("token_mask was given without tokens")
+        if tuple(token_mask.shape) != tuple(tokens.shape[:2]):
+            raise ValueError(
+                f"token_mask must have shape {tuple(tokens.shape[:2])} (one flag per token), got {tuple(token_mask.shape)}"
+            )
+    if pooled is not None:
+        if not net.pooled_dim:
+            raise ValueError(f"this {name} takes no pooled vector (pooled_dim=0) but got pooled")
+        if tuple(pooled.shape) != (batch, net.pooled_dim):
+            raise ValueError(f"pooled must have shape ({batch}, {net.pooled_dim}), got {tuple(pooled.shape)}")
+
+
 class UNet(nn.Module):
-    """A UNet over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None) -> (B, out, *spatial)``.
+    """A UNet over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None, self_cond=None,
+    tokens=None, token_mask=None, pooled=None) -> (B, out, *spatial)``.
 
     Args:
         dims: number of spatial axes (1 audio, 2 images, 3 voxels).
@@ -271,6 +372,20 @@ class UNet(nn.Module):
             x0 (same shape as ``x``), as extra input channels (self-conditioning, Chen et al.
             2023, "Analog Bits", sec. 3.2); ``self_cond=None`` feeds zeros, the estimate-free
             mode that self-conditioned training also teaches.
+        token_dim: width of the ``tokens`` (``(B, T, token_dim)``, a text encoder's states) that
+            :class:`CrossAttention` blocks attend to, ``token_mask (B, T)`` marking the real ones
+            (a masked token changes nothing); 0 (the default) builds none. A network with
+            cross-attention called with ``tokens=None`` skips it.
+        cross_attention_levels: the levels with a cross-attention block after each residual block
+            (after its self-attention, if any); ``None`` means ``attention_levels``. The middle
+            block always has one when ``token_dim`` is set.
+        pooled_dim: width of ``pooled (B, pooled_dim)`` (a text encoder's pooled vector), mapped
+            by a linear layer and added to the noise embedding, as the class embedding is (GLIDE,
+            Nichol et al. 2022, sec. 2.4; SDXL's ``text_embeds``); 0 (the default) builds nothing,
+            and ``pooled=None`` adds nothing.
+
+    With ``token_dim = pooled_dim = 0`` the network has no parameter more than before text
+    conditioning existed, so earlier checkpoints load unchanged.
 
     Any spatial size works: an axis that is not a multiple of ``patch_size * factor ** (levels - 1)``
     is zero-padded up to one and the output cropped back.
@@ -297,6 +412,9 @@ class UNet(nn.Module):
         checkpoint_norms: bool = False,
         patch_size: int | Sequence[int] = 1,
         self_condition: bool = False,
+        token_dim: int = 0,
+        cross_attention_levels: Sequence[int] | None = None,
+        pooled_dim: int = 0,
     ) -> None:
         super().__init__()
         self.patch = _factors(patch_size, dims)
@@ -307,6 +425,14 @@ class UNet(nn.Module):
             raise ValueError("need at least one level, one residual block per level and one channel")
         if any(not 0 <= a < levels for a in attention_levels):
             raise ValueError(f"attention_levels must lie in [0, {levels - 1}], got {list(attention_levels)}")
+        if token_dim < 0 or pooled_dim < 0:
+            raise ValueError(f"token_dim and pooled_dim must be >= 0, got {token_dim} and {pooled_dim}")
+        cross_levels = tuple(attention_levels if cross_attention_levels is None else cross_attention_levels)
+        if any(not 0 <= a < levels for a in cross_levels):
+            raise ValueError(f"cross_attention_levels must lie in [0, {levels - 1}], got {list(cross_levels)}")
+        self.token_dim = int(token_dim)
+        self.pooled_dim = int(pooled_dim)
+        self.cross_attention_levels = cross_levels if token_dim else ()
         self.dims = dims
         self.in_channels = in_channels
         self.out_channels = (out_channels or in_channels) * (2 if learned_variance else 1)
@@ -319,6 +445,8 @@ class UNet(nn.Module):
         self.class_embed = nn.Embedding(num_classes + 1, emb) if num_classes > 0 else None
         if self.class_embed is not None:
             nn.init.normal_(self.class_embed.weight, std=0.02)
+        if self.pooled_dim:
+            self.pooled_embed = nn.Linear(self.pooled_dim, emb)
         self.stem = conv_nd(dims, in_channels * fold * (2 if self_condition else 1), channels, 3, padding=1)
 
         def block(cin: int, cout: int) -> ResBlock:
@@ -326,6 +454,9 @@ class UNet(nn.Module):
 
         def attn(c: int) -> Attention:
             return Attention(c, head_channels=head_channels, groups=groups)
+
+        def cross(c: int) -> CrossAttention:
+            return CrossAttention(c, self.token_dim, head_channels=head_channels, groups=groups)
 
         self.down = nn.ModuleList()
         skips = [channels]
@@ -336,12 +467,14 @@ class UNet(nn.Module):
                 c = channels * mult
                 if lvl in attention_levels:
                     layer.append(attn(c))
+                if lvl in self.cross_attention_levels:
+                    layer.append(cross(c))
                 self.down.append(layer)
                 skips.append(c)
             if lvl < levels - 1:
                 self.down.append(nn.ModuleList([Downsample(dims, c, self.factor)]))
                 skips.append(c)
-        self.mid = nn.ModuleList([block(c, c), attn(c), block(c, c)])
+        self.mid = nn.ModuleList([block(c, c), attn(c), *([cross(c)] if self.token_dim else []), block(c, c)])
         self.up = nn.ModuleList()
         for lvl, mult in reversed(list(enumerate(channel_mult))):
             for i in range(num_res_blocks + 1):
@@ -349,6 +482,8 @@ class UNet(nn.Module):
                 c = channels * mult
                 if lvl in attention_levels:
                     layer.append(attn(c))
+                if lvl in self.cross_attention_levels:
+                    layer.append(cross(c))
                 if lvl > 0 and i == num_res_blocks:
                     layer.append(Upsample(dims, c, self.factor))
                 self.up.append(layer)
@@ -361,11 +496,15 @@ class UNet(nn.Module):
     channels_last: bool | str = "auto"
 
     @staticmethod
-    def _run_checkpointed(layer: nn.ModuleList, h: Tensor, emb: Tensor) -> Tensor:
-        return torch.utils.checkpoint.checkpoint(_run_layer, layer, h, emb, use_reentrant=False)
+    def _run_checkpointed(
+        layer: nn.ModuleList, h: Tensor, emb: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        return torch.utils.checkpoint.checkpoint(_run_layer, layer, h, emb, tokens, mask, use_reentrant=False)
 
-    def _embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+    def _embed(self, c_noise: Tensor, class_labels: Tensor | None, batch: int, pooled: Tensor | None = None) -> Tensor:
         emb = self.noise_embed(c_noise.reshape(-1).expand(batch))
+        if pooled is not None:
+            emb = emb + self.pooled_embed(pooled.to(emb.dtype))
         if self.class_embed is not None:
             if class_labels is None:
                 class_labels = torch.full((batch,), self.num_classes, device=emb.device, dtype=torch.long)
@@ -375,15 +514,23 @@ class UNet(nn.Module):
         return emb
 
     def forward(
-        self, x: Tensor, c_noise: Tensor, class_labels: Tensor | None = None, self_cond: Tensor | None = None
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        class_labels: Tensor | None = None,
+        self_cond: Tensor | None = None,
+        tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
     ) -> Tensor:
         x = network_input(self, x, self_cond)
+        check_condition(self, x.shape[0], tokens, token_mask, pooled)
         spatial = x.shape[2:]
         pad = [(-s) % m for s, m in zip(spatial, self.multiple)]
         if any(pad):
             # F.pad lists axes last-first, (left, right) each; pad at the end of every axis.
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        emb = self._embed(c_noise, class_labels, x.shape[0])
+        emb = self._embed(c_noise, class_labels, x.shape[0], pooled)
         patched = any(p > 1 for p in self.patch)
         if patched:
             x = space_to_depth(x, self.patch)
@@ -396,12 +543,13 @@ class UNet(nn.Module):
         run = self._run_checkpointed if self.gradient_checkpointing and torch.is_grad_enabled() else _run_layer
         h = self.stem(x)
         hs = [h]
+        ctx = (tokens, token_mask) if tokens is not None and self.token_dim else ()
         for layer in self.down:
-            h = run(layer, h, emb)
+            h = run(layer, h, emb, *ctx)
             hs.append(h)
-        h = run(self.mid, h, emb)
+        h = run(self.mid, h, emb, *ctx)
         for layer in self.up:
-            h = run(layer, torch.cat([h, hs.pop()], dim=1), emb)
+            h = run(layer, torch.cat([h, hs.pop()], dim=1), emb, *ctx)
         h = self.out(h)
         if patched:
             h = depth_to_space(h, self.patch)

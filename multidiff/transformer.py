@@ -12,7 +12,7 @@ One implementation serves 1D ``(B, C, L)``, 2D ``(B, C, H, W)`` and 3D ``(B, C, 
 4. a final adaptive LayerNorm and linear map back to a patch per token, then unpatchify.
 
 It keeps :class:`multidiff.nn.UNet`'s contract, ``net(x, c_noise, class_labels=None,
-self_cond=None, tokens=None)``, so denoisers, samplers, guidance and the trainer use either.
+self_cond=None, tokens=None, token_mask=None, pooled=None)``, so denoisers, samplers, guidance and the trainer use either.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from einops import rearrange
 from torch import Tensor, nn
 
-from .nn import NoiseEmbedding, conv_nd, depth_to_space, network_input
+from .nn import NoiseEmbedding, TokenAttention, check_condition, conv_nd, depth_to_space, network_input
 
 __all__ = ["DiT", "DiTBlock", "sincos_position_embedding"]
 
@@ -65,31 +65,6 @@ def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class _Attention(nn.Module):
-    """Multi-head attention of ``(B, N, C)`` queries to themselves or to ``(B, T, context)`` tokens."""
-
-    def __init__(self, width: int, heads: int, context: int | None = None) -> None:
-        super().__init__()
-        self.heads = heads
-        self.cross = context is not None
-        if self.cross:
-            self.q = nn.Linear(width, width)
-            self.kv = nn.Linear(context, 2 * width)
-        else:
-            self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        if self.cross:
-            assert context is not None
-            q = rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads)
-            k, v = rearrange(self.kv(context.to(x.dtype)), "b t (two h d) -> two b h t d", two=2, h=self.heads)
-        else:
-            q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        h = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(h, "b h n d -> b n (h d)"))
-
-
 class DiTBlock(nn.Module):
     """A transformer block with adaLN-Zero conditioning (Peebles & Xie 2023, sec. 3.2, fig. 3).
 
@@ -98,7 +73,8 @@ class DiTBlock(nn.Module):
     likewise for the MLP, so every block starts as the identity. With ``context`` (a token width)
     a cross-attention layer to the tokens sits between the two, pre-LN as in PixArt-alpha (Chen et
     al. 2023, sec. 2.3), its output projection zero-initialised so that it also starts as the
-    identity. With ``skip`` the block first mixes in a U-ViT long skip: ``x = linear([x, skip])``.
+    identity; ``token_mask (B, T)`` marks the real tokens (see :class:`multidiff.nn.TokenAttention`).
+    With ``skip`` the block first mixes in a U-ViT long skip: ``x = linear([x, skip])``.
     """
 
     def __init__(
@@ -114,10 +90,10 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.skip = nn.Linear(2 * width, width) if skip else None
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = _Attention(width, heads)
+        self.attn = TokenAttention(width, heads)
         if context is not None:
             self.norm_cross = nn.LayerNorm(width, eps=1e-6)
-            self.cross = _Attention(width, heads, context)
+            self.cross = TokenAttention(width, heads, context)
         else:
             self.cross = None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -127,14 +103,21 @@ class DiTBlock(nn.Module):
         )
         self.adaLN = nn.Linear(width, 6 * width)
 
-    def forward(self, x: Tensor, c: Tensor, tokens: Tensor | None = None, skip: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        c: Tensor,
+        tokens: Tensor | None = None,
+        skip: Tensor | None = None,
+        token_mask: Tensor | None = None,
+    ) -> Tensor:
         if self.skip is not None:
             assert skip is not None
             x = self.skip(torch.cat([x, skip], dim=-1))
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN(F.silu(c)).chunk(6, dim=1)
         x = x + gate_a[:, None] * self.attn(_modulate(self.norm1(x), shift_a, scale_a))
         if self.cross is not None and tokens is not None:
-            x = x + self.cross(self.norm_cross(x), tokens)
+            x = x + self.cross(self.norm_cross(x), tokens, token_mask)
         return x + gate_m[:, None] * self.mlp(_modulate(self.norm2(x), shift_m, scale_m))
 
 
@@ -154,7 +137,7 @@ class _FinalLayer(nn.Module):
 
 class DiT(nn.Module):
     """A diffusion transformer over ``dims`` spatial axes: ``net(x, c_noise, class_labels=None,
-    self_cond=None, tokens=None) -> (B, out, *spatial)``.
+    self_cond=None, tokens=None, token_mask=None, pooled=None) -> (B, out, *spatial)``.
 
     Args:
         dims: number of spatial axes (1 audio, 2 images, 3 voxels).
@@ -177,7 +160,11 @@ class DiT(nn.Module):
             ``width`` by a linear layer (an odd ``depth`` leaves the middle block without one).
         token_dim: width of the ``tokens`` (``(B, T, token_dim)``, a text encoder's states) that
             every block cross-attends to; 0 (the default) builds no cross-attention. A network with
-            cross-attention called with ``tokens=None`` skips it.
+            cross-attention called with ``tokens=None`` skips it. ``token_mask (B, T)`` marks the
+            real tokens: a masked one changes nothing.
+        pooled_dim: width of ``pooled (B, pooled_dim)`` (a text encoder's pooled vector), mapped by
+            a linear layer and added to ``c``, as the class embedding is; 0 (the default) builds
+            nothing, and ``pooled=None`` adds nothing.
         self_condition: take ``self_cond``, the model's earlier x0 estimate (the shape of ``x``),
             as extra input channels, as :class:`multidiff.nn.UNet` does; ``None`` feeds zeros.
         gradient_checkpointing: recompute each block in the backward pass instead of keeping its
@@ -212,6 +199,7 @@ class DiT(nn.Module):
         token_dim: int = 0,
         self_condition: bool = False,
         gradient_checkpointing: bool = False,
+        pooled_dim: int = 0,
     ) -> None:
         super().__init__()
         if dims < 1:
@@ -230,13 +218,18 @@ class DiT(nn.Module):
         self.width = width
         self.self_condition = bool(self_condition)
         self.long_skips = bool(long_skips)
+        if token_dim < 0 or pooled_dim < 0:
+            raise ValueError(f"token_dim and pooled_dim must be >= 0, got {token_dim} and {pooled_dim}")
         self.token_dim = int(token_dim)
+        self.pooled_dim = int(pooled_dim)
         self.gradient_checkpointing = gradient_checkpointing
         self.patch_embed = conv_nd(
             dims, in_channels * (2 if self_condition else 1), width, self.patch, stride=self.patch
         )
         self.noise_embed = NoiseEmbedding(256, width, scale=noise_scale)
         self.class_embed = nn.Embedding(num_classes + 1, width) if num_classes > 0 else None
+        if self.pooled_dim:
+            self.pooled_embed = nn.Linear(self.pooled_dim, width)
         half = depth // 2 if long_skips else 0
         context = self.token_dim or None
         self.blocks = nn.ModuleList(
@@ -271,8 +264,12 @@ class DiT(nn.Module):
             nn.init.zeros_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def _condition(self, c_noise: Tensor, class_labels: Tensor | None, batch: int) -> Tensor:
+    def _condition(
+        self, c_noise: Tensor, class_labels: Tensor | None, batch: int, pooled: Tensor | None = None
+    ) -> Tensor:
         c = self.noise_embed(c_noise.reshape(-1).expand(batch))
+        if pooled is not None:
+            c = c + self.pooled_embed(pooled.to(c.dtype))
         if self.class_embed is not None:
             if class_labels is None:
                 class_labels = torch.full((batch,), self.num_classes, device=c.device, dtype=torch.long)
@@ -281,10 +278,12 @@ class DiT(nn.Module):
             raise ValueError("this network is unconditional (num_classes=0) but got class_labels")
         return c
 
-    def _block(self, block: DiTBlock, h: Tensor, c: Tensor, tokens: Tensor | None, skip: Tensor | None) -> Tensor:
+    def _block(
+        self, block: DiTBlock, h: Tensor, c: Tensor, tokens: Tensor | None, skip: Tensor | None, mask: Tensor | None
+    ) -> Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return torch.utils.checkpoint.checkpoint(block, h, c, tokens, skip, use_reentrant=False)
-        return block(h, c, tokens, skip)
+            return torch.utils.checkpoint.checkpoint(block, h, c, tokens, skip, mask, use_reentrant=False)
+        return block(h, c, tokens, skip, mask)
 
     def forward(
         self,
@@ -293,21 +292,17 @@ class DiT(nn.Module):
         class_labels: Tensor | None = None,
         self_cond: Tensor | None = None,
         tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
     ) -> Tensor:
         x = network_input(self, x, self_cond)
-        if tokens is not None:
-            if not self.token_dim:
-                raise ValueError("this network has no cross-attention (token_dim=0) but got tokens")
-            if tokens.ndim != 3 or tokens.shape[0] != x.shape[0] or tokens.shape[2] != self.token_dim:
-                raise ValueError(
-                    f"tokens must have shape ({x.shape[0]}, T, {self.token_dim}), got {tuple(tokens.shape)}"
-                )
+        check_condition(self, x.shape[0], tokens, token_mask, pooled)
         spatial = x.shape[2:]
         pad = [(-s) % p for s, p in zip(spatial, self.patch)]
         if any(pad):
             # F.pad lists axes last-first, (left, right) each; pad at the end of every axis.
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)])
-        c = self._condition(c_noise, class_labels, x.shape[0])
+        c = self._condition(c_noise, class_labels, x.shape[0], pooled)
         h = self.patch_embed(x)
         grid = h.shape[2:]
         h = rearrange(h, "b c ... -> b (...) c")
@@ -316,7 +311,7 @@ class DiT(nn.Module):
         n = len(self.blocks)
         for i, block in enumerate(self.blocks):
             skip = skips.pop() if i >= n - self.half else None
-            h = self._block(block, h, c, tokens, skip)
+            h = self._block(block, h, c, tokens, skip, token_mask)
             if i < self.half:
                 skips.append(h)
         h = self.final(h, c)  # (B, N, out * prod(patch))

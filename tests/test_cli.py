@@ -144,6 +144,8 @@ HEAVY = (
     "PIL",
     "modalities",
     "diffusers",
+    "transformers",
+    "sentence_transformers",
 )
 
 

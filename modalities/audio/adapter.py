@@ -117,7 +117,11 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
     def build_dataset(self, data: AudioDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         from . import data as D
 
-        if data.source == "tones":
+        if data.source == "tones" and data.captions:
+            ds, info = D.captioned_tones(
+                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels
+            )
+        elif data.source == "tones":
             ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)
         elif data.source == "folder":
             assert data.path is not None
@@ -131,6 +135,12 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
                 normalize=data.normalize,
                 limit=data.limit,
                 on_bad=data.on_bad_file,
+                captions=data.captions,
+            )
+        elif data.captions:
+            raise ValueError(
+                f"data.captions: the {data.source!r} set has no captions; captioned sources: tones "
+                "(attributes drawn and stated) and folder (metadata.jsonl or sidecar .txt files)"
             )
         else:
             ds, info = D.sc09(

@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import math
 import os
+import random
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from multidiff.captions import Attribute, CaptionedTensorDataset, compose_caption, held_out_mask, read_captions
 from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from .io import crop_or_pad, normalize_loudness, read_audio, resample, to_channels
 
-__all__ = ["AUDIO_SUFFIXES", "DEFAULT_ROOT", "tones", "scan_folder", "audio_folder", "sc09", "midi_to_hz", "note_name"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "DEFAULT_ROOT",
+    "tones",
+    "captioned_tones",
+    "TONE_ATTRIBUTES",
+    "TONE_TEMPLATES",
+    "TONES_HELD_OUT",
+    "scan_folder",
+    "audio_folder",
+    "sc09",
+    "midi_to_hz",
+    "note_name",
+]
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DEFAULT_ROOT = Path(os.environ.get("MULTIDIFF_DATA", Path.home() / ".cache" / "multidiff" / "datasets"))
@@ -129,6 +144,151 @@ def tones(
     return TensorDataset(to_channels(x, channels).contiguous(), labels), info
 
 
+_TONE_NAMES = tuple(note_name(midi_to_hz(m)) for m in C_MAJOR_MIDI)
+
+# What a captioned tone's caption states, and the phrases that say it (synonyms).
+TONE_ATTRIBUTES: dict[str, Attribute] = {
+    a.name: a
+    for a in (
+        Attribute(
+            "pitch",
+            _TONE_NAMES,
+            {n: (n, f"pitch {n}", f"{midi_to_hz(m):.0f} Hz") for n, m in zip(_TONE_NAMES, C_MAJOR_MIDI)},
+        ),
+        Attribute(
+            "timbre",
+            ("pure", "bright", "hollow"),
+            {
+                "pure": ("pure", "sine-like", "clean", "pure sine"),
+                "bright": ("bright", "buzzy", "brassy", "sawtooth-like"),
+                "hollow": ("hollow", "clarinet-like", "woody", "square-wave"),
+            },
+        ),
+        Attribute(
+            "envelope",
+            ("plucked", "sustained"),
+            {
+                "plucked": ("plucked", "percussive", "struck", "short"),
+                "sustained": ("sustained", "held", "steady", "long"),
+            },
+        ),
+        Attribute(
+            "loudness", ("quiet", "loud"), {"quiet": ("quiet", "soft", "faint"), "loud": ("loud", "strong", "forceful")}
+        ),
+    )
+}
+
+TONE_TEMPLATES = (
+    "a {loudness}, {timbre} {envelope} tone at {pitch}",
+    "{pitch}: a {envelope} {timbre} note, {loudness}",
+    "a {timbre} note at {pitch}, {envelope} and {loudness}",
+    "{loudness} and {envelope}, a {timbre} sound at {pitch}",
+    "a {envelope}, {loudness} {timbre} tone, {pitch}",
+    "{timbre} {envelope} note at {pitch}, {loudness}",
+    "a {loudness} {timbre} sound, {envelope}, at {pitch}",
+)
+
+# Attribute combinations no training tone has (the "train" split leaves them out).
+TONES_HELD_OUT: tuple[dict[str, str], ...] = (
+    {"pitch": "G4", "timbre": "hollow", "envelope": "plucked"},
+    {"pitch": "C5", "timbre": "pure", "loudness": "loud"},
+    {"pitch": "E4", "timbre": "bright", "envelope": "sustained", "loudness": "quiet"},
+)
+
+_TONE_PEAK_DBFS = {"quiet": -24.0, "loud": -6.0}
+
+
+def captioned_tones(
+    sample_rate: int = 8000,
+    length: int = 4096,
+    *,
+    per_class: int = 200,
+    seed: int = 0,
+    channels: int = 1,
+    split: str = "train",
+    held_out: tuple[dict[str, str], ...] = TONES_HELD_OUT,
+) -> tuple[CaptionedTensorDataset, DataInfo]:
+    """Synthesized tones whose attributes a caption states; needs no files and no download.
+
+    Class ``k`` (``i % 8`` for example ``i``) is the pitch, the C-major octave C4..C5 as in
+    :func:`tones` (detuned by up to +-0.5%). Drawn uniformly from ``seed``, each example has:
+
+    - timbre: ``pure`` (the fundamental alone), ``bright`` (every harmonic below 95% of Nyquist, up
+      to 16, at ``1/k``: a sawtooth's spectrum) or ``hollow`` (the odd harmonics at ``1/k``: a
+      square wave's, as a clarinet's low register); random phases;
+    - envelope: ``plucked`` (a 2 ms attack, exponential decay with a time constant of 8-15% of the
+      clip) or ``sustained`` (a 5-10% attack, then level to the end);
+    - loudness: the peak at -24 dBFS (``quiet``) or -6 dBFS (``loud``), +-1 dB;
+
+    and a 10 ms raised-cosine release, so no clip ends in a click. Its caption comes from
+    :data:`TONE_TEMPLATES` with synonyms (:data:`TONE_ATTRIBUTES`): "a soft, buzzy plucked tone
+    at E4". ``split``: ``"train"`` leaves out the ``held_out`` combinations (:data:`TONES_HELD_OUT`),
+    ``"held_out"`` keeps only them, ``"all"`` keeps everything.
+    """
+    if split not in ("train", "held_out", "all"):
+        raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
+    hz = [midi_to_hz(m) for m in C_MAJOR_MIDI]
+    nyquist = sample_rate / 2
+    if per_class < 1 or length < 1 or channels not in (1, 2) or max(hz) * (1 + _DETUNE) >= 0.95 * nyquist:
+        raise ValueError(
+            f"captioned_tones: need per_class >= 1, length >= 1, 1 or 2 channels and a sample rate above "
+            f"{2 * max(hz) * (1 + _DETUNE) / 0.95:.0f} Hz; got {per_class}, {length}, {channels}, {sample_rate}"
+        )
+    attrs = TONE_ATTRIBUTES
+    k_classes, n = len(hz), len(hz) * per_class
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % k_classes
+    codes = {"pitch": labels}
+    for name in ("timbre", "envelope", "loudness"):
+        codes[name] = torch.randint(len(attrs[name].values), (n,), generator=g)
+    f0 = torch.tensor(hz, dtype=torch.float64)[labels] * (1 + _uniform(n, -_DETUNE, _DETUNE, g))
+    harm = torch.arange(1, _MAX_HARMONICS + 1, dtype=torch.float64)
+    below = harm[None] * f0[:, None] < 0.95 * nyquist
+    timbre = codes["timbre"][:, None]
+    amp = torch.where(timbre == 0, (harm == 1).double(), 1 / harm)  # pure: the fundamental; else 1/k
+    amp = amp * torch.where(timbre == 2, (harm % 2 == 1).double(), 1.0) * below  # hollow: odd harmonics only
+    phase = _uniform((n, _MAX_HARMONICS), 0, 2 * math.pi, g)
+    duration = length / sample_rate
+    plucked = (codes["envelope"] == 0)[:, None]
+    attack = torch.where(plucked, 0.002, duration * _uniform((n, 1), 0.05, 0.1, g))
+    tau = torch.where(plucked, duration * _uniform((n, 1), 0.08, 0.15, g), math.inf)
+    level = torch.tensor([_TONE_PEAK_DBFS[v] for v in attrs["loudness"].values], dtype=torch.float64)
+    peak = 10 ** ((level[codes["loudness"]][:, None] + _uniform((n, 1), -1.0, 1.0, g)) / 20)
+    t = torch.arange(length, dtype=torch.float64) / sample_rate
+    fade = max(1, min(round(0.01 * sample_rate), length // 20))
+    release = torch.ones(length)
+    release[length - fade :] = 0.5 + 0.5 * torch.cos(torch.pi * torch.arange(1, fade + 1) / fade)
+    amp, phase, attack, tau, peak = (v.float() for v in (amp, phase, attack, tau, peak))
+    x = torch.empty(n, 1, length)
+    tf = t.float()
+    for s in range(0, n, 256):
+        i = slice(s, s + 256)
+        cycles = (f0[i, None] * t).frac().float()
+        wave = torch.zeros(cycles.shape)
+        for k in range(_MAX_HARMONICS):
+            if amp[i, k].any():
+                wave.addcmul_(amp[i, k : k + 1], torch.sin(cycles * (2 * math.pi * (k + 1)) + phase[i, k : k + 1]))
+        wave *= (tf / attack[i]).clamp(max=1) * torch.exp(-(tf - attack[i]).clamp(min=0) / tau[i]) * release
+        x[i, 0] = wave * (peak[i] / wave.abs().amax(1, keepdim=True).clamp(min=1e-12))
+    held = held_out_mask(codes, attrs, held_out)
+    keep = ~held if split == "train" else held if split == "held_out" else torch.ones(n, dtype=torch.bool)
+    rng = random.Random(seed)
+    names = {k: attrs[k].values for k in codes}
+    captions = [
+        compose_caption({k: names[k][int(codes[k][j])] for k in codes}, attrs, TONE_TEMPLATES, rng) for j in range(n)
+    ]
+    ds = CaptionedTensorDataset(to_channels(x, channels).contiguous(), labels, captions, codes, names)
+    extra = {
+        "sample_rate": sample_rate,
+        "pitches_hz": hz,
+        "source": "captioned_tones",
+        "split": split,
+        "held_out": [dict(h) for h in held_out],
+        "captions": True,
+    }
+    return ds.subset(keep.nonzero().squeeze(1)), DataInfo((channels, length), k_classes, _TONE_NAMES, extra)
+
+
 def scan_folder(path: str | Path) -> tuple[list[Path], list[int], list[str]]:
     """Audio files under ``path`` labelled by sub-folder (see :func:`multidiff.modality.scan_labelled_folder`)."""
     return scan_labelled_folder(path, AUDIO_SUFFIXES, "audio files")
@@ -188,6 +348,7 @@ def audio_folder(
     target_dbfs: float = -20.0,
     limit: int | None = None,
     on_bad: str = "error",
+    captions: bool = False,
 ) -> tuple[TensorDataset, DataInfo]:
     """Any folder of WAV/FLAC/OGG files, as ``(N, channels, length)`` clips at ``sample_rate``.
 
@@ -196,19 +357,33 @@ def audio_folder(
     at ``target_dbfs``, measured on the sound, before padding; ``"none"`` keeps file levels, which
     may exceed 1 in float files) and zero-padded at the end if shorter. Every file is read before training starts, so a bad one
     fails the run at once, with its name (``on_bad="skip"``: left out and counted in
-    ``info.extra["skipped_files"]``). ``limit`` keeps the first files in sorted order.
+    ``info.extra["skipped_files"]``). ``limit`` keeps the first files in sorted order. With
+    ``captions`` each recording takes its caption from the folder's ``metadata.jsonl`` or its
+    sidecar ``.txt`` (:func:`multidiff.captions.read_captions`; one without a usable caption is a
+    bad file), and the data set has ``captions``.
     """
     _check_format(sample_rate, length, channels, crop, normalize)
     files, labs, classes = scan_folder(path)
+    texts: list[str] | None = None
+    uncaptioned = 0
+    if captions:
+        kept, texts = read_captions(path, files, on_bad=on_bad, what="audio files")
+        uncaptioned = len(files) - len(kept)
+        files, labs = [files[i] for i in kept], [labs[i] for i in kept]
     if limit is not None:
         files, labs = files[:limit], labs[:limit]
     if not labels:
         labs, classes = [-1] * len(files), []
     read = lambda f: _load_clip(f, int(sample_rate), length, channels, crop, normalize, target_dbfs)  # noqa: E731
-    clips, labs, bad = read_each(files, labs, read, on_bad=on_bad, what="audio files")
-    extra = {"sample_rate": int(sample_rate), "source": str(path), "skipped_files": len(bad)}
+    clips, kept, bad = read_each(files, list(range(len(files))), read, on_bad=on_bad, what="audio files")
+    extra = {"sample_rate": int(sample_rate), "source": str(path), "skipped_files": len(bad) + uncaptioned}
+    if captions:
+        extra["captions"] = True
     info = DataInfo((channels, length), len(classes), tuple(classes), extra)
-    return TensorDataset(torch.stack(clips), torch.tensor(labs, dtype=torch.long)), info
+    x, y = torch.stack(clips), torch.tensor([labs[i] for i in kept], dtype=torch.long)
+    if texts is not None:
+        return CaptionedTensorDataset(x, y, [texts[i] for i in kept]), info
+    return TensorDataset(x, y), info
 
 
 def _sc09_files(folder: Path) -> list[list[Path]]:

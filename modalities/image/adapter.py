@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from multidiff.modality import (
@@ -111,6 +112,17 @@ class ImageDataConfig(DataConfig):
             raise ValueError(f"size must be positive, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _flip_keeps_captions_true(self) -> ImageDataConfig:
+        if self.captions and self.random_flip:
+            raise PydanticCustomError(  # named as data.random_flip
+                "flip_captions",
+                "random_flip mirrors left and right, which captions state (\"leaning left\", \"on the right\"); "
+                "turn it off with captions: true",
+                {"loc": ("random_flip",)},
+            )
+        return self
+
     @property
     def hw(self) -> tuple[int, int]:
         return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)  # type: ignore[return-value]
@@ -182,7 +194,11 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
 
     def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
-        if data.source == "digits":
+        if data.source == "digits" and data.captions:
+            ds, info = D.captioned_digits(size, ch)
+            if data.limit is not None:
+                ds = ds.subset(range(min(data.limit, len(ds))))
+        elif data.source == "digits":
             ds, info = D.digits(size, ch)
             if data.limit is not None:
                 ds = type(ds)(ds.x[: data.limit], ds.labels[: data.limit])
@@ -196,6 +212,12 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
                 in_memory=data.in_memory,
                 limit=data.limit,
                 on_bad=data.on_bad_file,
+                captions=data.captions,
+            )
+        elif data.captions:
+            raise ValueError(
+                f"data.captions: the {data.source!r} set has no captions; captioned sources: digits "
+                "(attributes drawn and stated) and folder (metadata.jsonl or sidecar .txt files)"
             )
         else:
             ds, info = D.torchvision_set(

@@ -207,7 +207,18 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
     def build_dataset(self, data: VoxelDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         from . import data as D
 
-        if data.source == "shapes":
+        if data.source == "shapes" and data.captions:
+            if data.max_tilt != 180:
+                raise ValueError(
+                    "data.max_tilt: captioned shapes draw their own orientation (upright or lying); leave it out"
+                )
+            ds, info = D.captioned_shapes(
+                data.resolution,
+                per_class=data.per_class,
+                representation=data.representation,
+                truncation=data.truncation,
+            )
+        elif data.source == "shapes":
             ds, info = D.shapes(
                 data.resolution,
                 per_class=data.per_class,
@@ -226,6 +237,7 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
                 limit=data.limit,
                 max_faces=data.max_faces,
                 on_bad=data.on_bad_file,
+                captions=data.captions,
             )
         return finish_dataset(ds, info, limit=data.limit, class_conditional=data.class_conditional)
 

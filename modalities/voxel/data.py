@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import tempfile
 import warnings
 from pathlib import Path
@@ -20,11 +21,25 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from multidiff.captions import Attribute, CaptionedTensorDataset, compose_caption, held_out_mask, read_captions
 from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from . import io as vio
 
-__all__ = ["SHAPES", "MESH_SUFFIXES", "CACHE_VERSION", "primitive_sdf", "shapes", "mesh_folder", "mesh_cache_key"]
+__all__ = [
+    "SHAPES",
+    "MESH_SUFFIXES",
+    "CACHE_VERSION",
+    "primitive_sdf",
+    "shapes",
+    "captioned_shapes",
+    "SHAPE_ATTRIBUTES",
+    "SHAPE_ORIENTATIONS",
+    "SHAPE_TEMPLATES",
+    "SHAPES_HELD_OUT",
+    "mesh_folder",
+    "mesh_cache_key",
+]
 
 SHAPES = ("sphere", "box", "torus", "cylinder", "cone", "capsule")
 MESH_SUFFIXES = (".obj", ".stl", ".ply", ".off", ".glb", ".gltf")
@@ -181,6 +196,33 @@ def _scale_params(p: dict[str, Tensor], k: Tensor) -> dict[str, Tensor]:
     return {n: v * (k[:, None] if v.ndim == 2 else k) for n, v in p.items()}
 
 
+def _draw_posed(
+    kind: str,
+    rot: Tensor,
+    params: dict[str, Tensor],
+    centre: Tensor,
+    r: int,
+    representation: str,
+    truncation: float,
+) -> Tensor:
+    """Grids ``(m, 1, r, r, r)`` of ``m`` primitives of one ``kind``: parameters ``params`` (``(m,)``
+    or ``(m, 3)`` each) in the canonical frame, rotated by ``rot (m, 3, 3)`` (local -> world) and
+    centred at ``centre (m, 3)`` in the cube ``[-0.5, 0.5]^3``; the exact signed distance at the
+    voxel centres, as occupancy (+1 inside) or ``clamp(-d * r / truncation, -1, 1)``."""
+    ticks = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
+    centres = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(1, -1, 3)
+    chunk = max(1, (1 << 21) // r**3)  # examples per batch: ~2M points, ~100 MB of temporaries
+    out = torch.empty(len(rot), 1, r, r, r)
+    for s in range(0, len(rot), chunk):
+        b = slice(s, s + chunk)
+        local = torch.bmm(centres - centre[b, None, :].float(), rot[b].float())  # Q^T (p - c) as rows
+        pb = {m: (v[b, None] if v.ndim == 1 else v[b, None, :]).float() for m, v in params.items()}
+        d = primitive_sdf(kind, local, **pb) * r  # in voxels, negative inside
+        grid = torch.where(d < 0, 1.0, -1.0) if representation == "occupancy" else (-d / truncation).clamp(-1, 1)
+        out[b] = grid.reshape(-1, 1, r, r, r)
+    return out
+
+
 def shapes(
     resolution: int = 16,
     *,
@@ -221,10 +263,7 @@ def shapes(
     margin = 1.0 / r + 1e-4  # one voxel, and a hair, so no surface passes through an outer voxel centre
     room = 1.0 - 2 * margin
     lo_size, hi_size = min(0.65, room), min(0.85, room)
-    ticks = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
-    centres = torch.stack(torch.meshgrid(ticks, ticks, ticks, indexing="ij"), -1).reshape(1, -1, 3)
     x = torch.empty(n, 1, r, r, r)
-    chunk = max(1, (1 << 21) // r**3)  # examples per batch: ~2M points, ~100 MB of temporaries
     for c, kind in enumerate(SHAPES):
         idx = torch.nonzero(labels == c).squeeze(1)
         unit = _unit_params(kind, aspect_u[idx])
@@ -236,18 +275,7 @@ def shapes(
         scale = (lo_size + (hi_size - lo_size) * size_u[idx]) / (hi - lo).amax(1)
         lo, hi = lo * scale[:, None], hi * scale[:, None]
         centre = (-0.5 + margin - lo) + place_u[idx] * ((0.5 - margin - hi) - (-0.5 + margin - lo)).clamp(min=0)
-        params = _scale_params(unit, scale)
-        for s in range(0, len(idx), chunk):
-            b = slice(s, s + chunk)
-            q = rot[idx[b]].float()
-            local = torch.bmm(centres - centre[b, None, :].float(), q)  # Q^T (p - c) as rows
-            pb = {m: (v[b, None] if v.ndim == 1 else v[b, None, :]).float() for m, v in params.items()}
-            d = primitive_sdf(kind, local, **pb) * r  # in voxels, negative inside
-            if representation == "occupancy":
-                grid = torch.where(d < 0, 1.0, -1.0)
-            else:
-                grid = (-d / truncation).clamp(-1, 1)
-            x[idx[b]] = grid.reshape(-1, 1, r, r, r)
+        x[idx] = _draw_posed(kind, rot[idx], _scale_params(unit, scale), centre, r, representation, truncation)
     extra = {
         "resolution": r,
         "representation": representation,
@@ -256,6 +284,188 @@ def shapes(
         "max_tilt": float(max_tilt),
     }
     return TensorDataset(x, labels), DataInfo((1, r, r, r), k_classes, SHAPES, extra)
+
+
+# ---------------------------------------------------------------- captioned shapes
+
+SHAPE_ATTRIBUTES: dict[str, Attribute] = {
+    a.name: a
+    for a in (
+        Attribute(
+            "kind",
+            SHAPES,
+            {
+                "sphere": ("sphere", "ball", "round ball"),
+                "box": ("box", "block", "cuboid", "rectangular block"),
+                "torus": ("torus", "ring", "donut"),
+                "cylinder": ("cylinder", "tube", "round pillar"),
+                "cone": ("cone", "pointed cone"),
+                "capsule": ("capsule", "pill", "rounded rod"),
+            },
+        ),
+        Attribute(
+            "size", ("small", "large"), {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
+        ),
+        Attribute(
+            "position",
+            ("left", "center", "right"),
+            {
+                "left": ("on the left", "at the left", "to the left"),
+                "center": ("in the middle", "in the center", "centered"),
+                "right": ("on the right", "at the right", "to the right"),
+            },
+        ),
+        Attribute(
+            "orientation",
+            ("vertical", "horizontal", "any"),
+            {"vertical": ("standing upright",), "horizontal": ("lying down",), "any": ("",)},
+        ),
+    )
+}
+
+# How each kind's orientation (its axis of revolution, the box's long side: vertical or horizontal)
+# is said; a sphere has none ("any", left unsaid).
+SHAPE_ORIENTATIONS: dict[str, Attribute] = {
+    kind: Attribute("orientation", ("vertical", "horizontal", "any"), {**phrases, "any": ("",)})
+    for kind, phrases in {
+        "sphere": {"vertical": ("",), "horizontal": ("",)},
+        "box": {
+            "vertical": ("standing tall", "standing on its end", "upright"),
+            "horizontal": ("lying flat", "lying down", "on its side"),
+        },
+        "torus": {
+            "vertical": ("lying flat", "lying down flat", "flat like a ring on a table"),
+            "horizontal": ("standing on its edge", "standing up like a wheel", "upright like a wheel"),
+        },
+        "cylinder": {
+            "vertical": ("standing upright", "standing on its end", "upright"),
+            "horizontal": ("lying on its side", "lying down", "on its side"),
+        },
+        "cone": {
+            "vertical": ("pointing up", "standing upright", "tip up"),
+            "horizontal": ("lying on its side", "pointing sideways", "on its side"),
+        },
+        "capsule": {
+            "vertical": ("standing upright", "upright", "vertical"),
+            "horizontal": ("lying down", "lying horizontally", "on its side"),
+        },
+    }.items()
+}
+
+SHAPE_TEMPLATES = (
+    "a {size} {kind} {orientation} {position}",
+    "a {size} {kind}, {orientation}, {position}",
+    "{position}, a {size} {kind} {orientation}",
+    "{kind}: {size}, {orientation}, {position}",
+    "a {kind} {position}, {size}, {orientation}",
+    "{orientation} {position}: a {size} {kind}",
+    "a {size} {kind} {position}, {orientation}",
+)
+
+# Attribute combinations no training shape has (the "train" split leaves them out).
+SHAPES_HELD_OUT: tuple[dict[str, str], ...] = (
+    {"kind": "torus", "size": "large", "position": "left"},
+    {"kind": "cone", "size": "small", "orientation": "horizontal"},
+    {"kind": "box", "position": "right", "orientation": "vertical"},
+)
+
+_SHAPE_SIZE = {"small": (0.32, 0.40), "large": (0.56, 0.64)}  # the largest side over the cube's
+
+
+def _captioned_unit(kind: str, a: Tensor) -> dict[str, Tensor]:
+    """Canonical parameters from uniforms ``a (n, 2)``, elongated along y where the orientation
+    must show: boxes 2:1 (long side y), cylinders 1.4-1.8 diameters tall; the rest as in :func:`shapes`."""
+    one = torch.ones(len(a), dtype=a.dtype)
+    if kind == "box":
+        return {"half_extents": torch.stack([0.5 + 0.05 * a[:, 0], one, 0.5 + 0.05 * a[:, 1]], -1)}
+    if kind == "cylinder":
+        return {"radius": one, "height": 2.8 + 0.8 * a[:, 0]}
+    return _unit_params(kind, a)
+
+
+def captioned_shapes(
+    resolution: int = 16,
+    *,
+    per_class: int = 200,
+    representation: str = "occupancy",
+    truncation: float = 3.0,
+    seed: int = 0,
+    split: str = "train",
+    held_out: tuple[dict[str, str], ...] = SHAPES_HELD_OUT,
+) -> tuple[CaptionedTensorDataset, DataInfo]:
+    """Parametric primitives whose attributes a caption states; needs no files and no download.
+
+    Class ``i % 6`` is the kind (:data:`SHAPES`). Drawn uniformly from ``seed``, each example has:
+
+    - size: the largest side of its bounding box 32-40% of the cube (``small``) or 56-64% (``large``);
+    - position along x, the grid's first axis (``left`` is low x): as far left as the shape fits
+      with a voxel of margin, centred, or as far right; centred in y and z (up to 15% of the room);
+    - orientation: its axis (a solid of revolution's, the box's long side) ``vertical`` (y, up) or
+      ``horizontal``, turned at random about the vertical; ``any`` for spheres;
+
+    and aspect parameters as in :func:`shapes` (boxes 2:1 and cylinders taller than wide, so their
+    orientation shows). Captions from :data:`SHAPE_TEMPLATES`, the orientation said the kind's way
+    (:data:`SHAPE_ORIENTATIONS`: a torus with a vertical axis is "lying flat"): "a large torus
+    lying flat on the left". ``split``: ``"train"`` leaves out the ``held_out`` combinations
+    (:data:`SHAPES_HELD_OUT`), ``"held_out"`` keeps only them, ``"all"`` keeps everything.
+    """
+    if split not in ("train", "held_out", "all"):
+        raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
+        raise ValueError(f"captioned_shapes: resolution must be a whole number >= 8, got {resolution!r}")
+    if not isinstance(per_class, int) or per_class < 1:
+        raise ValueError(f"captioned_shapes: per_class must be a whole number >= 1, got {per_class!r}")
+    vio._check_representation(representation, truncation)
+    attrs = SHAPE_ATTRIBUTES
+    r, k_classes = resolution, len(SHAPES)
+    n = k_classes * per_class
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(n, 8, generator=g, dtype=torch.float64)
+    labels = torch.arange(n) % k_classes
+    codes = {"kind": labels}
+    for name, count in (("size", 2), ("position", 3), ("orientation", 2)):
+        codes[name] = torch.randint(count, (n,), generator=g)
+    codes["orientation"] = torch.where(labels == SHAPES.index("sphere"), 2, codes["orientation"])
+    turn = _rot_y(2 * math.pi * u[:, 0])
+    lying = _rot_x(torch.zeros(n, dtype=torch.float64), torch.ones(n, dtype=torch.float64))  # own y -> world z
+    rot = torch.where((codes["orientation"] == 1)[:, None, None], turn @ lying, turn)
+    margin = 1.0 / r + 1e-4
+    x = torch.empty(n, 1, r, r, r)
+    for c, kind in enumerate(SHAPES):
+        idx = torch.nonzero(labels == c).squeeze(1)
+        unit = _captioned_unit(kind, u[idx, 1:3])
+        per_axis = {m: v[:, None] if v.ndim == 1 else v[:, None, :] for m, v in unit.items()}
+        hi, lo = _support(kind, rot[idx], per_axis), -_support(kind, -rot[idx], per_axis)
+        bounds = torch.tensor([_SHAPE_SIZE[v] for v in attrs["size"].values], dtype=torch.float64)[codes["size"][idx]]
+        side = bounds[:, 0] + (bounds[:, 1] - bounds[:, 0]) * u[idx, 3]
+        scale = side / (hi - lo).amax(1)
+        lo, hi = lo * scale[:, None], hi * scale[:, None]
+        first, last = -0.5 + margin - lo, 0.5 - margin - hi  # the feasible centres, per axis
+        mid = (first + last) / 2
+        centre = mid + 0.15 * (last - first).clamp(min=0) * (u[idx, 4:7] * 2 - 1)  # y, z near the middle
+        where = codes["position"][idx]
+        centre[:, 0] = torch.where(where == 0, first[:, 0], torch.where(where == 2, last[:, 0], mid[:, 0]))
+        x[idx] = _draw_posed(kind, rot[idx], _scale_params(unit, scale), centre, r, representation, truncation)
+    held = held_out_mask(codes, attrs, held_out)
+    keep = ~held if split == "train" else held if split == "held_out" else torch.ones(n, dtype=torch.bool)
+    rng = random.Random(seed)
+    names = {k: attrs[k].values for k in codes}
+    captions = []
+    for j in range(n):
+        values = {k: names[k][int(codes[k][j])] for k in codes}
+        per_kind = {**attrs, "orientation": SHAPE_ORIENTATIONS[values["kind"]]}
+        captions.append(compose_caption(values, per_kind, SHAPE_TEMPLATES, rng))
+    extra = {
+        "resolution": r,
+        "representation": representation,
+        "truncation": float(truncation),
+        "source": "captioned_shapes",
+        "split": split,
+        "held_out": [dict(h) for h in held_out],
+        "captions": True,
+    }
+    ds = CaptionedTensorDataset(x, labels, captions, codes, names)
+    return ds.subset(keep.nonzero().squeeze(1)), DataInfo((1, r, r, r), k_classes, SHAPES, extra)
 
 
 # ---------------------------------------------------------------- mesh folders
@@ -327,6 +537,7 @@ def mesh_folder(
     limit: int | None = None,
     max_faces: int = vio.MAX_FACES,
     on_bad: str = "error",
+    captions: bool = False,
 ) -> tuple[TensorDataset, DataInfo]:
     """Any folder of meshes (:data:`MESH_SUFFIXES`), as grids ``(N, 1, R, R, R)``. A file that
     cannot be read stops the run with its name; ``on_bad="skip"`` leaves it out and counts it
@@ -345,6 +556,10 @@ def mesh_folder(
     ``~/.cache/multidiff/voxels``; the data folder is only read), keyed by the file's content hash
     (see :func:`mesh_cache_key`), so the second run voxelizes nothing, wherever the folder moves.
     An unwritable cache folder only costs the caching (with a warning).
+
+    With ``captions`` each mesh takes its caption from the folder's ``metadata.jsonl`` or its
+    sidecar ``.txt`` (:func:`multidiff.captions.read_captions`; one without a usable caption is a
+    bad file), and the data set has ``captions``.
     """
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:
         raise ValueError(f"mesh_folder: resolution must be a whole number >= 8, got {resolution!r}")
@@ -353,6 +568,12 @@ def mesh_folder(
         raise ValueError(f"mesh_folder: limit must be a whole number >= 1, got {limit!r}")
     root = Path(path).expanduser()
     files, labs, classes = scan_labelled_folder(root, MESH_SUFFIXES, "meshes")
+    texts: list[str] | None = None
+    uncaptioned = 0
+    if captions:
+        kept, texts = read_captions(root, files, on_bad=on_bad, what="meshes")
+        uncaptioned = len(files) - len(kept)
+        files, labs = [files[i] for i in kept], [labs[i] for i in kept]
     if limit is not None:
         files, labs = files[:limit], labs[:limit]
     cache: Path | None = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
@@ -379,17 +600,22 @@ def mesh_folder(
         return grid
 
     try:
-        grids, labs, bad = read_each(files, labs, read, on_bad=on_bad, what="meshes")
+        grids, kept, bad = read_each(files, list(range(len(files))), read, on_bad=on_bad, what="meshes")
     finally:
         bar.close()
     x = torch.stack(grids)
+    labs = [labs[i] for i in kept]
     extra = {
-        "skipped_files": len(bad),
+        "skipped_files": len(bad) + uncaptioned,
         "resolution": resolution,
         "representation": representation,
         "truncation": float(truncation),
         "source": "folder",
         "path": str(root),
     }
+    if captions:
+        extra["captions"] = True
     info = DataInfo((1, resolution, resolution, resolution), len(classes), tuple(classes), extra)
+    if texts is not None:
+        return CaptionedTensorDataset(x, torch.tensor(labs, dtype=torch.long), [texts[i] for i in kept]), info
     return TensorDataset(x, torch.tensor(labs, dtype=torch.long)), info
