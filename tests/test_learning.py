@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from multidiff.config import resolve_config
+from multidiff.config import load_config, resolve_config
 from multidiff.evaluate import classifier_judge, score_conditional, split_holdout
 from multidiff.metrics import class_accuracy, train_classifier
 from multidiff.pipeline import load_pipeline
@@ -22,9 +22,12 @@ pytestmark = pytest.mark.slow
 
 TONES_STEPS = 600
 TONES_BAR = 0.5  # chance is 1/8
-# chance is 1/6; these 400 steps at lr 1e-3 gave 0.44; the config (1200 steps) 0.65 and quality.py's 6000-step run 0.92
+# chance is 1/6; the shipped config (flow, 1200 steps) scores 0.80-0.83 at guidance 2 in quality.py, 82-86%
+# of its grids in one piece; these 500 steps with EMA 0.995 gave MEASURED
 SHAPES_BAR = 0.3
-VOXEL_STEPS = 400
+SHAPES_ONE_PIECE_BAR = 0.5
+VOXEL_STEPS = 500
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_class_conditional_digits_are_recognised(tmp_path: Path) -> None:
@@ -140,24 +143,18 @@ def test_class_conditional_tones_have_their_pitch(tmp_path: Path) -> None:
 
 
 def test_class_conditional_shapes_are_recognised(tmp_path: Path) -> None:
-    """A short run of configs/voxel_shapes.yaml's model: guided shapes must be recognised as the
-    kind asked for by a 3D classifier trained on real shapes, far above chance (1/6), and their
-    meshes must be closed surfaces."""
+    """A shorter run of configs/voxel_shapes.yaml as shipped (flow matching, its net, batch and
+    learning rate; fewer steps and a shorter EMA): guided shapes must be recognised as the kind
+    asked for by a 3D classifier trained on shapes the model never sees, far above chance (1/6),
+    and most sampled grids must be one piece before any piece is dropped."""
     from modalities.voxel.data import shapes
-    from modalities.voxel.io import grid_to_mesh
-    from modalities.voxel.metrics import random_cube_symmetry, watertight_fraction
+    from modalities.voxel.judge import piece_counts
+    from modalities.voxel.metrics import random_cube_symmetry
 
-    cfg = resolve_config(
-        {
-            "modality": "voxel",
-            "out_dir": str(tmp_path / "run"),
-            "data": {"source": "shapes", "resolution": 16, "representation": "sdf", "truncation": 2.0},
-            "model": {"preset": "tiny"},
-            "diffusion": V_PRED,
-            "train": _short_train(VOXEL_STEPS, 16),
-            "sample": {"sampler": "dpmpp_2m", "steps": 20},
-        }
-    )
+    sets = [f"out_dir={tmp_path / 'run'}", f"train.steps={VOXEL_STEPS}", "train.ema_decay=0.995"]
+    sets += ["train.checkpoint_every=0", "train.progress=false", "train.log_every=50"]
+    cfg = load_config(CONFIGS / "voxel_shapes.yaml", sets)
+    assert cfg.run.diffusion.parameterization == "flow"  # the recipe the bars below were measured with
     ds, _ = cfg.adapter.build_dataset(cfg.data)
     _, ho = split_holdout(len(ds), 0.2, seed=0)
     other, _ = shapes(16, per_class=300, representation="sdf", truncation=2.0, seed=1)  # shapes the model never sees
@@ -168,5 +165,7 @@ def test_class_conditional_shapes_are_recognised(tmp_path: Path) -> None:
     pipe = load_pipeline(str(tmp_path / "run"), device="cpu")
     guided = score_conditional(pipe, classifier_judge(clf), ds.x[ho], per_class=20, guidance_scale=2.0)
     assert guided.accuracy > SHAPES_BAR, guided
-    x, _ = pipe.sample(24, guidance_scale=2.0, seed=5)
-    assert watertight_fraction([grid_to_mesh(g) for g in x]) >= 0.8
+    x, _ = pipe.sample(48, guidance_scale=2.0, seed=5)
+    one_piece = (piece_counts(x) == 1).float().mean().item()
+    print(f"shapes after {VOXEL_STEPS} steps: accuracy {guided.accuracy:.3f} at guidance 2, one piece {one_piece:.3f}")
+    assert one_piece >= SHAPES_ONE_PIECE_BAR, one_piece
