@@ -212,7 +212,9 @@ class TrainingText:
             if main and world is not None:
                 world.barrier()
 
-    def inputs(self, idx: Sequence[int] | Tensor, generator: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    def inputs(
+        self, idx: Sequence[int] | Tensor, generator: torch.Generator, device: torch.device
+    ) -> dict[str, Tensor]:
         """The network's text inputs for examples ``idx`` (this process's rows of a micro-batch):
         token ids or the cached encoding, padded to ``max_tokens``, and ``text_drop``, drawn from
         ``generator`` for the global batch (call it under :func:`multidiff.distributed.global_rows`)."""

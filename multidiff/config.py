@@ -654,9 +654,13 @@ def resolve_config(d: dict[str, Any], source: str = "<dict>") -> ResolvedConfig:
 def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: Modality, source: str) -> None:
     """A ``text`` section, the captions it reads and the model keys of cross-attention agree."""
     problems = []
-    cross = [k for k in ("cross_attention_levels", "cross_attention_resolutions") if getattr(model, k, None) is not None]
+    cross = [
+        k for k in ("cross_attention_levels", "cross_attention_resolutions") if getattr(model, k, None) is not None
+    ]
     if run.text is None:
-        problems += [f"model.{k}: cross-attention needs a text section (text.kind: learned, minilm or hf)" for k in cross]
+        problems += [
+            f"model.{k}: cross-attention needs a text section (text.kind: learned, minilm or hf)" for k in cross
+        ]
     else:
         if not getattr(data, "captions", False):
             has = "captions" in type(data).model_fields
@@ -672,7 +676,9 @@ def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: 
     if problems:
         lines = "\n  ".join(problems)
         raise ConfigError(
-            f"invalid config {source}: {problems[0]}" if len(problems) == 1 else f"invalid config {source}, {len(problems)} problems:\n  {lines}"
+            f"invalid config {source}: {problems[0]}"
+            if len(problems) == 1
+            else f"invalid config {source}, {len(problems)} problems:\n  {lines}"
         )
 
 

@@ -664,6 +664,23 @@ class Pipeline:
             self._training_data("sample.checker 'classifier:'")
         return build_screen(s, self.config, self.info, self.device)
 
+    def screened(self, x: Tensor, sample: C.SampleConfig | None = None, *, labels: Tensor | None = None) -> Generated:
+        """Outputs of an edit (data units) through the checker ``sample.checker`` names, with the
+        prompt ``sample.prompt`` (one for all or one per output), as :func:`generate` screens its
+        samples; unchanged (no screening) when no checker is named."""
+        from .conditioning import prompts_for
+
+        s = sample or self.options()
+        prompts = prompts_for(len(x), s.prompt, self.info) if s.prompt is not None else None
+        screen = self.screen(s)
+        if screen is None:
+            return Generated(x, labels, prompts)
+        out, keep = screen(x.float().cpu(), prompts, labels)
+        if not bool(keep.all()):
+            out, labels = out[keep], None if labels is None else labels[keep]
+            prompts = None if prompts is None else [q for q, k in zip(prompts, keep.tolist()) if k]
+        return Generated(out, labels, prompts, screen.report)
+
     def classifier(self, *, cache_dir: Path | None = None) -> Classifier:
         """``log p(y | x)`` from a classifier of the run's training data (:func:`data_classifier`)."""
         self._training_data("classifier guidance")

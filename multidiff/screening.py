@@ -98,7 +98,9 @@ class OutputScreen:
         flags = self.fn(x, prompts=None if prompts is None else list(prompts), labels=labels)
         flags = torch.as_tensor(flags)
         if flags.shape != (b,):
-            raise ValueError(f"checker {self.report.checker} returned flags of shape {tuple(flags.shape)} for {b} outputs")
+            raise ValueError(
+                f"checker {self.report.checker} returned flags of shape {tuple(flags.shape)} for {b} outputs"
+            )
         flags = flags.to(torch.bool).cpu()
         self.report.checked += b
         self.report.flagged += int(flags.sum())

@@ -270,7 +270,8 @@ class Trainer:
         ckpt = find_checkpoint(path)
         state = ckpt.weights("ema")
         if self.info.num_classes > 0:
-            key = "net.class_embed.weight" if self.text is not None else "class_embed.weight"  # text: TextConditionedNet
+            # text conditioning: the network sits in a TextConditionedNet, under "net."
+            key = "net.class_embed.weight" if self.text is not None else "class_embed.weight"
             state = grow_class_embedding(state, key, self.info.num_classes)
         load_state_dict_checked(self.net, state, str(ckpt.path))
         self.ema.load_state_dict(self.net.state_dict())
