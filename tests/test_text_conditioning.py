@@ -512,3 +512,33 @@ def test_text_config_errors_name_their_keys(tmp_path: Path, toytext: None) -> No
     cfg = C.resolve_config(ok)
     assert cfg.run.text.kind == "learned" and cfg.to_json()["text"]["dropout"] == 0.2
     assert C.resolve_config(cfg.to_json()).run.text == cfg.run.text
+
+
+# ---------------------------------------------------------------- data parallel
+
+
+@pytest.mark.slow  # real torchrun processes
+def test_two_processes_train_a_text_run_as_one_does(tmp_path: Path) -> None:
+    """Under torchrun (gloo, 2 processes) a learned encoder's run trains the weights one process
+    trains with the same global batch: the encoder's gradients are all-reduced with the network's,
+    and the caption dropout is drawn for the global batch."""
+    from test_distributed import _max_diff, _torchrun
+
+    def config(out: str) -> dict[str, Any]:
+        d = tiny_run(Path(out), data={"source": "digits", "size": 8, "limit": 256, "captions": True}, text=dict(TEXT))
+        d["train"].update(steps=3, batch_size=16, grad_accum=2, checkpoint_every=3, label_dropout=0.2)
+        d["out_dir"] = out
+        return d
+
+    one = tmp_path / "one"
+    Trainer(C.resolve_config(config(str(one)))).fit()
+    out = _torchrun(tmp_path / "ddp", 2, config("run"))
+    assert "cpu x 2 processes (global batch 16)" in out.stdout
+    (ddp_model, ddp_ema), (ref_model, ref_ema) = _weights(tmp_path / "ddp" / "ranks" / "rank0" / "run"), _weights(one)
+    assert any(k.startswith("text.") for k in ddp_model)
+    assert _max_diff(ddp_model, ref_model) < 2e-4 and _max_diff(ddp_ema, ref_ema) < 2e-4
+    text = {k: v for k, v in ref_model.items() if k.startswith("text.") and v.is_floating_point()}
+    init = Trainer(C.resolve_config(config(str(tmp_path / "init")))).net.state_dict()
+    assert _max_diff(text, {k: init[k] for k in text}) > 1e-3  # the encoder moved, so agreeing means something
+    loss = [r["loss"] for r in _MetricsLog.read(tmp_path / "ddp" / "ranks" / "rank0" / "run" / "metrics.csv")]
+    assert loss == pytest.approx([r["loss"] for r in _MetricsLog.read(one / "metrics.csv")], rel=1e-5)
