@@ -537,8 +537,11 @@ def test_two_processes_train_a_text_run_as_one_does(tmp_path: Path) -> None:
     (ddp_model, ddp_ema), (ref_model, ref_ema) = _weights(tmp_path / "ddp" / "ranks" / "rank0" / "run"), _weights(one)
     assert any(k.startswith("text.") for k in ddp_model)
     assert _max_diff(ddp_model, ref_model) < 2e-4 and _max_diff(ddp_ema, ref_ema) < 2e-4
-    text = {k: v for k, v in ref_model.items() if k.startswith("text.") and v.is_floating_point()}
+    # the encoder moved (its gradient comes through zero-initialised cross-attention, so slowly at
+    # first), and the two runs' encoders agree to a small fraction of how far it moved
+    keys = [k for k, v in ref_model.items() if k.startswith("text.") and v.is_floating_point()]
     init = Trainer(C.resolve_config(config(str(tmp_path / "init")))).net.state_dict()
-    assert _max_diff(text, {k: init[k] for k in text}) > 1e-3  # the encoder moved, so agreeing means something
+    moved = _max_diff({k: ref_model[k] for k in keys}, {k: init[k] for k in keys})
+    assert moved > 1e-4 and _max_diff({k: ddp_model[k] for k in keys}, {k: ref_model[k] for k in keys}) < 0.1 * moved
     loss = [r["loss"] for r in _MetricsLog.read(tmp_path / "ddp" / "ranks" / "rank0" / "run" / "metrics.csv")]
     assert loss == pytest.approx([r["loss"] for r in _MetricsLog.read(one / "metrics.csv")], rel=1e-5)

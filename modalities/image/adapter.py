@@ -135,7 +135,7 @@ class ImageDataConfig(DataConfig):
         if self.captions and self.random_flip:
             raise PydanticCustomError(  # named as data.random_flip
                 "flip_captions",
-                "random_flip mirrors left and right, which captions state (\"leaning left\", \"on the right\"); "
+                'random_flip mirrors left and right, which captions state ("leaning left", "on the right"); '
                 "turn it off with captions: true",
                 {"loc": ("random_flip",)},
             )
