@@ -53,6 +53,7 @@ __all__ = [
     "TextConditionedNet",
     "TrainingText",
     "load_text_encoder",
+    "negative_rows",
     "prompt_encoding",
     "prompts_for",
     "text_encoder_of",

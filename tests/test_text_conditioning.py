@@ -143,10 +143,9 @@ def test_a_text_run_trains_jointly_and_resumes_bit_exactly(tmp_path: Path, toyte
     start = init.net.text.embed.weight.detach()
     assert not torch.equal(m1["text.embed.weight"], start) and not torch.equal(e1["text.embed.weight"], start)
     assert not torch.equal(e1["text.embed.weight"], m1["text.embed.weight"])
-    # another seed trains other weights, so the equality above means something
-    other = _toy_run(tmp_path / "other", shape, seed=1)
-    _fit(other)
-    assert not all(torch.equal(m1[k], _weights(tmp_path / "other")[0][k]) for k in m1)
+    if len(shape) == 3:  # (once) another seed trains other weights, so the equality above means something
+        _fit(_toy_run(tmp_path / "other", shape, seed=1))
+        assert not all(torch.equal(m1[k], _weights(tmp_path / "other")[0][k]) for k in m1)
 
 
 def test_the_checkpoint_round_trips_the_learned_encoder_and_its_vocabulary(tmp_path: Path, toytext: None) -> None:
