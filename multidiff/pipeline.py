@@ -671,7 +671,10 @@ class Pipeline:
         from .conditioning import prompts_for
 
         s = sample or self.options()
-        prompts = prompts_for(len(x), s.prompt, self.info) if s.prompt is not None else None
+        given = s.prompt
+        if isinstance(given, list) and len(given) not in (1, len(x)) and len(x) % len(given) == 0:
+            given = [q for q in given for _ in range(len(x) // len(given))]  # one per input, n outputs each
+        prompts = prompts_for(len(x), given, self.info) if given is not None else None
         screen = self.screen(s)
         if screen is None:
             return Generated(x, labels, prompts)
