@@ -25,7 +25,8 @@ from pydantic_core import PydanticCustomError
 
 from . import registry
 from . import schedules as S
-from .modality import Modality, StrictModel
+from .modality import Modality, PresetModelConfig, StrictModel
+from .text import TextConfig
 
 __all__ = [
     "ConfigError",
@@ -307,6 +308,22 @@ class SampleConfig(StrictModel):
     negative_class: int | str | None = Field(
         None, description="class to steer away from: guidance's negative condition instead of the null class"
     )
+    prompt: str | list[str] | None = Field(
+        None,
+        description="text prompt of a text-conditioned model: one for all samples, or one per sample "
+        "(default: the run's example captions in turn for sampling, the null text for edits)",
+    )
+    negative_prompt: str | None = Field(
+        None, description="text to steer away from: guidance's negative condition instead of the null text"
+    )
+    checker: str | None = Field(
+        None,
+        description="screen every generated batch before it is written: 'module:function' (fn(x, prompts=, "
+        "labels=) -> flags) or 'classifier:CLASS[,CLASS]' (the run's data classifier); see multidiff.screening",
+    )
+    checker_action: Literal["replace", "drop"] = Field(
+        "replace", description="what happens to a flagged output: replaced by zeros (data units) or dropped"
+    )
     classifier_scale: float = Field(
         0.0,
         ge=0,
@@ -390,6 +407,15 @@ class RunConfig(StrictModel):
     diffusion: DiffusionConfig = DiffusionConfig()
     train: TrainConfig = TrainConfig()
     sample: SampleConfig = SampleConfig()
+    # text conditioning (multidiff.text, multidiff.conditioning): the encoder of the captions
+    # (kind learned | minilm | hf, default learned) and the caption dropout; needs data.captions
+    text: TextConfig | None = None
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text_kind(cls, v: Any) -> Any:
+        """A ``text`` section without ``kind`` is a learned encoder's (``text: {}`` too)."""
+        return {"kind": "learned", **v} if isinstance(v, dict) and "kind" not in v else v
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -621,7 +647,39 @@ def resolve_config(d: dict[str, Any], source: str = "<dict>") -> ResolvedConfig:
             sections[name] = cls.model_validate(getattr(run, name))
         except ValidationError as e:
             raise _format_errors(e, name, cls, source) from None
+    _check_text(run, sections["model"], sections["data"], adapter, source)
     return ResolvedConfig(run, sections["model"], sections["data"], adapter, source)
+
+
+def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: Modality, source: str) -> None:
+    """A ``text`` section, the captions it reads and the model keys of cross-attention agree."""
+    problems = []
+    cross = [
+        k for k in ("cross_attention_levels", "cross_attention_resolutions") if getattr(model, k, None) is not None
+    ]
+    if run.text is None:
+        problems += [
+            f"model.{k}: cross-attention needs a text section (text.kind: learned, minilm or hf)" for k in cross
+        ]
+    else:
+        if not getattr(data, "captions", False):
+            has = "captions" in type(data).model_fields
+            problems.append(
+                f"text: a text section needs captioned data: set data.captions: true (got {getattr(data, 'captions', None)!r})"
+                if has
+                else f"text: the {adapter.name!r} modality's data section has no captions key, so it cannot condition on text"
+            )
+        if not isinstance(model, PresetModelConfig):
+            problems.append(
+                f"text: the {adapter.name!r} modality's model section ({type(model).__name__}) builds no cross-attention"
+            )
+    if problems:
+        lines = "\n  ".join(problems)
+        raise ConfigError(
+            f"invalid config {source}: {problems[0]}"
+            if len(problems) == 1
+            else f"invalid config {source}, {len(problems)} problems:\n  {lines}"
+        )
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ResolvedConfig:

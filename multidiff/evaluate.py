@@ -222,8 +222,8 @@ def _draw(pipe: Pipeline, per_class: int, **sample: Any) -> tuple[Tensor, Tensor
     labels = torch.arange(k).repeat_interleave(per_class) if k else None
     n = len(labels) if labels is not None else per_class
     t0 = time.perf_counter()
-    x, _ = pipe.sample(n, labels=labels, **sample)
-    return x, labels, time.perf_counter() - t0
+    x, kept = pipe.sample(n, labels=labels, **sample)  # kept: the labels of the samples a checker did not drop
+    return x, kept if labels is not None else None, time.perf_counter() - t0
 
 
 def score_conditional(

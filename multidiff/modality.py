@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 from torch.utils.data import Dataset
@@ -112,6 +112,11 @@ class PresetModelConfig(StrictModel):
     # earlier x0 estimate; half of each training batch gets one (an extra no-grad forward on it),
     # and the samplers feed each step the previous step's estimate
     self_condition: bool = False
+    # text conditioning (a run's ``text`` section): the UNet levels with cross-attention to the text
+    # encoder's states (None: where self-attention is; the middle block always has one); the DiT
+    # cross-attends in every block. The widths come from the encoder (:meth:`with_text`)
+    cross_attention_levels: list[int] | None = None
+    _text_dims: tuple[int, int] = PrivateAttr(default=(0, 0))
 
     @field_validator("channel_mult")
     @classmethod
@@ -185,9 +190,25 @@ class PresetModelConfig(StrictModel):
             if k not in ("preset", "backbone") and getattr(self, k) is not None:
                 out[k] = getattr(self, k)
         levels = len(out.get("channel_mult", ()))
-        if any(not 0 <= a < levels for a in out.get("attention_levels", ())):
-            raise ValueError(f"model.attention_levels must lie in [0, {levels - 1}], got {out['attention_levels']}")
+        for key in ("attention_levels", "cross_attention_levels"):
+            if any(not 0 <= a < levels for a in out.get(key) or ()):
+                raise ValueError(f"model.{key} must lie in [0, {levels - 1}], got {out[key]}")
         return out
+
+    def with_text(self, token_dim: int, pooled_dim: int) -> PresetModelConfig:
+        """A copy whose network takes text: ``tokens`` of ``token_dim`` through cross-attention and
+        a ``pooled`` vector of ``pooled_dim`` added to the noise embedding (a text encoder's widths;
+        see :class:`multidiff.conditioning.TextConditionedNet`). Not a key of the section: the widths
+        are the encoder's, not the user's."""
+        out = self.model_copy()
+        out._text_dims = (int(token_dim), int(pooled_dim))
+        return out
+
+    def _text_args(self) -> dict[str, int]:
+        token_dim, pooled_dim = self._text_dims
+        if not token_dim and self.cross_attention_levels is not None:
+            raise ValueError("model.cross_attention_levels needs a text section (cross-attention to a text encoder)")
+        return {"token_dim": token_dim, "pooled_dim": pooled_dim} if token_dim else {}
 
     def unet_args(self, info: DataInfo) -> dict[str, Any]:
         """The :class:`multidiff.nn.UNet` arguments of the resolved preset for examples of
@@ -220,7 +241,7 @@ class PresetModelConfig(StrictModel):
 
         if self.network_backbone != "unet":
             raise ValueError(f"model.backbone is {self.network_backbone!r}: build the network with build_network")
-        args = {**self.unet_args(info), **fixed}
+        args = {**self.unet_args(info), **self._text_args(), **fixed}
         return UNet(
             dims,
             info.shape[0],
@@ -242,6 +263,7 @@ class PresetModelConfig(StrictModel):
             learned_variance=learned_variance,
             noise_scale=noise_scale,
             **self.dit_args(info),
+            **self._text_args(),
         )
 
 

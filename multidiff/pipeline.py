@@ -34,9 +34,11 @@ from .grids import make_grid
 from .guidance import classifier_free_guidance, x0_classifier_guidance
 from .modality import DataInfo, TensorDataset
 from .samplers import get_sampler
+from .screening import OutputScreen, Screening, build_screen
 
 __all__ = [
     "Pipeline",
+    "Generated",
     "Inversion",
     "build_denoiser",
     "class_guidance",
@@ -46,6 +48,7 @@ __all__ = [
     "load_pipeline",
     "resolve_device",
     "resolve_label",
+    "write_record",
 ]
 
 Classifier = Callable[[Tensor, Tensor], Tensor]
@@ -61,12 +64,31 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo) -> Denoiser:
-    """The network of ``cfg`` for data ``info`` wrapped in its parameterization (on the CPU)."""
+def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo, *, text: Any = None) -> Denoiser:
+    """The network of ``cfg`` for data ``info`` wrapped in its parameterization (on the CPU).
+
+    A run with a ``text`` section needs its text encoder (``text``, a
+    :class:`~multidiff.text.TextEncoder`): the network is built for its widths and held beside it
+    in a :class:`~multidiff.conditioning.TextConditionedNet`."""
     d = cfg.run.diffusion
     schedule = C.build_schedule(d.schedule, size=max(info.shape[1:], default=1))
     noise_cond = d.noise_cond or default_noise_cond(d.parameterization, schedule)
-    net = cfg.adapter.build_network(cfg.model, info, noise_scale=C.noise_scale(noise_cond, schedule))
+    model = cfg.model
+    if (cfg.run.text is None) != (text is None):
+        raise ValueError(
+            "this run conditions on text (its text section): build its denoiser with its text encoder"
+            if text is None
+            else "a text encoder was given, but the run has no text section"
+        )
+    if text is not None:
+        from .conditioning import with_text_dims
+
+        model = with_text_dims(model, text, cfg.adapter.name)
+    net = cfg.adapter.build_network(model, info, noise_scale=C.noise_scale(noise_cond, schedule))
+    if text is not None:
+        from .conditioning import TextConditionedNet
+
+        net = TextConditionedNet(net, text)
     return Denoiser(
         net, schedule, d.parameterization, sigma_data=d.sigma_data, noise_cond=noise_cond, data_scale=d.data_scale
     )
@@ -119,10 +141,18 @@ def class_guidance(
     scale: float,
     negative_label: int | None = None,
     interval: tuple[float, float] | None = None,
+    *,
+    text_negative: Any = None,
 ) -> Callable[..., Tensor]:
-    """Classifier-free guidance of a class-conditional model at ``scale`` against its null class
-    (label ``num_classes``) or against ``negative_label``, only for ``interval[0] < sigma <=
-    interval[1]`` if given; the denoiser itself when ``scale`` is 1 or the model is unconditional."""
+    """Classifier-free guidance of a conditional model at ``scale``, only for ``interval[0] <
+    sigma <= interval[1]`` if given; the denoiser itself when ``scale`` is 1 or the model has no
+    condition.
+
+    The negative branch replaces each condition the call has by its negative: class labels by the
+    null class (label ``num_classes``) or ``negative_label``; text (``tokens``, ``token_mask``,
+    ``pooled``) by ``text_negative``, one row of a :class:`~multidiff.text.TextEncoding` (the null
+    embedding or a negative prompt's encoding, :func:`multidiff.conditioning.text_negative`)
+    repeated for the batch at the prompts' length, so both branches run as one doubled batch."""
     k = num_classes
     if negative_label is not None and not (k and 0 <= negative_label < k):
         raise ValueError(
@@ -130,22 +160,44 @@ def class_guidance(
             if k
             else "this model is unconditional; it takes no negative class"
         )
-    if not k or scale == 1.0:
+    if (not k and text_negative is None) or scale == 1.0:
         return denoiser
     neg = k if negative_label is None else negative_label
+
+    def negative(c: dict[str, Any]) -> dict[str, Any]:
+        out = dict(c)
+        if k and "class_labels" in c:
+            out["class_labels"] = torch.full_like(c["class_labels"], neg)
+        if text_negative is not None and c.get("tokens") is not None:
+            from .conditioning import negative_rows
+
+            out.update(negative_rows(text_negative, c))
+        return out
+
     return classifier_free_guidance(
         denoiser,
         scale,
-        negative=lambda c: {**c, "class_labels": torch.full_like(c["class_labels"], neg)},
+        negative=negative,
         interval=None if interval is None else (float(interval[0]), float(interval[1])),
     )
 
 
-def _guided(denoiser: Callable[..., Tensor], info: DataInfo, s: C.SampleConfig) -> Callable[..., Tensor]:
-    """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class, interval),
-    its estimate clamped to ``s.clip_denoised`` (data units) if given."""
+def _guided(
+    denoiser: Callable[..., Tensor], info: DataInfo, s: C.SampleConfig, text: Any = None
+) -> Callable[..., Tensor]:
+    """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class,
+    negative prompt, interval), its estimate clamped to ``s.clip_denoised`` (data units) if given.
+    ``text``: the model's text encoder (default: the one beside ``denoiser``'s network)."""
+    from .conditioning import text_encoder_of, text_negative
+
     negative = resolve_label(s.negative_class, info, "negative class")
-    guided = class_guidance(denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval)
+    text = text if text is not None else text_encoder_of(denoiser)
+    if text is None and s.negative_prompt is not None:
+        raise ValueError("this model was trained without text; it takes no negative prompt")
+    neg_text = text_negative(text, s.negative_prompt) if text is not None and s.guidance_scale != 1.0 else None
+    guided = class_guidance(
+        denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval, text_negative=neg_text
+    )
     if s.clip_denoised is None:
         return guided
     space = getattr(denoiser, "space", DataSpace())
@@ -167,11 +219,23 @@ def generate(
     labels: Tensor | Sequence[int] | int | str | None = None,
     classifier: Classifier | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    checker: OutputScreen | None = None,
     **overrides: Any,
-) -> tuple[Tensor, Tensor | None]:
+) -> Generated:
     """Draw ``n`` samples of shape ``info.shape`` as ``sample`` says (default
     :class:`~multidiff.config.SampleConfig`'s defaults) with ``overrides`` applied; returns
-    ``(x, labels)`` in data units, float32 on the CPU.
+    ``(x, labels)`` in data units, float32 on the CPU (a :class:`Generated`, which also holds the
+    prompts and the screening's counts).
+
+    A text-conditioned model (a :class:`~multidiff.conditioning.TextConditionedNet`) takes
+    ``prompt``: one for all samples or one per sample; without one, the run's example prompts
+    (``info.extra["example_prompts"]``) in turn. Each distinct prompt is encoded once, padded to
+    the encoder's ``max_tokens``; guidance's negative branch is the null embedding or the
+    encoding of ``negative_prompt``, the same length, so both run as one doubled batch.
+
+    Screening: ``checker`` (default: the one ``sample.checker`` names, :mod:`multidiff.screening`)
+    sees every batch in data units with its prompts and labels before it is returned; flagged
+    samples are replaced by zeros or dropped (with their labels and prompts), and counted.
 
     The prior noise comes from a CPU generator seeded with ``seed``, so a seed gives the same
     prior, and with a deterministic sampler the same samples, on every device. Stochastic samplers
@@ -203,6 +267,15 @@ def generate(
     device = param.device if param is not None else torch.device("cpu")
     labels = _labels(n, labels, info)
     space = getattr(denoiser, "space", DataSpace())
+    # text: the prompts' encoding, found before the network is wrapped (compiled, graphed)
+    from .conditioning import prompt_encoding, prompts_for, text_encoder_of
+
+    text = text_encoder_of(denoiser)
+    if text is None and (s.prompt is not None or s.negative_prompt is not None):
+        raise ValueError("this model was trained without text; it takes no prompt or negative prompt")
+    prompts = prompts_for(n, s.prompt, info) if text is not None else None
+    encoded = prompt_encoding(text, prompts, n) if text is not None else None
+    screen = checker if checker is not None else build_screen(s)
     if s.classifier_scale and classifier is None:
         raise ValueError("sample.classifier_scale needs a classifier (Pipeline.sample trains one on the run's data)")
     if s.classifier_scale and labels is None:
@@ -227,7 +300,7 @@ def generate(
     amp = amp_dtype(s.precision, device)
 
     def guided(base: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        fn = _guided(base, info, s)
+        fn = _guided(base, info, s, text)
         if classifier is not None and s.classifier_scale:
             clf = classifier
             fn = x0_classifier_guidance(
@@ -241,17 +314,72 @@ def generate(
     step_g = (
         g if device.type == "cpu" else torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
     )
-    out = []
+    out, keep = [], []
     for start in range(0, n, s.batch_size):
         b = min(s.batch_size, n - start)
+        rows = slice(start, start + b)
         x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
-        cond = {"class_labels": labels[start : start + b].to(device)} if labels is not None else None
+        cond = {"class_labels": labels[rows].to(device)} if labels is not None else {}
+        if encoded is not None:
+            cond.update(encoded.select(rows).to(device).as_cond())
         fn = guided(self_conditioned(denoiser) if self_cond else denoiser)
         # autocast's cast cache must be off under CUDA graphs
         with torch.autocast(device.type, dtype=amp, cache_enabled=not graphs) if amp is not None else nullcontext():
-            x0 = spec.fn(fn, x, sigmas, cond=cond, generator=step_g, callback=callback, **s.options)
-        out.append(space.decode(x0).float().cpu())
-    return torch.cat(out), labels
+            x0 = spec.fn(fn, x, sigmas, cond=cond or None, generator=step_g, callback=callback, **s.options)
+        x0 = space.decode(x0).float().cpu()
+        if screen is not None:  # before anything leaves this function
+            x0, kept = screen(x0, None if prompts is None else prompts[rows], None if labels is None else labels[rows])
+            keep.append(kept)
+        out.append(x0)
+    x_all = torch.cat(out)
+    if keep and not bool(torch.cat(keep).all()):
+        k = torch.cat(keep)
+        x_all, labels = x_all[k], None if labels is None else labels[k]
+        prompts = None if prompts is None else [p for p, kk in zip(prompts, k.tolist()) if kk]
+    return Generated(x_all, labels, prompts, None if screen is None else screen.report)
+
+
+class Generated(tuple):  # type: ignore[type-arg]
+    """What :func:`generate` returns: unpacks as ``(x, labels)``; :attr:`prompts` (one per sample,
+    for a text-conditioned model) and :attr:`screening` (the checker's counts, when one ran) say more."""
+
+    prompts: list[str] | None
+    screening: Screening | None
+
+    def __new__(
+        cls, x: Tensor, labels: Tensor | None, prompts: list[str] | None = None, screening: Screening | None = None
+    ) -> Generated:
+        self = super().__new__(cls, (x, labels))
+        self.prompts, self.screening = prompts, screening
+        return self
+
+    @property
+    def x(self) -> Tensor:
+        return self[0]
+
+    @property
+    def labels(self) -> Tensor | None:
+        return self[1]
+
+
+def write_record(path: str | Path, generated: Generated, settings: dict[str, Any] | None = None) -> list[Path]:
+    """``<path>.json`` beside samples written to ``path``: each sample's prompt and the checker's
+    counts, with ``settings``; nothing (``[]``) when the samples have neither prompts nor a screening."""
+    import json
+
+    if generated.prompts is None and generated.screening is None:
+        return []
+    p = Path(path)
+    file = p.with_name(p.stem + ".json") if p.suffix else p.with_name(p.name + ".json")
+    record = {
+        **(settings or {}),
+        "samples": len(generated.x),
+        "prompts": generated.prompts,
+        "screening": None if generated.screening is None else generated.screening.to_json(),
+    }
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps(record, indent=2) + "\n")
+    return [file]
 
 
 def data_classifier(
@@ -375,6 +503,14 @@ class Pipeline:
         """Data units to the denoiser's space and back."""
         return self.denoiser.space
 
+    @property
+    def text(self) -> Any:
+        """The model's text encoder (a :class:`~multidiff.text.TextEncoder`), or ``None`` for a
+        model trained without text."""
+        from .conditioning import text_encoder_of
+
+        return text_encoder_of(self.denoiser)
+
     # --- options, labels, inputs ------------------------------------------------------------
 
     def options(self, sample: C.SampleConfig | None = None, **overrides: Any) -> C.SampleConfig:
@@ -427,7 +563,13 @@ class Pipeline:
         return torch.stack(items)
 
     def save(self, x: Tensor, folder: str | Path, labels: Tensor | None = None) -> list[Path]:
-        """Write examples in data units as the modality's files (PNG, WAV, meshes); return them."""
+        """Write examples in data units as the modality's files (PNG, WAV, meshes); return them.
+        Given a :class:`Generated` (``pipe.save(pipe.sample(n), folder)``), its labels are used and
+        its prompts and screening counts go to ``<folder>.json`` (:func:`write_record`)."""
+        if isinstance(x, Generated):
+            gen, x, labels = x, x.x, x.labels if labels is None else labels
+            paths = self.adapter.save_samples(x.float().cpu(), Path(folder), self.info, labels=labels)
+            return paths + write_record(folder, gen, {"checkpoint": self.source})
         return self.adapter.save_samples(x.float().cpu(), Path(folder), self.info, labels=labels)
 
     # --- the denoiser's space -----------------------------------------------------------------
@@ -442,28 +584,47 @@ class Pipeline:
     def _out(self, z: Tensor) -> Tensor:
         return self.space.decode(z).float().cpu()
 
-    def _cond(self, label: int | str | Tensor | Sequence[int] | None, n: int) -> dict[str, Tensor]:
-        """``class_labels`` for ``n`` rows: one class (name or index) for all, one label per row, or
-        the null class (unconditional) for ``None``; empty for an unconditional model."""
+    def _cond(
+        self, label: int | str | Tensor | Sequence[int] | None, n: int, prompt: str | Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """The condition of ``n`` rows: ``class_labels`` for one class (name or index) for all, one
+        label per row, or the null class (unconditional) for ``None``; and for a text-conditioned
+        model the encoding of ``prompt`` (one for all or one per row; ``None``: the null text).
+        Empty for an unconditional model without text."""
+        from .conditioning import prompt_encoding, prompts_for
+
+        cond: dict[str, Tensor] = {}
+        text = self.text
+        if text is None and prompt is not None:
+            raise ValueError("this model was trained without text; it takes no prompt")
+        if text is not None:
+            prompts = None if prompt is None else prompts_for(n, prompt, self.info)
+            cond.update(prompt_encoding(text, prompts, n).to(self.device).as_cond())
         k = self.info.num_classes
         if not k:
             if label is not None:
                 self.label(label if isinstance(label, int | str) else 0)  # raises: unconditional
-            return {}
+            return cond
         if label is None or isinstance(label, int | str):
             y = self.label(label)
-            return {"class_labels": torch.full((n,), k if y is None else y, dtype=torch.long, device=self.device)}
-        labels = _labels(n, label, self.info)
-        assert labels is not None
-        return {"class_labels": labels.to(self.device)}
+            labels = torch.full((n,), k if y is None else y, dtype=torch.long, device=self.device)
+            return {"class_labels": labels, **cond}
+        out = _labels(n, label, self.info)
+        assert out is not None
+        return {"class_labels": out.to(self.device), **cond}
 
-    def _batch(self, x: Tensor, n: int, label: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    def _batch(
+        self, x: Tensor, n: int, label: Any, prompt: str | Sequence[str] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Examples ``x`` (one or a batch, data units) in the denoiser's space, each repeated ``n``
-        times (rows ``b * n + j``), with their condition: ``label`` one class or one per example."""
+        times (rows ``b * n + j``), with their condition: ``label`` and ``prompt`` each one for all
+        or one per example."""
         z = self._in(x)
         if label is not None and not isinstance(label, int | str):
             label = torch.as_tensor(label, dtype=torch.long).reshape(-1).repeat_interleave(n)
-        return z.repeat_interleave(n, dim=0), self._cond(label, z.shape[0] * n)
+        if prompt is not None and not isinstance(prompt, str):
+            prompt = [q for q in prompt for _ in range(n)]
+        return z.repeat_interleave(n, dim=0), self._cond(label, z.shape[0] * n, prompt)
 
     def _generator(self, s: C.SampleConfig) -> torch.Generator:
         return torch.Generator().manual_seed(s.seed)
@@ -478,12 +639,50 @@ class Pipeline:
         sample: C.SampleConfig | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         **overrides: Any,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> Generated:
         """``n`` new examples (data units, CPU) and their labels; see :func:`generate`. With
-        ``classifier_scale > 0`` the classifier is :meth:`classifier` (trained once, cached)."""
+        ``classifier_scale > 0`` the classifier is :meth:`classifier` (trained once, cached).
+        A text-conditioned model takes ``prompt=`` (one for all or one per sample) and
+        ``negative_prompt=``, like every sampling option."""
         s = self.options(sample, **overrides)
         clf = self.classifier() if s.classifier_scale else None
-        return generate(self.denoiser, self.info, n=n, sample=s, labels=labels, classifier=clf, callback=callback)
+        return generate(
+            self.denoiser,
+            self.info,
+            n=n,
+            sample=s,
+            labels=labels,
+            classifier=clf,
+            callback=callback,
+            checker=self.screen(s),
+        )
+
+    def screen(self, sample: C.SampleConfig | None = None) -> OutputScreen | None:
+        """The output screen ``sample.checker`` names (:mod:`multidiff.screening`), or ``None``."""
+        s = sample or self.options()
+        if s.checker is not None and s.checker.startswith("classifier:"):
+            self._training_data("sample.checker 'classifier:'")
+        return build_screen(s, self.config, self.info, self.device)
+
+    def screened(self, x: Tensor, sample: C.SampleConfig | None = None, *, labels: Tensor | None = None) -> Generated:
+        """Outputs of an edit (data units) through the checker ``sample.checker`` names, with the
+        prompt ``sample.prompt`` (one for all or one per output), as :func:`generate` screens its
+        samples; unchanged (no screening) when no checker is named."""
+        from .conditioning import prompts_for
+
+        s = sample or self.options()
+        given = s.prompt
+        if isinstance(given, list) and len(given) not in (1, len(x)) and len(x) % len(given) == 0:
+            given = [q for q in given for _ in range(len(x) // len(given))]  # one per input, n outputs each
+        prompts = prompts_for(len(x), given, self.info) if given is not None else None
+        screen = self.screen(s)
+        if screen is None:
+            return Generated(x, labels, prompts)
+        out, keep = screen(x.float().cpu(), prompts, labels)
+        if not bool(keep.all()):
+            out, labels = out[keep], None if labels is None else labels[keep]
+            prompts = None if prompts is None else [q for q, k in zip(prompts, keep.tolist()) if k]
+        return Generated(out, labels, prompts, screen.report)
 
     def classifier(self, *, cache_dir: Path | None = None) -> Classifier:
         """``log p(y | x)`` from a classifier of the run's training data (:func:`data_classifier`)."""
@@ -512,7 +711,7 @@ class Pipeline:
         ``replace``, ``repaint``, ``smc``); ``label`` is one class or one per example. Rows
         ``b * n + j``; the known values are returned exactly as given."""
         s = self.options(sample, **overrides)
-        known, cond = self._batch(x, n, label)
+        known, cond = self._batch(x, n, label, s.prompt)
         m = E.check_mask(torch.as_tensor(mask).to(self.device), known)
         out = E.inpaint(
             _guided(self.denoiser, self.info, s),
@@ -547,7 +746,7 @@ class Pipeline:
         denoised, towards ``label`` (one class or one per example) if given
         (:func:`multidiff.editing.sdedit`). Rows ``b * n + j``."""
         s = self.options(sample, **overrides)
-        z, cond = self._batch(x, n, label)
+        z, cond = self._batch(x, n, label, s.prompt)
         out = E.sdedit(
             _guided(self.denoiser, self.info, s),
             z,
@@ -578,7 +777,7 @@ class Pipeline:
         s = self.options(sample, **_unguided(overrides))
         z = self._in(x)[:1]
         sigmas = _grid(s, self.denoiser.schedule)
-        den, cond = _guided(self.denoiser, self.info, s), self._cond(label, 1)
+        den, cond = _guided(self.denoiser, self.info, s), self._cond(label, 1, s.prompt)
         noise = E.invert(den, z, sigmas, solver=solver, cond=cond)
         back = self._out(get_sampler(solver).fn(den, noise, sigmas, cond=cond))
         err = float((back - self._out(z)).pow(2).mean().sqrt())
@@ -593,13 +792,15 @@ class Pipeline:
         *,
         label: int | str | None = None,
         label_b: int | str | None = None,
+        prompt_b: str | None = None,
         solver: str = "dpmpp_2m",
         sample: C.SampleConfig | None = None,
         **overrides: Any,
     ) -> Tensor:
         """``frames`` examples along the spherical path between two inputs' inverted noises, the
-        condition moving linearly from ``label`` to ``label_b`` (:func:`multidiff.editing.interpolate`).
-        Unguided unless ``guidance_scale`` is given."""
+        condition moving linearly from ``label`` to ``label_b`` and from the prompt (``prompt=``,
+        a sampling option) to ``prompt_b`` (:func:`multidiff.editing.interpolate`); a condition
+        not given for the second input is the first's. Unguided unless ``guidance_scale`` is given."""
         s = self.options(sample, **_unguided(overrides))
         den = _guided(self.denoiser, self.info, s)
         out = E.interpolate(
@@ -608,8 +809,10 @@ class Pipeline:
             self._in(x_b)[:1],
             _grid(s, self.denoiser.schedule),
             frames,
-            cond_a=self._cond(label, 1),
-            cond_b=self._cond(label_b if label_b is not None else label, 1),
+            cond_a=self._cond(label, 1, s.prompt),
+            cond_b=self._cond(
+                label_b if label_b is not None else label, 1, prompt_b if prompt_b is not None else s.prompt
+            ),
             solver=solver,
             sampler=solver,
         )
@@ -619,26 +822,28 @@ class Pipeline:
     def diffedit(
         self,
         x: Tensor,
-        label: int | str,
+        label: int | str | None = None,
         *,
         reference: int | str | None = None,
+        reference_prompt: str | None = None,
         strength: float = 0.5,
         threshold: float = 0.5,
         sample: C.SampleConfig | None = None,
         **overrides: Any,
     ) -> tuple[Tensor, Tensor]:
-        """DiffEdit of one example towards class ``label`` only where the model's estimates under
-        ``label`` and ``reference`` (default: unconditional) disagree; returns ``(edited, mask)``
-        (:func:`multidiff.editing.diffedit`)."""
-        if label is None:
-            raise ValueError("diffedit needs the class to edit towards")
+        """DiffEdit of one example towards class ``label`` and/or the prompt (``prompt=``, a
+        sampling option) only where the model's estimates under that query and under the reference
+        (``reference`` class, ``reference_prompt``; default: unconditional, the null text) disagree;
+        returns ``(edited, mask)`` (:func:`multidiff.editing.diffedit`)."""
         s = self.options(sample, **overrides)
+        if label is None and s.prompt is None:
+            raise ValueError("diffedit needs what to edit towards: a class or a prompt")
         z = self._in(x)[:1]
         out, mask = E.diffedit(
-            _guided(self.denoiser, self.info, s.model_copy(update={"negative_class": None})),
+            _guided(self.denoiser, self.info, s.model_copy(update={"negative_class": None, "negative_prompt": None})),
             z,
-            cond_query=self._cond(label, 1),
-            cond_ref=self._cond(reference, 1),
+            cond_query=self._cond(label, 1, s.prompt),
+            cond_ref=self._cond(reference, 1, reference_prompt),
             strength=strength,
             steps=s.steps,
             grid=s.grid,
@@ -688,7 +893,10 @@ def load_pipeline(
     if modality is not None and cfg.adapter.name != modality:
         raise ValueError(f"{path} holds a {cfg.adapter.name} model, not a {modality} one")
     info = DataInfo.from_json(ckpt.meta["data_info"])
-    den = build_denoiser(cfg, info)
-    load_state_dict_checked(den.net, ckpt.weights(weights), str(ckpt.path))
+    state = ckpt.weights(weights)
+    from .conditioning import load_text_encoder
+
+    den = build_denoiser(cfg, info, text=load_text_encoder(cfg, state))
+    load_state_dict_checked(den.net, state, str(ckpt.path))
     den = den.to(resolve_device(device)).eval().requires_grad_(False)
     return Pipeline(den, cfg, info, ckpt)

@@ -30,6 +30,7 @@ sentence-transformers only when such an encoder is built.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -45,7 +46,8 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, TypeAdapter
+from pydantic import Field, TypeAdapter, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from .distributed import current_rows
@@ -57,6 +59,8 @@ __all__ = [
     "TextEncoder",
     "NullText",
     "drop_text",
+    "text_drop_mask",
+    "with_null_rows",
     "Tokenizer",
     "LearnedTextEncoder",
     "MiniLMEncoder",
@@ -209,10 +213,25 @@ def drop_text(encoded: TextEncoding, null: NullText, p: float, generator: torch.
     """
     if p <= 0:
         return encoded
+    return with_null_rows(encoded, null, text_drop_mask(len(encoded), p, generator).to(encoded.states.device))
+
+
+def text_drop_mask(batch: int, p: float, generator: torch.Generator) -> Tensor:
+    """``(batch,)`` bool, True for the rows :func:`drop_text` replaces by the null embedding: one
+    uniform draw per example of the global batch from ``generator`` (on its device), sliced to
+    this process's rows (:func:`multidiff.distributed.current_rows`). All False for ``p <= 0``,
+    with the draws still made, so the random stream does not depend on ``p``."""
+    return current_rows(batch).draw(torch.rand, (), generator) < p
+
+
+def with_null_rows(encoded: TextEncoding, null: NullText, drop: Tensor) -> TextEncoding:
+    """``encoded`` with the rows where ``drop (B,)`` is True replaced by the null embedding (states,
+    mask and pooled alike), padded to the longer of the two; no host read (``torch.where``), and
+    the null takes part in the graph even where no row is dropped (so data-parallel training sees
+    its gradient, zero or not, every step)."""
     b = len(encoded)
     if encoded.length < null.length:
         encoded = encoded.pad_to(null.length)
-    drop = current_rows(b).draw(torch.rand, (), generator).to(encoded.states.device) < p  # (B,)
     nul = null.encoding(b, encoded.length)
     return TextEncoding(
         torch.where(drop[:, None, None], nul.states.to(encoded.states.dtype), encoded.states),
@@ -304,6 +323,18 @@ class _FrozenBackbone(TextEncoder):
         if backbone is not None:
             backbone._apply(fn)
         return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _FrozenBackbone:
+        """A copy that shares the frozen backbone and its tokenizer (they never change; an EMA copy
+        of a network beside a frozen encoder does not hold a second copy of the model)."""
+        for key in ("_backbone", "_tokenizer"):
+            if key in self.__dict__:
+                memo[id(self.__dict__[key])] = self.__dict__[key]
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
 
 # ---------------------------------------------------------------- the learned encoder
@@ -805,6 +836,14 @@ class LearnedTextConfig(_TextConfigBase):
     heads: int = Field(4, ge=1)
     level: Literal["word", "char"] = "word"
     min_count: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> LearnedTextConfig:
+        if self.width % self.heads:
+            raise PydanticCustomError(  # named as text.heads
+                "text_heads", f"width ({self.width}) must be divisible by heads ({self.heads})", {"loc": ("heads",)}
+            )
+        return self
 
 
 class MiniLMTextConfig(_TextConfigBase):

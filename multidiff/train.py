@@ -54,7 +54,8 @@ from .cuda_graphs import graphs_enabled, side_stream, warm_up_and_capture
 from .denoiser import Denoiser
 from .distributed import Rows, current_rows, global_rows, setup
 from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_normal, sample_sigma_uniform_t
-from .pipeline import build_denoiser, data_classifier, generate, resolve_device
+from .pipeline import build_denoiser, data_classifier, generate, resolve_device, write_record
+from .screening import build_screen
 
 __all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels", "read_metrics"]
 
@@ -98,17 +99,21 @@ class _EpochBatches(Sampler[list[int]]):
         self.n, self.batch, self.seed, self.start = n, batch, seed, start
         self.rows = rows or Rows(0, batch, batch)
         self.per_epoch = n // batch
+        self._perm: tuple[int, Tensor] | None = None  # (epoch, permutation) of the last batch asked for
+
+    def indices(self, k: int) -> list[int]:
+        """This process's example indices of micro-step ``k`` (a pure function of ``k``)."""
+        e, i = divmod(k, self.per_epoch)
+        if self._perm is None or self._perm[0] != e:
+            g = torch.Generator().manual_seed(step_seed(self.seed, -1 - e))
+            self._perm = (e, torch.randperm(self.n, generator=g))
+        first = i * self.batch
+        return self._perm[1][first + self.rows.start : first + self.rows.stop].tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         k = self.start
-        perm, epoch = None, -1
         while True:
-            e, i = divmod(k, self.per_epoch)
-            if e != epoch:
-                g = torch.Generator().manual_seed(step_seed(self.seed, -1 - e))
-                perm, epoch = torch.randperm(self.n, generator=g), e
-            first = i * self.batch
-            yield perm[first + self.rows.start : first + self.rows.stop].tolist()
+            yield self.indices(k)
             k += 1
 
     def __len__(self) -> int:  # the DataLoader asks; the stream is endless
@@ -194,7 +199,17 @@ class Trainer:
             raise ValueError(
                 f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} examples); lower it"
             )
-        self.denoiser: Denoiser = build_denoiser(cfg, self.info).to(self.device)
+        # --- text conditioning (multidiff.conditioning): the encoder beside the network, each example's text
+        self.text = None
+        if cfg.run.text is not None:
+            from .conditioning import training_text
+
+            self.text = training_text(cfg, self.dataset, self.world, self.device)
+            self.info = self.text.describe(self.info)  # its example prompts: a checkpoint's default prompts
+            self._examples = _EpochBatches(len(self.dataset), t.batch_size, t.seed, 0, self.rows)
+        text_encoder = self.text.encoder if self.text is not None else None
+        # --- end text conditioning
+        self.denoiser: Denoiser = build_denoiser(cfg, self.info, text=text_encoder).to(self.device)
         self.net = self.denoiser.net
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.ema_denoiser = self.denoiser.with_net(self.ema)
@@ -255,7 +270,9 @@ class Trainer:
         ckpt = find_checkpoint(path)
         state = ckpt.weights("ema")
         if self.info.num_classes > 0:
-            state = grow_class_embedding(state, "class_embed.weight", self.info.num_classes)
+            # text conditioning: the network sits in a TextConditionedNet, under "net."
+            key = "net.class_embed.weight" if self.text is not None else "class_embed.weight"
+            state = grow_class_embedding(state, key, self.info.num_classes)
         load_state_dict_checked(self.net, state, str(ckpt.path))
         self.ema.load_state_dict(self.net.state_dict())
 
@@ -328,6 +345,8 @@ class Trainer:
             "modality": self.adapter.name,
             "parameters": sum(p.numel() for p in self.net.parameters()),
         }
+        if self.text is not None:  # text conditioning: what the encoder is (its weights are the model's)
+            meta["text"] = self.text.meta()
         return save_checkpoint(
             self.run_dir,
             self.step,
@@ -384,6 +403,8 @@ class Trainer:
             if self.info.num_classes > 0:
                 labels = labels.to(self.device, non_blocking=True).long()
                 cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
+            if self.text is not None:  # text conditioning: the examples' text, some rows dropped to the null
+                cond.update(self.text.inputs(self._examples.indices(k), g, self.device))
         sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
         noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on self.device
         return x0, sigma, noise, cond
@@ -486,8 +507,12 @@ class Trainer:
         self.ema_denoiser.eval()
         s = self.cfg.run.sample
         clf = data_classifier(self.cfg, self.info, self.device) if s.classifier_scale else None
-        x, labels = generate(self.ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback)
-        paths = self.adapter.save_samples(x, self.run_dir / "samples" / tag, self.info, labels=labels)
+        screen = build_screen(s, self.cfg, self.info, self.device)
+        out = generate(
+            self.ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback, checker=screen
+        )
+        paths = self.adapter.save_samples(out.x, self.run_dir / "samples" / tag, self.info, labels=out.labels)
+        paths += write_record(self.run_dir / "samples" / tag, out, {"step": self.step})  # prompts, screening
         self.world.barrier()
         return paths
 

@@ -315,7 +315,18 @@ def test_every_model_key_reaches_the_network(modality: str, shape: tuple[int, ..
         base_net = adapter.build_network(mc(preset=preset), info, noise_scale=1.0)
         assert isinstance(base_net, cls)
         base = _network_fingerprint(base_net)
+        # the cross-attention keys act on a network built for a text encoder's widths (model.with_text)
+        cross = {"cross_attention_levels": [0], "cross_attention_resolutions": [shape[-1]]}
+        base_text = _network_fingerprint(
+            adapter.build_network(mc(preset=preset).with_text(16, 8), info, noise_scale=1.0)
+        )
+        assert base_text != base
         for key in sorted(keys):
+            if key in cross:
+                model = mc(preset=preset, **{key: cross[key]}).with_text(16, 8)
+                net = adapter.build_network(model, info, noise_scale=1.0)
+                assert _network_fingerprint(net) != base_text, f"{modality} {backbone} model.{key} changes nothing"
+                continue
             value = resolved[key] if key in resolved else defaults[key]
             model = mc(preset=preset, **{key: _another(key, value)})
             net = adapter.build_network(model, info, noise_scale=1.0)

@@ -208,8 +208,10 @@ def test_a_truncated_checkpoint_is_refused_by_name_and_the_previous_one_still_lo
 
 def _config_models() -> list[type]:
     from multidiff import registry
+    from multidiff.text import HFTextConfig, LearnedTextConfig, MiniLMTextConfig
 
     models = [C.RunConfig, C.DiffusionConfig, C.TrainConfig, C.SampleConfig, *C.SCHEDULE_CONFIGS.values()]
+    models += [LearnedTextConfig, MiniLMTextConfig, HFTextConfig]
     for name in ("image", "audio", "voxel"):
         adapter = registry.load_modality(name)
         models += [adapter.ModelConfig, adapter.DataConfig]

@@ -73,16 +73,34 @@ class ImageModelConfig(PresetModelConfig):
 
     preset: Literal["tiny", "small", "ddpm_cifar10", "dit_tiny"] = "tiny"
     attention_resolutions: list[int] | None = None
+    # text conditioning: cross-attention at these sides (as attention_resolutions); or give
+    # cross_attention_levels; neither: where self-attention is
+    cross_attention_resolutions: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _one_cross_attention_key(self) -> ImageModelConfig:
+        if self.cross_attention_resolutions is not None and self.cross_attention_levels is not None:
+            raise PydanticCustomError(  # named as model.cross_attention_levels
+                "cross_attention_keys",
+                "give cross_attention_resolutions (image sides) or cross_attention_levels, not both",
+                {"loc": ("cross_attention_levels",)},
+            )
+        return self
 
     def unet_args(self, info: DataInfo) -> dict[str, Any]:
-        """The preset's UNet arguments, ``attention_resolutions`` (sides) turned into the levels
-        whose side (the larger image side, halved per level) is listed."""
+        """The preset's UNet arguments, ``attention_resolutions`` and ``cross_attention_resolutions``
+        (sides) turned into the levels whose side (the larger image side, halved per level) is listed."""
         r = self.resolved()
         patch = r.get("patch_size", 1)
         patch = [patch] * (len(info.shape) - 1) if isinstance(patch, int) else patch
         side = max(-(-s // p) for s, p in zip(info.shape[1:], patch))  # the first level's side
-        resolutions = r.pop("attention_resolutions")
-        r["attention_levels"] = [lvl for lvl in range(len(r["channel_mult"])) if -(-side // 2**lvl) in resolutions]
+
+        def levels(resolutions: list[int]) -> list[int]:
+            return [lvl for lvl in range(len(r["channel_mult"])) if -(-side // 2**lvl) in resolutions]
+
+        r["attention_levels"] = levels(r.pop("attention_resolutions"))
+        if "cross_attention_resolutions" in r:
+            r["cross_attention_levels"] = levels(r.pop("cross_attention_resolutions"))
         return r
 
 
@@ -117,7 +135,7 @@ class ImageDataConfig(DataConfig):
         if self.captions and self.random_flip:
             raise PydanticCustomError(  # named as data.random_flip
                 "flip_captions",
-                "random_flip mirrors left and right, which captions state (\"leaning left\", \"on the right\"); "
+                'random_flip mirrors left and right, which captions state ("leaning left", "on the right"); '
                 "turn it off with captions: true",
                 {"loc": ("random_flip",)},
             )

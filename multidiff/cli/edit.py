@@ -37,6 +37,15 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Path]:
     return pipe, s, folder
 
 
+def _screened(pipe: Any, out: torch.Tensor, s: Any) -> Any:
+    """The edit's outputs through the checker ``--checker`` (``sample.checker``) names, before
+    anything is written; its counts are printed and go to ``<name>.json`` beside them."""
+    made = pipe.screened(out, s)
+    if made.screening is not None:
+        print(made.screening.summary())
+    return made
+
+
 def _report(paths: list[Path], t0: float, what: str) -> int:
     print(f"{what} in {time.perf_counter() - t0:.1f}s")
     for p in paths:
@@ -63,7 +72,7 @@ def _inpaint(args: argparse.Namespace) -> int:
         sample=s,
     )
     shown = torch.where(mask.expand_as(x), torch.zeros_like(x), x)  # the input with the region blanked
-    paths = pipe.save(shown, folder / "masked_input") + pipe.save(out, folder / "inpainted")
+    paths = pipe.save(shown, folder / "masked_input") + pipe.save(_screened(pipe, out, s), folder / "inpainted")
     return _report(paths, t0, f"inpainted {args.num} ({args.method}, {int(mask.float().mean() * 100)}% generated)")
 
 
@@ -72,7 +81,7 @@ def _sdedit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     x = pipe.read(args.input[0])
     out = pipe.sdedit(x, args.strength, n=args.num, label=args.class_label, sample=s)
-    paths = pipe.save(x, folder / "input") + pipe.save(out, folder / "edited")
+    paths = pipe.save(x, folder / "input") + pipe.save(_screened(pipe, out, s), folder / "edited")
     return _report(paths, t0, f"edited {args.num} at strength {args.strength:g}")
 
 
@@ -93,7 +102,7 @@ def _invert(args: argparse.Namespace) -> int:
             "input": str(args.input[0]),
         },
     )
-    paths = [noise, *pipe.save(inv.reconstruction, folder / "reconstruction")]
+    paths = [noise, *pipe.save(_screened(pipe, inv.reconstruction, s), folder / "reconstruction")]
     top = inv.sigmas[0].item()
     return _report(paths, t0, f"inverted to sigma {top:.3g} and back with {args.solver}: RMS error {inv.error:.2e}")
 
@@ -113,30 +122,38 @@ def _interpolate(args: argparse.Namespace) -> int:
         args.frames,
         label=args.class_label,
         label_b=args.class_b,
+        prompt_b=args.prompt_b,
         solver=args.solver,
         sample=s,
         **_guidance(args),
     )
-    return _report(pipe.save(frames, folder / "frames"), t0, f"decoded {args.frames} frames along the spherical path")
+    made = _screened(pipe, frames, s.model_copy(update={"prompt": None}))  # its prompts are mixed along the path
+    return _report(pipe.save(made, folder / "frames"), t0, f"decoded {args.frames} frames along the spherical path")
 
 
 def _diffedit(args: argparse.Namespace) -> int:
     pipe, s, folder = _load(args)
     t0 = time.perf_counter()
     x = pipe.read(args.input[0])
-    if args.class_label is None:
-        raise ValueError("diffedit needs the class to edit towards: --class")
+    if args.class_label is None and s.prompt is None:
+        raise ValueError("diffedit needs what to edit towards: --class (or --prompt for a text model)")
     out, mask = pipe.diffedit(
         x,
         args.class_label,
         reference=args.reference_class,
+        reference_prompt=args.reference_prompt,
         strength=args.strength,
         threshold=args.threshold,
         sample=s,
     )
     shown = torch.where(mask, torch.zeros_like(x), x)
-    paths = pipe.save(x, folder / "input") + pipe.save(shown, folder / "mask") + pipe.save(out, folder / "edited")
-    what = f"edited {int(mask.float().mean() * 100)}% of the input (the mask) towards class {args.class_label}"
+    edited = pipe.save(_screened(pipe, out, s), folder / "edited")
+    paths = pipe.save(x, folder / "input") + pipe.save(shown, folder / "mask") + edited
+    towards = " and ".join(
+        [f"class {args.class_label}"] * (args.class_label is not None)
+        + [f"prompt {s.prompt!r}"] * (s.prompt is not None)
+    )
+    what = f"edited {int(mask.float().mean() * 100)}% of the input (the mask) towards {towards}"
     return _report(paths, t0, what)
 
 
@@ -196,13 +213,20 @@ def add_parser(sub: Any) -> None:
     p = es.add_parser("interpolate", help="decode the spherical path between two inputs' noises")
     _common(p, "two input files: --input A --input B")
     p.add_argument("--class-b", help="class of the second input; the condition moves linearly from --class to it")
+    p.add_argument(
+        "--prompt-b", help="prompt of the second input (a text model); the condition moves linearly from --prompt to it"
+    )
     p.add_argument("--frames", type=int, default=8, help="number of frames, ends included (default 8)")
     p.add_argument("--solver", choices=E.INVERSION_SOLVERS, default="dpmpp_2m", help="ODE solver (default dpmpp_2m)")
     p.set_defaults(func=_interpolate)
 
-    p = es.add_parser("diffedit", help="edit towards --class only where it disagrees with --reference-class")
+    p = es.add_parser(
+        "diffedit",
+        help="edit towards --class / --prompt only where it disagrees with --reference-class / --reference-prompt",
+    )
     _common(p)
     p.add_argument("--reference-class", help="the input's own class (default: unconditional)")
+    p.add_argument("--reference-prompt", help="a text model: the input's own description (default: the null text)")
     p.add_argument("--strength", type=float, default=0.5, help="encoding strength in [0, 1] (default 0.5)")
     p.add_argument("--threshold", type=float, default=0.5, help="mask threshold in [0, 1] (default 0.5)")
     p.set_defaults(func=_diffedit)

@@ -27,13 +27,15 @@ _DEST = "sample__"
 
 def _kind(annotation: Any) -> tuple[str, tuple[Any, ...]]:
     """A field's annotation as one of: bool, auto_bool, choice (with the choices), pair, mapping,
-    number types or text."""
+    number types, texts (one text or a list: a repeatable flag) or text."""
     args = typing.get_args(annotation)
     origin = typing.get_origin(annotation)
     if origin in (Union, types.UnionType):
         rest = tuple(a for a in args if a is not type(None))
         if bool in rest and any(typing.get_origin(a) is Literal for a in rest):
             return "auto_bool", ()
+        if str in rest and any(typing.get_origin(a) is list for a in rest):
+            return "texts", ()
         if len(rest) == 1:
             return _kind(rest[0])
         return "text", ()
@@ -70,6 +72,8 @@ def add_sample_flags(p: argparse.ArgumentParser, *, exclude: tuple[str, ...] = (
             g.add_argument(*flags, dest=dest, nargs=len(args), type=args[0], metavar=name.upper(), help=help_)
         elif kind == "mapping":
             g.add_argument(*flags, dest=dest, action="append", metavar="KEY=VALUE", help=help_ + " (repeatable)")
+        elif kind == "texts":
+            g.add_argument(*flags, dest=dest, action="append", metavar="TEXT", help=help_ + " (repeatable)")
         elif kind == "number":
             g.add_argument(*flags, dest=dest, type=args[0], metavar=name.upper(), help=help_)
         else:
@@ -94,6 +98,8 @@ def sample_overrides(args: argparse.Namespace) -> dict[str, Any]:
                     raise ValueError(f"{ALIASES['options'][0]} expects KEY=VALUE, got {item!r}")
                 pairs[k.strip()] = _parse_value(v)
             value = pairs
+        elif kind == "texts":
+            value = value[0] if len(value) == 1 else list(value)
         elif isinstance(value, list):
             value = tuple(value)
         out[name] = value

@@ -1,0 +1,340 @@
+"""Text conditioning end to end: a network beside its text encoder, the trainer's per-batch text
+inputs, prompts and guidance's negative branch at sampling time.
+
+The pieces of :mod:`multidiff.text` (encoders, the null embedding, the cache) become a run here:
+
+* :class:`TextConditionedNet` holds the diffusion network and its :class:`~multidiff.text.TextEncoder`
+  as one module, ``net(x, c_noise, **cond)`` like any other, so the optimizer, the EMA, the
+  data-parallel wrapper and the checkpoints take the encoder (a learned one whole, a frozen one's
+  null embedding) with no code of their own. During training it encodes token ids itself, so the
+  learned encoder's gradient flows, and swaps in the null embedding where ``text_drop`` says;
+  at sampling time it takes encoded prompts (``tokens``, ``token_mask``, ``pooled``) and, when
+  it is given none, the null embedding.
+* :class:`TrainingText` is the trainer's side: the encoder built from the training captions (a
+  learned one's vocabulary) or loaded frozen, every example's text (token ids, or a frozen
+  encoder's cached encodings: rank 0 encodes and writes, the other processes read), and each
+  micro-batch's inputs with the caption dropout drawn like the label dropout.
+* :func:`prompt_encoding` and :func:`text_negative`: prompts and negative prompts encoded once per
+  call, all padded to the encoder's ``max_tokens``, so the conditional and the negative branch
+  of classifier-free guidance have one shape and run as one doubled batch.
+
+Every text tensor is padded to the encoder's ``max_tokens``: a masked position changes nothing
+(:class:`multidiff.nn.TokenAttention` gives it weight exactly 0), and fixed shapes let a training
+step run as CUDA graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .captions import captions_of
+from .text import (
+    LearnedTextConfig,
+    LearnedTextEncoder,
+    TextEncoder,
+    TextEncoding,
+    build_text_encoder,
+    encode_cached,
+    text_drop_mask,
+    with_null_rows,
+)
+
+if TYPE_CHECKING:
+    from .config import ResolvedConfig
+    from .distributed import World
+    from .modality import DataInfo
+
+__all__ = [
+    "EXAMPLE_PROMPTS",
+    "TextConditionedNet",
+    "TrainingText",
+    "load_text_encoder",
+    "negative_rows",
+    "prompt_encoding",
+    "prompts_for",
+    "text_encoder_of",
+    "text_negative",
+    "training_text",
+    "with_text_dims",
+]
+
+EXAMPLE_PROMPTS = 16  # distinct training captions kept with a checkpoint: the default prompts
+
+
+class TextConditionedNet(nn.Module):
+    """A diffusion network and its text encoder as one module: ``net(x, c_noise, **cond)``.
+
+    Text arrives in one of two forms (never both):
+
+    * ``text_ids``, ``text_mask`` ``(B, L)``: token ids of a :class:`~multidiff.text.LearnedTextEncoder`,
+      encoded here so its gradient flows (training);
+    * ``tokens (B, L, D)``, ``token_mask (B, L)``, ``pooled (B, P)``: an encoding (a frozen
+      encoder's cached one in training, or prompts encoded once before sampling).
+
+    ``text_drop (B,)`` bool replaces those rows by the encoder's null embedding (caption dropout;
+    always given in training, all False when the dropout is 0, so the null is part of every step's
+    graph). With no text at all the rows get the null embedding: the unconditional model. The
+    remaining ``cond`` (class labels, ``self_cond``) goes to the network unchanged.
+
+    Any attribute the module itself lacks is the network's (``dims``, ``self_condition``), so it
+    stands in for the network wherever one is expected.
+    """
+
+    def __init__(self, net: nn.Module, text: TextEncoder) -> None:
+        super().__init__()
+        self.net = net
+        self.text = text
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            net = self.__dict__.get("_modules", {}).get("net")
+            if net is None:
+                raise
+            return getattr(net, name)
+
+    def forward(
+        self,
+        x: Tensor,
+        c_noise: Tensor,
+        *,
+        text_ids: Tensor | None = None,
+        text_mask: Tensor | None = None,
+        text_drop: Tensor | None = None,
+        tokens: Tensor | None = None,
+        token_mask: Tensor | None = None,
+        pooled: Tensor | None = None,
+        **cond: Any,
+    ) -> Tensor:
+        if text_ids is not None and tokens is not None:
+            raise ValueError("give text as token ids (text_ids) or as an encoding (tokens), not both")
+        if text_ids is not None:
+            if not isinstance(self.text, LearnedTextEncoder):
+                raise ValueError(f"token ids need a learned text encoder, this network's is {type(self.text).__name__}")
+            if text_mask is None:
+                raise ValueError("text_ids need their text_mask")
+            enc = self.text.encode_ids(text_ids, text_mask)
+        elif tokens is not None:
+            if token_mask is None or pooled is None:
+                raise ValueError("an encoding needs tokens, token_mask and pooled together")
+            enc = TextEncoding(tokens, token_mask, pooled)
+        else:
+            enc = self.text.null_encoding(x.shape[0])
+        if text_drop is not None:
+            enc = with_null_rows(enc, self.text.null, text_drop)
+        return self.net(x, c_noise, **enc.as_cond(), **cond)
+
+
+def text_encoder_of(denoiser: Any) -> TextEncoder | None:
+    """The text encoder beside a denoiser's network (:class:`TextConditionedNet`), or ``None``."""
+    net = getattr(denoiser, "net", None)
+    return net.text if isinstance(net, TextConditionedNet) else None
+
+
+def with_text_dims(model: Any, encoder: TextEncoder, modality: str) -> Any:
+    """A copy of a ``model:`` section that builds its network for ``encoder``'s states
+    (``token_dim``) and pooled vector (``pooled_dim``): a
+    :class:`~multidiff.modality.PresetModelConfig`'s :meth:`~multidiff.modality.PresetModelConfig.with_text`.
+    ``ValueError`` for a modality whose model section is not one (its network's arguments are its own)."""
+    from .modality import PresetModelConfig
+
+    if not isinstance(model, PresetModelConfig):
+        raise ValueError(
+            f"text: the {modality!r} modality's model section ({type(model).__name__}) does not build networks "
+            "with cross-attention (it is not a PresetModelConfig); remove the text section"
+        )
+    return model.with_text(encoder.token_dim, encoder.pooled_dim)
+
+
+def load_text_encoder(cfg: ResolvedConfig, weights: dict[str, Tensor]) -> TextEncoder | None:
+    """The text encoder of a saved run (``None`` without a ``text`` section): a learned one rebuilt
+    from the checkpoint's weights (its vocabulary is the tensor ``text.spec_json``), a frozen one
+    built from the config (the checkpoint holds its null embedding, loaded with the network)."""
+    t = cfg.run.text
+    if t is None:
+        return None
+    if isinstance(t, LearnedTextConfig):
+        if "text.spec_json" not in weights:
+            raise ValueError("this checkpoint's config has a learned text encoder, but its weights hold none")
+        return LearnedTextEncoder.from_state_dict(weights, prefix="text.")
+    return build_text_encoder(t)
+
+
+# ---------------------------------------------------------------- training
+
+
+class TrainingText:
+    """A run's text conditioning on the trainer's side.
+
+    Args:
+        encoder: the text encoder (moved to ``device`` here; the trainer moves it with the network).
+        captions: one caption per training example, in the data set's order.
+        dropout: the probability of a caption being replaced by the null embedding.
+        world: the process group (rank 0 writes a frozen encoder's cache first, the others read it).
+        device: where encodings are computed.
+        cache_dir: the text cache (default :func:`multidiff.text.default_text_cache_dir`).
+
+    A learned encoder's captions are tokenized once here, padded to ``max_tokens``; a frozen
+    encoder's are encoded once (:func:`multidiff.text.encode_cached`) and kept on the CPU.
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        captions: Sequence[str],
+        *,
+        dropout: float,
+        world: World | None = None,
+        device: torch.device | str = "cpu",
+        cache_dir: Any = None,
+    ) -> None:
+        self.encoder = encoder.to(device)
+        self.captions = list(captions)
+        self.dropout = float(dropout)
+        self.length = encoder.max_tokens
+        self.ids: Tensor | None = None
+        self.mask: Tensor | None = None
+        self.encoded = None
+        if isinstance(encoder, LearnedTextEncoder):
+            ids, mask = encoder.tokenize(self.captions)
+            pad = self.length - ids.shape[1]
+            self.ids = torch.nn.functional.pad(ids, (0, pad))
+            self.mask = torch.nn.functional.pad(mask, (0, pad))
+        else:
+            main = world is None or world.is_main
+            if not main:  # rank 0 encodes and writes the cache first; the others then read it
+                world.barrier()  # type: ignore[union-attr]
+            self.encoded = encode_cached(encoder, self.captions, cache_dir)
+            if main and world is not None:
+                world.barrier()
+
+    def inputs(
+        self, idx: Sequence[int] | Tensor, generator: torch.Generator, device: torch.device
+    ) -> dict[str, Tensor]:
+        """The network's text inputs for examples ``idx`` (this process's rows of a micro-batch):
+        token ids or the cached encoding, padded to ``max_tokens``, and ``text_drop``, drawn from
+        ``generator`` for the global batch (call it under :func:`multidiff.distributed.global_rows`)."""
+        i = torch.as_tensor(idx, dtype=torch.long)
+        drop = text_drop_mask(len(i), self.dropout, generator).to(device)
+        if self.ids is not None:
+            assert self.mask is not None
+            return {
+                "text_ids": self.ids[i].to(device, non_blocking=True),
+                "text_mask": self.mask[i].to(device, non_blocking=True),
+                "text_drop": drop,
+            }
+        assert self.encoded is not None
+        enc = self.encoded.unique.select(self.encoded.index[i]).pad_to(self.length).to(device)
+        return {**enc.as_cond(), "text_drop": drop}
+
+    def describe(self, info: DataInfo) -> DataInfo:
+        """``info`` with the first :data:`EXAMPLE_PROMPTS` distinct captions (data order) as
+        ``extra["example_prompts"]``: a checkpoint keeps them as its default prompts."""
+        from .modality import DataInfo
+
+        examples = list(dict.fromkeys(self.captions))[:EXAMPLE_PROMPTS]
+        return DataInfo(info.shape, info.num_classes, info.class_names, {**info.extra, "example_prompts": examples})
+
+    def meta(self) -> dict[str, Any]:
+        """What ``meta.json`` records of the encoder (its vocabulary is in the weights)."""
+        enc = self.encoder
+        out: dict[str, Any] = {
+            "kind": enc.spec()["kind"],
+            "token_dim": enc.token_dim,
+            "pooled_dim": enc.pooled_dim,
+            "max_tokens": enc.max_tokens,
+            "captions": len(self.captions),
+            "distinct_captions": len(set(self.captions)),
+        }
+        if isinstance(enc, LearnedTextEncoder):
+            out["vocabulary"] = len(enc.tokenizer)
+        else:
+            out["identity"] = enc.identity()
+        return out
+
+
+def training_text(cfg: ResolvedConfig, dataset: Any, world: World | None, device: torch.device) -> TrainingText | None:
+    """The :class:`TrainingText` of a run's ``text`` section (``None`` without one), from the data
+    set's captions (``data.captions: true``)."""
+    t = cfg.run.text
+    if t is None:
+        return None
+    captions = captions_of(dataset)
+    if captions is None:
+        raise ValueError(
+            f"text: the data set ({cfg.adapter.describe(cfg.data)}) has no captions; set data.captions: true "
+            "with a captioned source"
+        )
+    if len(captions) != len(dataset):
+        raise ValueError(f"the data set has {len(dataset)} examples but {len(captions)} captions")
+    encoder = build_text_encoder(t, captions=captions)
+    return TrainingText(encoder, captions, dropout=t.dropout, world=world, device=device)
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def prompts_for(n: int, prompt: str | Sequence[str] | None, info: DataInfo) -> list[str] | None:
+    """``n`` prompts: one for all, one per sample (a list of ``n``), or, for ``None``, the run's
+    example prompts (``info.extra["example_prompts"]``) in turn; ``None`` when there are none."""
+    if prompt is None:
+        examples = list(info.extra.get("example_prompts") or [])
+        return [examples[i % len(examples)] for i in range(n)] if examples else None
+    if isinstance(prompt, str):
+        return [prompt] * n
+    out = list(prompt)
+    if len(out) == 1:
+        return out * n
+    if len(out) != n:
+        raise ValueError(f"need one prompt for all samples or one per sample ({n}), got {len(out)}")
+    bad = [p for p in out if not isinstance(p, str)]
+    if bad:
+        raise ValueError(f"prompts must be strings, got {bad[0]!r}")
+    return out
+
+
+@torch.no_grad()
+def prompt_encoding(encoder: TextEncoder, prompts: Sequence[str] | None, n: int | None = None) -> TextEncoding:
+    """The encoding of ``prompts`` (each distinct one encoded once), or ``n`` rows of the null
+    embedding for ``None``, padded to ``max_tokens``, on the encoder's device."""
+    if prompts is None:
+        if n is None:
+            raise ValueError("no prompts: say how many null rows")
+        return encoder.null_encoding(n, encoder.max_tokens).to(encoder.device)
+    prompts = list(prompts)
+    distinct = list(dict.fromkeys(prompts))
+    row = {p: i for i, p in enumerate(distinct)}
+    enc = encoder.encode(distinct).pad_to(encoder.max_tokens)
+    return enc.select([row[p] for p in prompts])
+
+
+def text_negative(encoder: TextEncoder, negative_prompt: str | None) -> TextEncoding:
+    """Guidance's negative text, one row padded to ``max_tokens``: the null embedding, or the
+    encoding of ``negative_prompt``."""
+    if negative_prompt is None:
+        return prompt_encoding(encoder, None, 1)
+    if not isinstance(negative_prompt, str):
+        raise ValueError(f"negative_prompt takes one prompt for all samples, got {type(negative_prompt).__name__}")
+    return prompt_encoding(encoder, [negative_prompt])
+
+
+def negative_rows(negative: TextEncoding, cond: dict[str, Any]) -> dict[str, Tensor]:
+    """``negative`` (one row) as the text of a batch whose condition is ``cond``: as many rows as
+    its ``tokens`` and padded (or trimmed of shared padding) to their length, so both branches of
+    guidance stack into one batch."""
+    tokens = cond["tokens"]
+    b, n = tokens.shape[:2]
+    neg = negative if negative.length <= n else negative.trim()
+    if neg.length > n:
+        raise ValueError(f"the negative prompt has {neg.length} tokens, the prompts {n}: pad the prompts")
+    neg = neg.pad_to(n).to(tokens.device, tokens.dtype)
+    return {
+        "tokens": neg.states.expand(b, -1, -1),
+        "token_mask": neg.mask.expand(b, -1),
+        "pooled": neg.pooled.expand(b, -1),
+    }
