@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import reconstruction as R
-from .nn import Attention, Downsample, ResBlock, Upsample, conv_nd, group_norm
+from .nn import Attention, Downsample, ResBlock, Upsample, conv_nd, depth_to_space, group_norm, space_to_depth
 
 __all__ = [
     "AutoencoderKL",
@@ -217,6 +217,10 @@ class AutoencoderKL(nn.Module):
         mid_attention: self-attention between the two middle residual blocks (at the latent grid).
         head_channels: channels per attention head.
         groups: GroupNorm groups (the largest count up to this that divides each width).
+        patch_size: fold each patch of this size (an int for every axis, or one per axis) into
+            channels before the first level and unfold after the last (space-to-depth, as the
+            UNet's ``patch_size``): a first downsampling without convolutions at full resolution,
+            which is what makes 3D grids affordable on a CPU. Part of the total factor.
         odd_sizes: an axis that is not a multiple of its total factor is ``"pad"``-ded at its end
             by replicating the last element (and the decoder's output cropped back when
             :meth:`decode` is given the size), or refused (``"error"``) naming the axis, its size
@@ -239,6 +243,7 @@ class AutoencoderKL(nn.Module):
         mid_attention: bool = True,
         head_channels: int = 64,
         groups: int = 32,
+        patch_size: int | Sequence[int] = 1,
         odd_sizes: str = "pad",
     ) -> None:
         super().__init__()
@@ -253,13 +258,20 @@ class AutoencoderKL(nn.Module):
         self.latent_channels = latent_channels
         self.odd_sizes = odd_sizes
         self.factors = _level_factors(factors, len(channel_mult), dims)
-        self.multiple = tuple(math.prod(f[i] for f in self.factors) for i in range(dims))
+        self.patch = (patch_size,) * dims if isinstance(patch_size, int) else tuple(int(p) for p in patch_size)
+        if len(self.patch) != dims or any(p < 1 for p in self.patch):
+            raise ValueError(
+                f"autoencoder.patch_size must be a positive int or {dims} of them (one per axis of this {dims}-D "
+                f"data), got {patch_size!r}"
+            )
+        self.multiple = tuple(p * math.prod(f[i] for f in self.factors) for i, p in enumerate(self.patch))
+        fold = math.prod(self.patch)
         args = dict(mid_attention=mid_attention, head_channels=head_channels, groups=groups)
         self.encoder = Encoder(
-            dims, in_channels, latent_channels, channels, channel_mult, num_res_blocks, self.factors, **args
+            dims, in_channels * fold, latent_channels, channels, channel_mult, num_res_blocks, self.factors, **args
         )
         self.decoder = Decoder(
-            dims, in_channels, latent_channels, channels, channel_mult, num_res_blocks, self.factors, **args
+            dims, in_channels * fold, latent_channels, channels, channel_mult, num_res_blocks, self.factors, **args
         )
 
     def latent_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
@@ -275,7 +287,8 @@ class AutoencoderKL(nn.Module):
                 if s % m:
                     raise ValueError(
                         f"spatial axis {i} has size {s}, not a multiple of the autoencoder's total downsampling "
-                        f"factor {m} on that axis (factors {[list(f) for f in self.factors]}); use sizes that are "
+                        f"factor {m} on that axis (patch {list(self.patch)}, factors {[list(f) for f in self.factors]}); "
+                        "use sizes that are "
                         f"multiples of {list(self.multiple)}, or odd_sizes 'pad'"
                     )
         return spatial
@@ -291,6 +304,8 @@ class AutoencoderKL(nn.Module):
         pad = [(-s) % m for s, m in zip(spatial, self.multiple)]
         if any(pad):  # F.pad lists axes last-first, (left, right) each: pad at the end of every axis
             x = F.pad(x, [v for p in reversed(pad) for v in (0, p)], mode="replicate")
+        if any(p > 1 for p in self.patch):
+            x = space_to_depth(x, self.patch)
         mean, logvar = self.encoder(x).chunk(2, dim=1)
         return DiagonalGaussian(mean, logvar)
 
@@ -303,6 +318,8 @@ class AutoencoderKL(nn.Module):
                 f"got shape {tuple(z.shape)}"
             )
         out = self.decoder(z)
+        if any(p > 1 for p in self.patch):
+            out = depth_to_space(out, self.patch)
         if size is None:
             return out
         size = tuple(int(s) for s in size)
@@ -370,6 +387,7 @@ def build_autoencoder(a: Any, shape: Sequence[int]) -> AutoencoderKL:
         mid_attention=a.mid_attention,
         head_channels=a.head_channels,
         groups=a.groups,
+        patch_size=a.patch_size,
         odd_sizes=a.odd_sizes,
     )
 
@@ -515,16 +533,17 @@ class AutoencoderObjective:
         return {"task": self.task, "data_shape": list(self.shape), "latent_shape": list(self.latent)}
 
     @torch.no_grad()
-    def sample_files(self, ema: nn.Module, adapter: Any, out: Path, n: int) -> list[Path]:
-        """Reconstructions of the first ``n`` held-out examples (training examples if none are held
-        out) by the EMA weights, beside the originals: ``out/real`` and ``out/reconstructed``."""
+    def sample_files(self, ema: nn.Module, out: Path, callback: Any = None) -> list[Path]:
+        """Reconstructions of the first ``sample.num_samples`` held-out examples (training examples
+        if none are held out) by the EMA weights, beside the originals: ``out/real`` and
+        ``out/reconstructed`` (the modality's files)."""
         from .evaluate import real_examples
 
-        x, _ = real_examples(subset(self.held_out, torch.arange(min(n, len(self.held_out)))))
+        n = min(self.cfg.run.sample.num_samples, len(self.held_out))
+        x, _ = real_examples(subset(self.held_out, torch.arange(n)))
         rec = ema.reconstruct(x)  # type: ignore[operator]
-        return adapter.save_samples(x, out / "real", self.info) + adapter.save_samples(
-            rec.cpu(), out / "reconstructed", self.info
-        )
+        save = self.cfg.adapter.save_samples
+        return save(x, out / "real", self.info) + save(rec.cpu(), out / "reconstructed", self.info)
 
 
 def held_out_examples(adapter: Any, cfg: Any, n: int | None = None) -> tuple[Tensor, Tensor]:

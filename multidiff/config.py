@@ -403,6 +403,8 @@ class AutoencoderConfig(StrictModel):
     # the downsampling factor: one int for every downsampling and axis, or a list with one entry per
     # downsampling (len(channel_mult) - 1 of them), each an int for every axis or one per axis
     factors: int | list[int | list[int]] = 2
+    # space-to-depth before the first level (an int for every axis, or one per axis): part of the total factor
+    patch_size: int | list[int] = 1
     mid_attention: bool = True
     head_channels: int = Field(64, ge=1)
     groups: int = Field(32, ge=1)
@@ -435,6 +437,13 @@ class AutoencoderConfig(StrictModel):
         for f in [v] if isinstance(v, int) else v:
             if (f < 1) if isinstance(f, int) else (not f or any(a < 1 for a in f)):
                 raise ValueError(f"each factor must be a positive int or a list of positive ints (one per axis), got {f}")
+        return v
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: int | list[int]) -> int | list[int]:
+        if (v < 1) if isinstance(v, int) else (not v or any(p < 1 for p in v)):
+            raise ValueError(f"patch_size must be a positive int or a list of positive ints, one per axis, got {v}")
         return v
 
     @field_validator("stft_sizes")

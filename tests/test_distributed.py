@@ -131,6 +131,42 @@ def test_a_checkpoint_resumes_under_another_process_count(tmp_path: Path, one_pr
     assert [r["step"] for r in _MetricsLog.read(run / "metrics.csv")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # real torchrun processes
+def test_two_processes_train_the_autoencoder_and_discriminator_of_one(tmp_path: Path) -> None:
+    """task: autoencoder under DDP: the autoencoder (posterior noise drawn for the global batch) and
+    its discriminator (a second DDP module and optimizer, from step 1 on) match one process."""
+    d = {
+        "modality": "image",
+        "task": "autoencoder",
+        "out_dir": "run",
+        "data": {"source": "digits", "size": 8, "limit": 64, "random_flip": True},
+        "autoencoder": {
+            "channels": 4,
+            "channel_mult": [1, 2],
+            "head_channels": 8,
+            "disc_weight": 0.5,
+            "disc_start": 1,
+            "disc_channels": 4,
+            "disc_layers": 2,
+        },
+        "train": {"steps": 3, "batch_size": 8, "grad_accum": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": 3},
+    }
+    d["train"].update(progress=False, device="cpu")
+    one = tmp_path / "one"
+    Trainer(C.resolve_config({**d, "out_dir": str(one)})).fit()
+    _torchrun(tmp_path / "ddp", 2, d)
+    run = tmp_path / "ddp" / "ranks" / "rank0" / "run"
+    (model, ema), (ref_model, ref_ema) = _weights(run), _weights(one)
+    assert _max_diff(model, ref_model) < 2e-4 and _max_diff(ema, ref_ema) < 2e-4
+    disc = torch.load(list_checkpoints(run)[-1] / "state.pt", weights_only=True)["aux"]
+    ref_disc = torch.load(list_checkpoints(one)[-1] / "state.pt", weights_only=True)["aux"]
+    assert _max_diff(disc, ref_disc) < 2e-4
+    rows, ref = _MetricsLog.read(run / "metrics.csv"), _MetricsLog.read(one / "metrics.csv")
+    for key in ("loss", "grad_norm", "l1", "kl", "adv", "disc"):
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-4, abs=1e-6), key
+    assert ref[-1]["disc"] > 0
+
+
 # --- the pieces, on one process -------------------------------------------------------------
 
 
