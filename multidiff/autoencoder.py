@@ -441,7 +441,9 @@ class AutoencoderObjective:
 
     task = "autoencoder"
 
-    def __init__(self, cfg: Any, info: Any, device: torch.device, autocast: Callable[[], AbstractContextManager]) -> None:
+    def __init__(
+        self, cfg: Any, info: Any, device: torch.device, autocast: Callable[[], AbstractContextManager]
+    ) -> None:
         a = cfg.autoencoder
         self.a = a
         self.cfg = cfg
@@ -458,9 +460,11 @@ class AutoencoderObjective:
         self.aux: nn.Module | None = None
         if a.disc_weight > 0:
             self.aux = PatchDiscriminator(len(self.shape) - 1, self.shape[0], a.disc_channels, a.disc_layers).to(device)
-        self.part_names = tuple(
-            n for n, w in (("l1", a.l1), ("l2", a.l2), ("stft", a.stft), ("surface", a.surface)) if w
-        ) + ("kl",) + (("adv", "disc") if self.aux is not None else ())
+        self.part_names = (
+            tuple(n for n, w in (("l1", a.l1), ("l2", a.l2), ("stft", a.stft), ("surface", a.surface)) if w)
+            + ("kl",)
+            + (("adv", "disc") if self.aux is not None else ())
+        )
         self.parts: dict[str, Tensor] = {}
         self._kept: tuple[Tensor, Tensor] | None = None
         self.graph_blockers = {"task: autoencoder runs eagerly (its step is not captured yet)": True}
@@ -588,9 +592,7 @@ def load_autoencoder(
     info = DataInfo.from_json(ckpt.meta["data_info"])
     shape = tuple(ckpt.meta.get("data_shape", info.shape))
     if data_shape is not None and tuple(int(s) for s in data_shape) != shape:
-        raise ValueError(
-            f"{path} holds an autoencoder trained on examples of shape {shape}, not {tuple(data_shape)}"
-        )
+        raise ValueError(f"{path} holds an autoencoder trained on examples of shape {shape}, not {tuple(data_shape)}")
     net = build_autoencoder(cfg.autoencoder, shape)
     load_state_dict_checked(net, ckpt.weights(weights), str(ckpt.path))
     net = net.to(resolve_device(device)).eval().requires_grad_(False)

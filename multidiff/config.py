@@ -436,7 +436,9 @@ class AutoencoderConfig(StrictModel):
     def _factors(cls, v: int | list[int | list[int]]) -> int | list[int | list[int]]:
         for f in [v] if isinstance(v, int) else v:
             if (f < 1) if isinstance(f, int) else (not f or any(a < 1 for a in f)):
-                raise ValueError(f"each factor must be a positive int or a list of positive ints (one per axis), got {f}")
+                raise ValueError(
+                    f"each factor must be a positive int or a list of positive ints (one per axis), got {f}"
+                )
         return v
 
     @field_validator("patch_size")

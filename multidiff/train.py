@@ -188,9 +188,7 @@ class DiffusionObjective:
 
     task = "diffusion"
 
-    def __init__(
-        self, cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any]
-    ) -> None:
+    def __init__(self, cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any]) -> None:
         self.cfg, self.info, self.device, self.autocast = cfg, info, device, autocast
         self.denoiser: Denoiser = build_denoiser(cfg, info).to(device)
         self.net: nn.Module = self.denoiser.net
@@ -206,6 +204,7 @@ class DiffusionObjective:
 
     def train_subset(self, dataset: Any) -> Any:
         return dataset
+
     def _sigmas(self, n: int, g: torch.Generator) -> Tensor:
         d = self.cfg.run.diffusion
         sched = self.denoiser.schedule
@@ -275,9 +274,7 @@ class DiffusionObjective:
         return self.cfg.adapter.save_samples(x, out, self.info, labels=labels)
 
 
-def build_objective(
-    cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any]
-) -> Objective:
+def build_objective(cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any]) -> Objective:
     """The objective of the run's ``task`` (on ``device``; ``autocast()`` the precision context)."""
     if cfg.run.task == "autoencoder":
         from .autoencoder import AutoencoderObjective
