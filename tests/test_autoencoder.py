@@ -76,7 +76,7 @@ def test_the_autoencoder_learns_a_fixed_batch_at_every_rank(dims: int) -> None:
     eps = torch.randn(4, *ae.latent_shape(shape), generator=torch.Generator().manual_seed(1))
     opt = torch.optim.Adam(ae.parameters(), 3e-3)
     losses = []
-    for _ in range(30):
+    for _ in range(20):
         rec, post = ae(x, eps)
         loss = (R.l1_error(rec, x) + 1e-6 * post.kl() / x[0].numel()).mean()
         opt.zero_grad()
@@ -85,7 +85,7 @@ def test_the_autoencoder_learns_a_fixed_batch_at_every_rank(dims: int) -> None:
         losses.append(float(loss.detach()))
     assert post.mean.shape == (4, *ae.latent_shape(shape)) and rec.shape == x.shape
     assert all(math.isfinite(v) for v in losses)
-    assert losses[-1] < 0.6 * losses[0], losses
+    assert losses[-1] < 0.6 * losses[0], losses  # seen: 0.23 to 0.33 of the first loss
 
 
 @pytest.mark.parametrize(
@@ -210,7 +210,7 @@ def test_autoencoder_runs_train_at_every_rank_and_record_task_and_shapes(runs: d
 FIGURES = {
     "image": ["psnr", "worst_psnr"],
     "audio": ["snr_db", "lsd_db", "pitch_accuracy"],
-    "voxel": ["iou", "chamfer"],
+    "voxel": ["iou", "chamfer", "chamfer_floor"],
 }
 
 
@@ -316,3 +316,18 @@ def test_modality_defaults_fill_the_autoencoder_section(tmp_path: Path) -> None:
     # the saved config resolves to the same section
     cfg = C.resolve_config(_run("voxel", tmp_path))
     assert C.resolve_config(cfg.to_json()).autoencoder == cfg.autoencoder
+
+
+def test_the_train_command_trains_an_autoencoder_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tmp_path / "ae.yaml"
+    d = _run("audio", tmp_path / "run")
+    d["train"]["steps"] = 1
+    cfg.write_text(yaml.safe_dump(d))
+    assert cli.main(["train", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "multidiff train: autoencoder of audio from tones, 256 samples at 8000 Hz" in out
+    assert "-> latent (8, 64)" in out and "done: step 1" in out
+    assert cli.main(["sample", str(tmp_path / "run")]) == 2  # an autoencoder does not sample
+    assert "does not sample" in capsys.readouterr().err

@@ -261,7 +261,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
             "channels": 16,
             "channel_mult": [1, 2, 4],
             "factors": 4,
-            "latent_channels": 16,
+            "latent_channels": 8,
         }
 
     def reconstruction_figures(
