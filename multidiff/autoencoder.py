@@ -363,7 +363,9 @@ class PatchDiscriminator(nn.Module):
         c = channels
         for n in range(1, layers + 1):
             out = channels * min(2**n, 8)
-            seq += [conv_nd(dims, c, out, 3, stride=2 if n < layers else 1, padding=1), group_norm(out)]
+            # no bias before a norm, which would remove it (LDM's, before its BatchNorm, has none either)
+            conv = conv_nd(dims, c, out, 3, stride=2 if n < layers else 1, padding=1, bias=False)
+            seq += [conv, group_norm(out)]
             seq.append(nn.LeakyReLU(0.2))
             c = out
         seq.append(conv_nd(dims, c, 1, 3, padding=1))

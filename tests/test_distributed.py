@@ -153,17 +153,24 @@ def test_two_processes_train_the_autoencoder_and_discriminator_of_one(tmp_path: 
     }
     d["train"].update(progress=False, device="cpu")
     one = tmp_path / "one"
+    init = Trainer(C.resolve_config({**d, "out_dir": str(tmp_path / "init")})).net.state_dict()
     Trainer(C.resolve_config({**d, "out_dir": str(one)})).fit()
     _torchrun(tmp_path / "ddp", 2, d)
     run = tmp_path / "ddp" / "ranks" / "rank0" / "run"
+    rows, ref = _MetricsLog.read(run / "metrics.csv"), _MetricsLog.read(one / "metrics.csv")
+    for key in ("loss", "grad_norm", "l1", "kl", "adv", "disc"):  # seen: 1e-6 relative at most
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-7), key
     (model, ema), (ref_model, ref_ema) = _weights(run), _weights(one)
-    assert _max_diff(model, ref_model) < 2e-4 and _max_diff(ema, ref_ema) < 2e-4
     disc = torch.load(list_checkpoints(run)[-1] / "state.pt", weights_only=True)["aux"]
     ref_disc = torch.load(list_checkpoints(one)[-1] / "state.pt", weights_only=True)["aux"]
-    assert _max_diff(disc, ref_disc) < 2e-4
-    rows, ref = _MetricsLog.read(run / "metrics.csv"), _MetricsLog.read(one / "metrics.csv")
-    for key in ("loss", "grad_norm", "l1", "kl", "adv", "disc"):
-        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-4, abs=1e-6), key
+    moved = _mean_diff(ref_model, {k: v.float() for k, v in init.items()})
+    for a, b in ((model, ref_model), (ema, ref_ema)):
+        # Adam moves a parameter by at most lr per step; one whose true gradient is 0 (a conv bias
+        # that a GroupNorm of one channel per group removes) moves on float rounding alone, up to
+        # lr per step either way (seen: 9.8e-4 after 3 steps at lr 1e-3). On average the weights
+        # agree to a thousandth of how far training moved them (seen: 1.6e-6 against 1.5e-3).
+        assert _max_diff(a, b) <= 2 * 3 * 1e-3 and _mean_diff(a, b) < 1e-2 * moved, (_max_diff(a, b), moved)
+    assert _max_diff(disc, ref_disc) < 1e-5  # no such parameter in the discriminator (seen: 5e-8)
     assert ref[-1]["disc"] > 0
 
 
