@@ -209,7 +209,7 @@ def test_autoencoder_runs_train_at_every_rank_and_record_task_and_shapes(runs: d
 
 FIGURES = {
     "image": ["psnr", "worst_psnr"],
-    "audio": ["snr_db", "lsd_db", "pitch_accuracy"],
+    "audio": ["snr_db", "median_snr_db", "lsd_db", "pitch_accuracy"],
     "voxel": ["iou", "chamfer", "chamfer_floor"],
 }
 

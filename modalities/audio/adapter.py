@@ -238,6 +238,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
 
     reconstruction_help: ClassVar[dict[str, str]] = {
         "snr_db": "signal-to-noise ratio of each reconstruction against its clip, dB, mean over clips (higher is better)",
+        "median_snr_db": "the median SNR over clips",
         "worst_snr_db": "the lowest SNR of any clip",
         "lsd_db": "log-spectral distance, dB (512-sample frames), mean over clips (lower is better)",
         "pitch_accuracy": "reconstructions whose pitch is their clip's class (tone set; higher is better)",
@@ -275,6 +276,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
         snr = snr_db(recon, x)
         out = {
             "snr_db": float(snr[torch.isfinite(snr)].mean()),
+            "median_snr_db": float(snr.median()),
             "worst_snr_db": float(snr.min()),
             "lsd_db": float(log_spectral_distance(recon, x).mean()),
         }
