@@ -331,3 +331,24 @@ def test_the_train_command_trains_an_autoencoder_and_says_so(
     assert "-> latent (8, 64)" in out and "done: step 1" in out
     assert cli.main(["sample", str(tmp_path / "run")]) == 2  # an autoencoder does not sample
     assert "does not sample" in capsys.readouterr().err
+
+
+SMALL_DATA = {
+    "image_digits_ae.yaml": ["data.size=8", "data.limit=40"],
+    "audio_tones_ae.yaml": ["data.length=256", "data.per_class=2"],
+    "voxel_shapes_ae.yaml": ["data.resolution=8", "data.per_class=2"],
+}
+
+
+@pytest.mark.parametrize("config", sorted(SMALL_DATA))
+def test_the_shipped_autoencoder_configs_train_on_small_data(config: str, tmp_path: Path) -> None:
+    """Each shipped autoencoder config, its network and losses as shipped, on a few small examples."""
+    root = Path(__file__).resolve().parents[1]
+    sets = SMALL_DATA[config] + ["train.steps=1", "train.batch_size=4", "train.progress=false"]
+    sets += ["train.sample_every=0", "train.checkpoint_every=0", "train.device=cpu"]
+    out = tmp_path / "run"
+    args = ["train", str(root / "configs" / config), "--out-dir", str(out), *[x for s in sets for x in ("--set", s)]]
+    assert cli.main(args) == 0
+    meta = find_checkpoint(out).meta
+    assert meta["task"] == "autoencoder" and meta["step"] == 1
+    assert math.isfinite(_MetricsLog.read(out / "metrics.csv")[-1]["loss"])
