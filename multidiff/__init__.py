@@ -10,6 +10,9 @@ The core knows no modality. Its pieces, each a module:
 * :mod:`multidiff.samplers`: every sampler as a plain function, found by name;
 * :mod:`multidiff.guidance`: classifier-free and classifier guidance as denoiser transforms;
 * :mod:`multidiff.testing`: the exact Gaussian-mixture denoiser for closed-form checks.
+* :mod:`multidiff.autoencoder`: the rank-generic KL autoencoder of latent diffusion (``task: autoencoder``);
+* :mod:`multidiff.reconstruction`: its reconstruction losses (L1/L2, multi-resolution STFT, the
+  error near a surface, hinge GAN) and figures (PSNR, SNR, log-spectral distance).
 
 ``import multidiff`` stays light: it imports torch and nothing of torchaudio, torchvision or trimesh.
 """

@@ -42,7 +42,9 @@ __all__ = [
     "SCHEDULE_KINDS",
     "schedule_config",
     "migrate_config",
+    "AutoencoderConfig",
     "DiffusionConfig",
+    "TASKS",
     "TrainConfig",
     "SampleConfig",
     "RunConfig",
@@ -397,11 +399,112 @@ class SampleConfig(StrictModel):
         return self
 
 
+class AutoencoderConfig(StrictModel):
+    """``task: autoencoder``: the :class:`~multidiff.autoencoder.AutoencoderKL` and its losses.
+
+    A key a run does not give takes the modality's default
+    (:meth:`~multidiff.modality.Modality.autoencoder_defaults`: which reconstruction losses its
+    data wants, the downsampling that suits it), then the default here. Loss weights: ``l1``,
+    ``l2`` (waveform / pixel / voxel error), ``stft`` (multi-resolution STFT over the last axis,
+    FFT sizes ``stft_sizes``), ``surface`` (the error where ``|target| < surface_band`` or its sign
+    changes: SDF and occupancy grids), ``kl_weight`` (KL per data element: LDM's unit, see
+    :mod:`multidiff.autoencoder`), and a patch discriminator's hinge loss (``disc_weight``; 0 is
+    none) from step ``disc_start`` on, adaptively weighted as LDM's with ``disc_adaptive``.
+    ``holdout``: the seeded fraction of the data never trained on, which ``multidiff eval`` judges.
+    """
+
+    latent_channels: int = Field(4, ge=1)
+    channels: int = Field(32, ge=1)
+    channel_mult: list[int] = [1, 2, 4]
+    num_res_blocks: int = Field(1, ge=1)
+    # the downsampling factor: one int for every downsampling and axis, or a list with one entry per
+    # downsampling (len(channel_mult) - 1 of them), each an int for every axis or one per axis
+    factors: int | list[int | list[int]] = 2
+    # space-to-depth before the first level (an int for every axis, or one per axis): part of the total factor
+    patch_size: int | list[int] = 1
+    mid_attention: bool = True
+    head_channels: int = Field(64, ge=1)
+    groups: int = Field(32, ge=1)
+    odd_sizes: Literal["pad", "error"] = "pad"
+    kl_weight: float = Field(1e-6, ge=0)
+    l1: float = Field(1.0, ge=0)
+    l2: float = Field(0.0, ge=0)
+    stft: float = Field(0.0, ge=0)
+    stft_sizes: list[int] = [2048, 1024, 512, 256, 128, 64, 32]
+    surface: float = Field(0.0, ge=0)
+    surface_band: float = Field(0.25, gt=0)
+    disc_weight: float = Field(0.0, ge=0)
+    disc_start: int = Field(0, ge=0)
+    disc_adaptive: bool = False
+    disc_channels: int = Field(32, ge=1)
+    disc_layers: int = Field(3, ge=1)
+    disc_lr: float | None = Field(None, gt=0)
+    holdout: float = Field(0.1, ge=0, lt=1)
+
+    @field_validator("channel_mult")
+    @classmethod
+    def _mult(cls, v: list[int]) -> list[int]:
+        if not v or any(m < 1 for m in v):
+            raise ValueError(f"channel_mult must be a non-empty list of positive ints, got {v}")
+        return v
+
+    @field_validator("factors")
+    @classmethod
+    def _factors(cls, v: int | list[int | list[int]]) -> int | list[int | list[int]]:
+        for f in [v] if isinstance(v, int) else v:
+            if (f < 1) if isinstance(f, int) else (not f or any(a < 1 for a in f)):
+                raise ValueError(
+                    f"each factor must be a positive int or a list of positive ints (one per axis), got {f}"
+                )
+        return v
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v: int | list[int]) -> int | list[int]:
+        if (v < 1) if isinstance(v, int) else (not v or any(p < 1 for p in v)):
+            raise ValueError(f"patch_size must be a positive int or a list of positive ints, one per axis, got {v}")
+        return v
+
+    @field_validator("stft_sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if not v or any(n < 2 for n in v):
+            raise ValueError(f"stft_sizes must be a non-empty list of FFT sizes of at least 2, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoencoderConfig:
+        if isinstance(self.factors, list) and len(self.factors) != len(self.channel_mult) - 1:
+            raise PydanticCustomError(
+                "factors_levels",
+                f"one factor per downsampling: len(channel_mult) - 1 = {len(self.channel_mult) - 1} of them "
+                f"(channel_mult {self.channel_mult}), got {len(self.factors)}",
+                {"loc": ("factors",)},
+            )
+        if not (self.l1 or self.l2 or self.stft or self.surface):
+            raise PydanticCustomError(
+                "no_reconstruction",
+                "every reconstruction weight (l1, l2, stft, surface) is 0; give at least one",
+                {"loc": ("l1",)},
+            )
+        return self
+
+
+TASKS = ("diffusion", "autoencoder")
+
+
 class RunConfig(StrictModel):
-    """A whole run. ``model`` and ``data`` are validated by the modality's adapter."""
+    """A whole run. ``model`` and ``data`` are validated by the modality's adapter.
+
+    ``task``: what the run trains: a ``diffusion`` model (``model`` is its network, ``diffusion`` how
+    it is trained; the default) or an ``autoencoder`` for latent diffusion (``autoencoder`` is its
+    network and losses, validated over the modality's defaults; no ``model`` or ``diffusion``).
+    """
 
     modality: str
+    task: Literal["diffusion", "autoencoder"] = "diffusion"
     out_dir: str = "runs/run"
+    autoencoder: dict[str, Any] = {}
     model: dict[str, Any] = {}
     data: dict[str, Any] = {}
     diffusion: DiffusionConfig = DiffusionConfig()
@@ -419,6 +522,21 @@ class RunConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
+        if self.task == "autoencoder":
+            for key in ("model", "diffusion"):
+                if key in self.model_fields_set and getattr(self, key) not in ({}, DiffusionConfig()):
+                    raise PydanticCustomError(
+                        "task_section",
+                        f"an autoencoder run (task: autoencoder) has no {key} section; its network and losses "
+                        "are the autoencoder section",
+                        {"loc": (key,)},
+                    )
+        elif self.autoencoder:
+            raise PydanticCustomError(
+                "task_section",
+                "the autoencoder section belongs to autoencoder runs; set task: autoencoder (this run's task is diffusion)",
+                {"loc": ("autoencoder",)},
+            )
         d = self.diffusion
         if d.noise_cond == "timestep" and d.schedule.kind not in ("linear", "scaled_linear", "cosine_discrete"):
             raise PydanticCustomError(
@@ -458,12 +576,20 @@ class ResolvedConfig:
     data: StrictModel
     adapter: Modality
     source: str = "<dict>"
+    # the resolved ``autoencoder`` section (the modality's defaults filled in) of task autoencoder
+    autoencoder: AutoencoderConfig | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """The fully resolved config (defaults filled in), as saved beside every checkpoint."""
+        """The fully resolved config (defaults filled in), as saved beside every checkpoint; a
+        run's sections of the other task are left out."""
         d = self.run.model_dump(mode="json")
-        d["model"] = self.model.model_dump(mode="json")
         d["data"] = self.data.model_dump(mode="json")
+        if self.autoencoder is not None:
+            d["autoencoder"] = self.autoencoder.model_dump(mode="json")
+            del d["model"], d["diffusion"]
+        else:
+            d["model"] = self.model.model_dump(mode="json")
+            del d["autoencoder"]
         return d
 
 
@@ -648,7 +774,14 @@ def resolve_config(d: dict[str, Any], source: str = "<dict>") -> ResolvedConfig:
         except ValidationError as e:
             raise _format_errors(e, name, cls, source) from None
     _check_text(run, sections["model"], sections["data"], adapter, source)
-    return ResolvedConfig(run, sections["model"], sections["data"], adapter, source)
+    ae = None
+    if run.task == "autoencoder":
+        defaults = adapter.autoencoder_defaults(sections["data"]) if hasattr(adapter, "autoencoder_defaults") else {}
+        try:
+            ae = AutoencoderConfig.model_validate({**defaults, **run.autoencoder})
+        except ValidationError as e:
+            raise _format_errors(e, "autoencoder", AutoencoderConfig, source) from None
+    return ResolvedConfig(run, sections["model"], sections["data"], adapter, source, ae)
 
 
 def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: Modality, source: str) -> None:
@@ -662,6 +795,8 @@ def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: 
             f"model.{k}: cross-attention needs a text section (text.kind: learned, minilm or hf)" for k in cross
         ]
     else:
+        if run.task != "diffusion":
+            problems.append(f"text: text conditioning is for diffusion runs, not task: {run.task}")
         if not getattr(data, "captions", False):
             has = "captions" in type(data).model_fields
             problems.append(

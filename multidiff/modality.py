@@ -494,6 +494,27 @@ class Modality(ABC, Generic[ModelT, DataT]):
         :func:`demo_config`), or ``None`` (the default) to take no part."""
         return None
 
+    # a line per figure :meth:`reconstruction_figures` adds, for ``multidiff eval``'s table
+    reconstruction_help: ClassVar[dict[str, str]] = {}
+
+    def autoencoder_defaults(self, data: DataT) -> dict[str, Any]:
+        """The ``autoencoder:`` keys a ``task: autoencoder`` run on this data takes when the run
+        does not give them (see :class:`multidiff.config.AutoencoderConfig`): which reconstruction
+        losses the data wants (an ``stft`` weight for waveforms, a ``surface`` weight for SDF
+        grids), the downsampling ``factors`` and widths that suit its sizes, the ``kl_weight``.
+        None by default: the generic L1 autoencoder, factor 2 per level on every axis."""
+        return {}
+
+    def reconstruction_figures(
+        self, x: Tensor, recon: Tensor, info: DataInfo, *, labels: Tensor | None = None
+    ) -> dict[str, float]:
+        """This modality's figures of reconstructions ``recon`` of real examples ``x`` (both
+        ``(N, *info.shape)`` in data units, on the CPU; ``labels`` their classes, if labelled), for
+        ``multidiff eval`` of an autoencoder run (:func:`multidiff.autoencoder.evaluate_reconstructions`),
+        which itself reports the RMSE and mean absolute error. None by default; name each in
+        :attr:`reconstruction_help`."""
+        return {}
+
     def judge(
         self, data: Any, info: DataInfo, *, cache_dir: Path | str | None = None, device: Any = None, **options: Any
     ) -> Any:

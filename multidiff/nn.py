@@ -94,6 +94,8 @@ class ResBlock(nn.Module):
     """Residual block with scale-shift conditioning on an embedding (Dhariwal & Nichol 2021, sec. 3).
 
     ``h = conv(act(norm(x))); h = norm(h) * (1 + scale) + shift; out = skip(x) + conv(drop(act(h)))``.
+    With ``emb_channels=0`` the block takes no embedding (``block(x)``; an autoencoder's block):
+    ``scale`` and ``shift`` are 0.
 
     ``checkpoint_norm`` recomputes ``act(norm(h) * (1 + scale) + shift)`` in the backward pass
     instead of keeping the normalised and the modulated activations: two full-size tensors fewer
@@ -115,14 +117,21 @@ class ResBlock(nn.Module):
         self.checkpoint_norm = checkpoint_norm
         self.norm1 = group_norm(in_channels, groups)
         self.conv1 = conv_nd(dims, in_channels, out_channels, 3, padding=1)
-        self.emb = nn.Linear(emb_channels, 2 * out_channels)
+        self.emb = nn.Linear(emb_channels, 2 * out_channels) if emb_channels > 0 else None
         self.norm2 = group_norm(out_channels, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_(conv_nd(dims, out_channels, out_channels, 3, padding=1))
         self.skip = nn.Identity() if in_channels == out_channels else conv_nd(dims, in_channels, out_channels, 1)
 
-    def forward(self, x: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, x: Tensor, emb: Tensor | None = None) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
+        if self.emb is None:
+            if emb is not None:
+                raise ValueError("this ResBlock was built with emb_channels=0; it takes no embedding")
+            h = F.silu(self.norm2(h))
+            return self.skip(x) + self.conv2(self.dropout(h))
+        if emb is None:
+            raise ValueError("this ResBlock is conditioned (emb_channels > 0); it needs an embedding")
         scale, shift = self.emb(F.silu(emb)).reshape(*emb.shape[:1], -1, *([1] * (x.ndim - 2))).chunk(2, dim=1)
         if self.checkpoint_norm and torch.is_grad_enabled():
             # a pure function: no random state to keep (nor to read, which a CUDA graph capture forbids)

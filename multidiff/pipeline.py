@@ -889,6 +889,12 @@ def load_pipeline(
             raise ValueError(f"{path} holds a {pipe.adapter.name} model, not a {modality} one")
         return pipe
     ckpt = find_checkpoint(str(path))
+    task = ckpt.meta.get("task", ckpt.meta.get("config", {}).get("task", "diffusion"))
+    if task != "diffusion":
+        raise ValueError(
+            f"{ckpt.path} is a checkpoint of an {task} run (task: {task}): it encodes and decodes, it does not "
+            "sample or edit; multidiff eval reports its reconstructions (multidiff.autoencoder.load_autoencoder loads it)"
+        )
     cfg = C.resolve_config(ckpt.config, source=str(ckpt.path / "meta.json"))
     if modality is not None and cfg.adapter.name != modality:
         raise ValueError(f"{path} holds a {cfg.adapter.name} model, not a {modality} one")

@@ -11,6 +11,13 @@ label dropout, augmentation, dropout inside the network) comes from generators s
 So the state of a run is just its weights, EMA, optimizer state and step: resuming at step N
 and training M more steps computes exactly what one run of N + M steps computes.
 
+**What is trained is pluggable.** The loop (optimizer, EMA, clipping, precision, DDP, faults,
+metrics, checkpoints, resume) is one; *what the model is and what the loss of a batch is* is an
+objective (:class:`Objective`): :class:`DiffusionObjective` for ``task: diffusion`` (a denoiser and
+the denoising loss) and :class:`multidiff.autoencoder.AutoencoderObjective` for ``task:
+autoencoder`` (a KL autoencoder, its reconstruction losses and an optional discriminator, which
+the loop updates with a second optimizer).
+
 **Data parallel.** Under ``torchrun`` each process trains its slice of the global batch
 (``train.batch_size``) inside ``DistributedDataParallel``; every per-example draw is made for the
 whole global batch and sliced (:mod:`multidiff.distributed`), so the weights are those of one
@@ -33,7 +40,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -57,7 +64,18 @@ from .losses import diffusion_loss, sample_sigma_log_normal, sample_sigma_logit_
 from .pipeline import build_denoiser, data_classifier, generate, resolve_device, write_record
 from .screening import build_screen
 
-__all__ = ["Trainer", "TrainResult", "ema_decay", "lr_factor", "step_seed", "drop_labels", "read_metrics"]
+__all__ = [
+    "DiffusionObjective",
+    "Objective",
+    "Trainer",
+    "TrainResult",
+    "build_objective",
+    "ema_decay",
+    "lr_factor",
+    "step_seed",
+    "drop_labels",
+    "read_metrics",
+]
 
 
 def step_seed(seed: int, k: int) -> int:
@@ -124,6 +142,162 @@ def _identity_collate(batch: Any) -> Any:
     return batch
 
 
+class Objective(Protocol):
+    """What a run trains, for the one loop of :class:`Trainer`: the model, the random draws of a
+    micro-step and the loss of a micro-batch (plus, optionally, a second network with its own loss).
+
+    Attributes:
+        task: the run's ``task`` (recorded in every checkpoint).
+        net: the network the trainer optimizes, averages (EMA) and saves as ``model``/``ema.safetensors``.
+        aux: a second network trained beside it by its own optimizer from :meth:`aux_loss` (a
+            discriminator), kept in ``state.pt``; or None.
+        part_names: the loss terms logged as extra metrics columns (each a mean over logged steps).
+        parts: those terms of the last micro-batch, detached scalars (set by :meth:`loss`).
+        graph_blockers: reasons (-> whether they hold) the step cannot run as CUDA graphs.
+    """
+
+    task: str
+    net: nn.Module
+    aux: nn.Module | None
+    part_names: tuple[str, ...]
+    parts: dict[str, Tensor]
+    graph_blockers: dict[str, bool]
+
+    def train_subset(self, dataset: Any) -> Any:
+        """The examples it trains on (all, or all but a held-out part)."""
+
+    def draws(self, x0: Tensor, labels: Tensor, g: torch.Generator, rows: Rows) -> Any:
+        """Every random draw of one micro-step, from ``g`` (seeded by ``(seed, k)``), for the
+        augmented batch ``x0`` (this process's ``rows`` of the global batch): the loss's inputs.
+        Nothing random may happen later, so a CUDA graph of the loss replays with fresh draws."""
+
+    def loss(self, net: nn.Module, inputs: Any, step: int) -> Tensor:
+        """The mean loss of one micro-batch through ``net`` (this objective's network, maybe
+        wrapped by DDP or ``torch.compile``) at optimizer step ``step``; no random draw."""
+
+    def aux_loss(self, aux_net: nn.Module, step: int) -> Tensor | None:
+        """The second network's loss on the last micro-batch (None: no update at this step)."""
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint's ``meta.json`` records of it (``task`` at least)."""
+
+    def sample_files(self, ema: nn.Module, out: Path, callback: Callable[[dict[str, Any]], None] | None) -> list[Path]:
+        """Files of what the EMA model makes (samples, reconstructions) in ``out``."""
+
+
+class DiffusionObjective:
+    """``task: diffusion``: the modality's network wrapped in its parameterization (a
+    :class:`~multidiff.denoiser.Denoiser`); a micro-step draws noise levels, noise and label
+    dropout; the loss is the weighted denoising loss (:func:`multidiff.losses.diffusion_loss`),
+    with self-conditioning when the network takes it."""
+
+    task = "diffusion"
+
+    def __init__(
+        self, cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any], text: Any = None
+    ) -> None:
+        self.cfg, self.info, self.device, self.autocast = cfg, info, device, autocast
+        # ``text``: the run's training text (multidiff.conditioning), whose encoder sits beside the network
+        encoder = text.encoder if text is not None else None
+        self.denoiser: Denoiser = build_denoiser(cfg, info, text=encoder).to(device)
+        self.net: nn.Module = self.denoiser.net
+        self.aux: nn.Module | None = None
+        self.part_names: tuple[str, ...] = ()
+        self.parts: dict[str, Tensor] = {}
+        self.graph_blockers = {
+            # a recomputed level replays its dropout from saved random state, which a capture cannot read
+            "model.gradient_checkpointing recomputes levels from saved random state": any(
+                getattr(m, "gradient_checkpointing", False) for m in self.net.modules()
+            ),
+        }
+
+    def train_subset(self, dataset: Any) -> Any:
+        return dataset
+
+    def _sigmas(self, n: int, g: torch.Generator) -> Tensor:
+        d = self.cfg.run.diffusion
+        sched = self.denoiser.schedule
+        if d.noise_sampling == "log_normal":
+            return sample_sigma_log_normal(n, p_mean=d.p_mean, p_std=d.p_std, generator=g, device=self.device)
+        if d.noise_sampling == "logit_normal":
+            return sample_sigma_logit_normal(
+                sched, n, mean=d.logit_mean, std=d.logit_std, shift=d.time_shift, generator=g, device=self.device
+            )
+        return sample_sigma_uniform_t(sched, n, generator=g, device=self.device)
+
+    def draws(
+        self, x0: Tensor, labels: Tensor, g: torch.Generator, rows: Rows
+    ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """The batch in the denoiser's space, its noise levels, noise and (dropped) labels."""
+        with global_rows(rows):  # per-example draws: whole global batch, this process's rows
+            x0 = self.denoiser.space.encode(x0)
+            cond: dict[str, Tensor] = {}
+            if self.info.num_classes > 0:
+                labels = labels.to(self.device, non_blocking=True).long()
+                cond["class_labels"] = drop_labels(labels, self.cfg.run.train.label_dropout, self.info.num_classes, g)
+        sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
+        noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on the device
+        return x0, sigma, noise, cond
+
+    def loss(self, net: nn.Module, inputs: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]], step: int) -> Tensor:
+        """The mean loss of one micro-batch; no random draw and no host read (CUDA-graph safe)."""
+        x0, sigma, noise, cond = inputs
+        d = self.cfg.run.diffusion
+        den = self.denoiser if net is self.net else self.denoiser.with_net(net)
+        if self.denoiser.self_condition:
+            cond = {**cond, "self_cond": self._self_cond_estimate(den, x0, sigma, noise, cond)}
+        with self.autocast():
+            loss = diffusion_loss(
+                den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
+            )
+        return loss.mean()
+
+    @torch.no_grad()
+    def _self_cond_estimate(
+        self, den: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]
+    ) -> Tensor:
+        """Self-conditioning's input (Chen et al. 2023, "Analog Bits", alg. 1): the model's own
+        estimate, without gradient, for the first half of the rows (in random order already), zeros
+        for the rest, so the network learns both to refine an estimate and to start from none."""
+        est = torch.zeros_like(x0)
+        h = x0.shape[0] // 2
+        if h:
+            s = sigma[:h].to(x0.dtype)
+            x = x0[:h] + append_dims(s, x0.ndim) * noise[:h]
+            with self.autocast():
+                est[:h] = den(x, s, **{k: v[:h] for k, v in cond.items()}).to(x0.dtype)
+        return est
+
+    def aux_loss(self, aux_net: nn.Module, step: int) -> Tensor | None:
+        return None
+
+    def meta(self) -> dict[str, Any]:
+        return {"task": self.task}
+
+    def sample_files(self, ema: nn.Module, out: Path, callback: Callable[[dict[str, Any]], None] | None) -> list[Path]:
+        """Samples of the EMA model as the ``sample`` section says (screened by its checker), in the
+        adapter's files, with their prompts and the checker's counts beside them."""
+        ema_denoiser = self.denoiser.with_net(ema)
+        s = self.cfg.run.sample
+        clf = data_classifier(self.cfg, self.info, self.device) if s.classifier_scale else None
+        screen = build_screen(s, self.cfg, self.info, self.device)
+        gen = generate(ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback, checker=screen)
+        paths = self.cfg.adapter.save_samples(gen.x, out, self.info, labels=gen.labels)
+        return paths + write_record(out, gen, {"samples_of": out.name})  # prompts, screening
+
+
+def build_objective(
+    cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any], text: Any = None
+) -> Objective:
+    """The objective of the run's ``task`` (on ``device``; ``autocast()`` the precision context;
+    ``text`` the training text of a text-conditioned diffusion run)."""
+    if cfg.run.task == "autoencoder":
+        from .autoencoder import AutoencoderObjective
+
+        return AutoencoderObjective(cfg, info, device, autocast)
+    return DiffusionObjective(cfg, info, device, autocast, text)
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -139,14 +313,15 @@ class _MetricsLog:
 
     FIELDS = ("step", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s")
 
-    def __init__(self, path: Path, fmt: str, resume_step: int | None) -> None:
+    def __init__(self, path: Path, fmt: str, resume_step: int | None, extra: tuple[str, ...] = ()) -> None:
         self.path, self.fmt = path, fmt
+        self.fields = (*self.FIELDS, *extra)  # extra: an objective's loss terms
         path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None or not path.exists():
-            path.write_text(",".join(self.FIELDS) + "\n" if fmt == "csv" else "")
+            path.write_text(",".join(self.fields) + "\n" if fmt == "csv" else "")
         else:
             rows = [r for r in self.read(path) if r["step"] <= resume_step]
-            path.write_text(",".join(self.FIELDS) + "\n" if fmt == "csv" else "")
+            path.write_text(",".join(self.fields) + "\n" if fmt == "csv" else "")
             for r in rows:
                 self.write(r)
 
@@ -160,7 +335,7 @@ class _MetricsLog:
     def write(self, row: dict[str, float]) -> None:
         with open(self.path, "a", newline="") as f:
             if self.fmt == "csv":
-                csv.writer(f).writerow([row[k] for k in self.FIELDS])
+                csv.writer(f).writerow([row.get(k, math.nan) for k in self.fields])
             else:
                 f.write(json.dumps(row) + "\n")
 
@@ -195,27 +370,33 @@ class Trainer:
         self.dataset, self.info = self.adapter.build_dataset(cfg.data)
         if self.world.is_main:
             self.world.barrier()
-        if len(self.dataset) < t.batch_size:
-            raise ValueError(
-                f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} examples); lower it"
-            )
         # --- text conditioning (multidiff.conditioning): the encoder beside the network, each example's text
         self.text = None
         if cfg.run.text is not None:
+            if cfg.run.task != "diffusion":
+                raise ValueError(f"text conditioning is for diffusion runs; this run's task is {cfg.run.task!r}")
             from .conditioning import training_text
 
             self.text = training_text(cfg, self.dataset, self.world, self.device)
             self.info = self.text.describe(self.info)  # its example prompts: a checkpoint's default prompts
             self._examples = _EpochBatches(len(self.dataset), t.batch_size, t.seed, 0, self.rows)
-        text_encoder = self.text.encoder if self.text is not None else None
         # --- end text conditioning
-        self.denoiser: Denoiser = build_denoiser(cfg, self.info, text=text_encoder).to(self.device)
-        self.net = self.denoiser.net
-        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
-        self.ema_denoiser = self.denoiser.with_net(self.ema)
         # bf16 on GPUs that have it, fp16 with loss scaling on older ones, float32 on CPUs ("auto")
         self.amp = amp_dtype(t.precision, self.device)
         amp = self.amp
+        # the run's objective: what the model is and what the loss of a batch is (its task)
+        self.objective: Objective = build_objective(cfg, self.info, self.device, lambda: self.autocast(), self.text)
+        self.dataset = self.objective.train_subset(self.dataset)
+        if len(self.dataset) < t.batch_size:
+            raise ValueError(
+                f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} training "
+                "examples); lower it"
+            )
+        self.net = self.objective.net
+        self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        # a diffusion run's denoiser and its EMA twin (None for other tasks)
+        self.denoiser: Denoiser | None = getattr(self.objective, "denoiser", None)
+        self.ema_denoiser = self.denoiser.with_net(self.ema) if self.denoiser is not None else None
         # the whole optimizer step as CUDA graphs (multidiff.cuda_graphs): small models are launch-bound
         self.graphs = graphs_enabled(
             t.cuda_graphs,
@@ -223,10 +404,7 @@ class Trainer:
             {
                 "the run is data-parallel (torchrun)": self.world.distributed,
                 "fp16 needs the loss scaler's host-side step": amp == torch.float16,
-                # a recomputed level replays its dropout from saved random state, which a capture cannot read
-                "model.gradient_checkpointing recomputes levels from saved random state": any(
-                    getattr(m, "gradient_checkpointing", False) for m in self.denoiser.net.modules()
-                ),
+                **self.objective.graph_blockers,
             },
             "train.cuda_graphs",
         )
@@ -248,12 +426,27 @@ class Trainer:
             else (lambda: nullcontext())
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == torch.float16)
+        # a second network with its own optimizer (an autoencoder's discriminator), not averaged
+        self.aux = self.objective.aux
+        self.aux_opt: torch.optim.Optimizer | None = None
+        if self.aux is not None:
+            self.aux_opt = torch.optim.AdamW(
+                self.aux.parameters(),
+                lr=getattr(cfg.autoencoder, "disc_lr", None) or t.lr,
+                betas=t.adam_betas,
+                weight_decay=t.weight_decay,
+                fused=fused or None,
+            )
         self.ddp: DistributedDataParallel | None = None
+        self.aux_ddp: DistributedDataParallel | None = None
         if self.world.distributed:  # gradients are averaged over processes in backward
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.net, device_ids=ids)
+            if self.aux is not None:
+                self.aux_ddp = DistributedDataParallel(self.aux, device_ids=ids)
         wrapped = self.ddp or self.net
         self.forward_net: nn.Module = torch.compile(wrapped) if t.compile else wrapped
+        self.aux_forward: nn.Module | None = self.aux_ddp or self.aux
         self.step = 0
         self.skipped: bool | None = False  # the last train_step was skipped (non-finite); None: graphed, unknown
         self._graphed: _GraphedStep | None = None
@@ -286,12 +479,24 @@ class Trainer:
             ckpt = find_checkpoint(self.run_dir)
         else:
             ckpt = find_checkpoint(resume)
+        task = ckpt.meta.get("task", "diffusion")
+        if task != self.objective.task:
+            raise ValueError(
+                f"--resume: {ckpt.path} is a checkpoint of a {task} run, and this run's task is {self.objective.task}"
+            )
         model, ema, st = ckpt.weights("model"), ckpt.weights("ema"), ckpt.training_state()
         check_state_dict(self.net, model, str(ckpt.path / "model.safetensors"))
         check_state_dict(self.ema, ema, str(ckpt.path / "ema.safetensors"))
         state_pt = ckpt.path / "state.pt"
         if not isinstance(st, dict) or not all(k in st for k in ("optimizer", "rng_cpu", "step")):
             raise ValueError(f"cannot read {state_pt}: it lacks the optimizer, RNG or step{ckpt._earlier()}")
+        if self.aux is not None:
+            if not isinstance(st.get("aux"), dict) or "aux_optimizer" not in st:
+                raise ValueError(
+                    f"cannot resume from {state_pt}: it holds no discriminator (autoencoder.disc_weight was 0 in that "
+                    f"run){ckpt._earlier()}"
+                )
+            check_state_dict(self.aux, st["aux"], f"{state_pt} (discriminator)")
         before = self._snapshot()
         try:
             self.net.load_state_dict(model)
@@ -299,6 +504,9 @@ class Trainer:
             self.opt.load_state_dict(st["optimizer"])
             for group in self.opt.param_groups:  # the saved run may have been graphed or not
                 group["capturable"] = self.graphs
+            if self.aux is not None and self.aux_opt is not None:
+                self.aux.load_state_dict(st["aux"])
+                self.aux_opt.load_state_dict(st["aux_optimizer"])
             if st.get("scaler"):
                 self.scaler.load_state_dict(st["scaler"])
             torch.set_rng_state(st["rng_cpu"])
@@ -317,6 +525,8 @@ class Trainer:
             "opt": copy.deepcopy(self.opt.state_dict()),
             "scaler": copy.deepcopy(self.scaler.state_dict()) if self.scaler.is_enabled() else None,
             "rng_cpu": torch.get_rng_state(),
+            "aux": {k: v.clone() for k, v in self.aux.state_dict().items()} if self.aux is not None else None,
+            "aux_opt": copy.deepcopy(self.aux_opt.state_dict()) if self.aux_opt is not None else None,
         }
 
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -325,18 +535,25 @@ class Trainer:
         self.opt.load_state_dict(snap["opt"])
         if snap["scaler"] is not None:
             self.scaler.load_state_dict(snap["scaler"])
+        if self.aux is not None and self.aux_opt is not None:
+            self.aux.load_state_dict(snap["aux"])
+            self.aux_opt.load_state_dict(snap["aux_opt"])
         torch.set_rng_state(snap["rng_cpu"])
 
     def state(self) -> dict[str, Any]:
         opt = self.opt.state_dict()
         for group in opt["param_groups"]:  # a graphed step keeps lr in a device tensor
             group["lr"] = float(group["lr"])
-        return {
+        out = {
             "optimizer": opt,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng_cpu": torch.get_rng_state(),
             "step": self.step,
         }
+        if self.aux is not None and self.aux_opt is not None:  # tensors and plain values: weights_only loads them
+            out["aux"] = {k: v.detach().cpu().clone() for k, v in self.aux.state_dict().items()}
+            out["aux_optimizer"] = self.aux_opt.state_dict()
+        return out
 
     def save(self) -> Path:
         meta = {
@@ -344,6 +561,7 @@ class Trainer:
             "data_info": self.info.to_json(),
             "modality": self.adapter.name,
             "parameters": sum(p.numel() for p in self.net.parameters()),
+            **self.objective.meta(),
         }
         if self.text is not None:  # text conditioning: what the encoder is (its weights are the model's)
             meta["text"] = self.text.meta()
@@ -373,24 +591,14 @@ class Trainer:
         )
         return iter(loader)
 
-    def _sigmas(self, n: int, g: torch.Generator) -> Tensor:
-        d = self.cfg.run.diffusion
-        sched = self.denoiser.schedule
-        if d.noise_sampling == "log_normal":
-            return sample_sigma_log_normal(n, p_mean=d.p_mean, p_std=d.p_std, generator=g, device=self.device)
-        if d.noise_sampling == "logit_normal":
-            return sample_sigma_logit_normal(
-                sched, n, mean=d.logit_mean, std=d.logit_std, shift=d.time_shift, generator=g, device=self.device
-            )
-        return sample_sigma_uniform_t(sched, n, generator=g, device=self.device)
-
     def _micro_loss(self, x0: Tensor, labels: Tensor, k: int) -> Tensor:
-        return self._loss_of(*self._micro_inputs(x0, labels, k))
+        return self._loss_of(self._micro_inputs(x0, labels, k))
 
-    def _micro_inputs(self, x0: Tensor, labels: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        """Micro-step ``k``'s random draws, all seeded by ``(seed, k)``: the augmented batch in the
-        denoiser's space, its noise levels, noise and (dropped) labels. Everything random happens
-        here, before the network, so a CUDA graph of the rest replays with fresh draws."""
+    def _micro_inputs(self, x0: Tensor, labels: Tensor, k: int) -> Any:
+        """Micro-step ``k``'s random draws, all seeded by ``(seed, k)``: the augmented batch and the
+        objective's draws (:meth:`Objective.draws`: for diffusion the batch in the denoiser's
+        space, its noise levels, noise and dropped labels). Everything random happens here, before
+        the network, so a CUDA graph of the rest replays with fresh draws."""
         seed = step_seed(self.t.seed, k)
         # dropout inside the network (each process draws its own masks)
         torch.manual_seed(step_seed(seed, self.world.rank) if self.world.distributed else seed)
@@ -398,44 +606,15 @@ class Trainer:
         rows = self.rows
         with global_rows(rows):  # per-example draws: whole global batch, this process's rows
             x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
-            x0 = self.denoiser.space.encode(x0)
-            cond: dict[str, Tensor] = {}
-            if self.info.num_classes > 0:
-                labels = labels.to(self.device, non_blocking=True).long()
-                cond["class_labels"] = drop_labels(labels, self.t.label_dropout, self.info.num_classes, g)
+            inputs = self.objective.draws(x0, labels, g, rows)
             if self.text is not None:  # text conditioning: the examples' text, some rows dropped to the null
-                cond.update(self.text.inputs(self._examples.indices(k), g, self.device))
-        sigma = self._sigmas(rows.total, g)[rows.start : rows.stop]
-        noise = rows.draw(torch.randn, tuple(x0.shape[1:]), g, dtype=x0.dtype)  # g lives on self.device
-        return x0, sigma, noise, cond
+                inputs[3].update(self.text.inputs(self._examples.indices(k), g, self.device))
+        return inputs
 
-    def _loss_of(self, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]) -> Tensor:
-        """The mean loss of one micro-batch; no random draw and no host read (CUDA-graph safe)."""
-        d = self.cfg.run.diffusion
-        den = self.denoiser if self.forward_net is self.net else self.denoiser.with_net(self.forward_net)
-        if self.denoiser.self_condition:
-            cond = {**cond, "self_cond": self._self_cond_estimate(den, x0, sigma, noise, cond)}
-        with self.autocast():
-            loss = diffusion_loss(
-                den, x0, sigma, noise=noise, weighting=d.weighting, gamma=d.min_snr_gamma, bias=d.sigmoid_bias, **cond
-            )
-        return loss.mean()
-
-    @torch.no_grad()
-    def _self_cond_estimate(
-        self, den: Denoiser, x0: Tensor, sigma: Tensor, noise: Tensor, cond: dict[str, Tensor]
-    ) -> Tensor:
-        """Self-conditioning's input (Chen et al. 2023, "Analog Bits", alg. 1): the model's own
-        estimate, without gradient, for the first half of the rows (in random order already), zeros
-        for the rest, so the network learns both to refine an estimate and to start from none."""
-        est = torch.zeros_like(x0)
-        h = x0.shape[0] // 2
-        if h:
-            s = sigma[:h].to(x0.dtype)
-            x = x0[:h] + append_dims(s, x0.ndim) * noise[:h]
-            with self.autocast():
-                est[:h] = den(x, s, **{k: v[:h] for k, v in cond.items()}).to(x0.dtype)
-        return est
+    def _loss_of(self, inputs: Any) -> Tensor:
+        """The mean loss of one micro-batch (:meth:`Objective.loss`); no random draw and no host
+        read for a diffusion run (CUDA-graph safe)."""
+        return self.objective.loss(self.forward_net, inputs, self.step)
 
     def _clip_gradients(self, params: list[Tensor]) -> Tensor:
         """The gradients' global norm, after clipping them to ``train.grad_clip`` (no host read)."""
@@ -467,6 +646,9 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = t.lr * factor
         total = torch.zeros((), device=self.device)
+        aux_total = torch.zeros((), device=self.device)  # the second network's loss (a discriminator's)
+        parts = torch.zeros(len(self.objective.part_names), device=self.device)
+        aux_stepped = False
         for j in range(t.grad_accum):
             x0, labels = next(batches)
             # under DDP, gradients are all-reduced only in the last micro-step's backward
@@ -475,23 +657,47 @@ class Trainer:
                 loss = self._micro_loss(x0, labels, self.step * t.grad_accum + j) / t.grad_accum
                 self.scaler.scale(loss).backward()
             total += loss.detach()
+            if self.aux_forward is not None:
+                with nullcontext() if sync or self.aux_ddp is None else self.aux_ddp.no_sync():
+                    aux_loss = self.objective.aux_loss(self.aux_forward, self.step)
+                    if aux_loss is not None:
+                        self.scaler.scale(aux_loss / t.grad_accum).backward()
+                        aux_total += aux_loss.detach() / t.grad_accum
+                        aux_stepped = True
+            if len(parts):
+                parts += torch.stack([self.objective.parts[n] for n in self.objective.part_names]) / t.grad_accum
+        self._step_parts = parts
         self.scaler.unscale_(self.opt)
         gnorm = self._clip_gradients([p for p in self.net.parameters() if p.grad is not None])
+        aux_gnorm = torch.zeros((), device=self.device)
+        if aux_stepped:
+            assert self.aux is not None and self.aux_opt is not None
+            self.scaler.unscale_(self.aux_opt)
+            aux_gnorm = self._clip_gradients([p for p in self.aux.parameters() if p.grad is not None])
         # One host read per step; the loss is averaged over processes, so every one decides alike.
         # Under fp16 an overflowing gradient is the loss scaler's business (it skips and lowers the
         # scale); only a non-finite loss counts there.
-        loss_all = self.world.mean(total)  # the same verdict on every process
-        bad = ~torch.isfinite(loss_all) if self.scaler.is_enabled() else ~torch.isfinite(loss_all + gnorm)
+        loss_all = self.world.mean(total + aux_total)  # the same verdict on every process
+        bad = ~torch.isfinite(loss_all) if self.scaler.is_enabled() else ~torch.isfinite(loss_all + gnorm + aux_gnorm)
         self.skipped = bool(bad)
         if self.skipped:
             self.opt.zero_grad(set_to_none=True)
+            if self.aux_opt is not None:
+                self.aux_opt.zero_grad(set_to_none=True)
             if self.scaler.is_enabled():
                 self.scaler.update(new_scale=self.scaler.get_scale() / 2)
             self.step += 1  # the batch is consumed: a resumed run skips it too
             return total, gnorm
         self.scaler.step(self.opt)
+        if aux_stepped:
+            assert self.aux_opt is not None
+            for group in self.aux_opt.param_groups:
+                group["lr"] = (self.cfg.autoencoder.disc_lr or t.lr) * factor  # type: ignore[union-attr]
+            self.scaler.step(self.aux_opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
+        if self.aux_opt is not None:
+            self.aux_opt.zero_grad(set_to_none=True)
         self.step += 1
         self._update_ema()
         return total, gnorm
@@ -500,19 +706,13 @@ class Trainer:
 
     def sample_files(self, tag: str, callback: Callable[[dict[str, Any]], None] | None = None) -> list[Path]:
         """Sample with the EMA model as the ``sample`` section says and write the adapter's files
-        (on rank 0 only; the other processes wait). ``callback`` goes to the sampler (a progress bar)."""
+        (an autoencoder: reconstructions of held-out examples; on rank 0 only, the other processes
+        wait). ``callback`` goes to the sampler (a progress bar)."""
         if not self.world.is_main:
             self.world.barrier()
             return []
-        self.ema_denoiser.eval()
-        s = self.cfg.run.sample
-        clf = data_classifier(self.cfg, self.info, self.device) if s.classifier_scale else None
-        screen = build_screen(s, self.cfg, self.info, self.device)
-        out = generate(
-            self.ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback, checker=screen
-        )
-        paths = self.adapter.save_samples(out.x, self.run_dir / "samples" / tag, self.info, labels=out.labels)
-        paths += write_record(self.run_dir / "samples" / tag, out, {"step": self.step})  # prompts, screening
+        self.ema.eval()
+        paths = self.objective.sample_files(self.ema, self.run_dir / "samples" / tag, callback)
         self.world.barrier()
         return paths
 
@@ -527,7 +727,12 @@ class Trainer:
         if main:  # only rank 0 writes files
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg.to_json(), indent=2))
-            log = _MetricsLog(self.run_dir / f"metrics.{t.metrics_format}", t.metrics_format, self._resume_step)
+            log = _MetricsLog(
+                self.run_dir / f"metrics.{t.metrics_format}",
+                t.metrics_format,
+                self._resume_step,
+                self.objective.part_names,
+            )
         result = TrainResult(self.step, self.run_dir, None)
         if self.step >= t.steps:
             return result
@@ -544,6 +749,7 @@ class Trainer:
             return time.perf_counter(), torch.zeros((), device=self.device), 0, 0
 
         window_start, window_loss, window_n, steps_in_window = new_window()
+        self._window_parts = torch.zeros(len(self.objective.part_names), device=self.device)
         last_ckpt = None
         bad_in_row = 0
         stop = _StopRequest()
@@ -575,6 +781,8 @@ class Trainer:
                     bad_in_row = 0
                     window_loss += loss
                     window_n += 1
+                    if len(self._window_parts):
+                        self._window_parts += self._step_parts
                 if bar is not None:
                     bar.update(1)
                 if log_now and window_n:
@@ -635,6 +843,10 @@ class Trainer:
             "samples_per_s": round(sps, 2),
             "elapsed_s": round(now - t0, 2),
         }
+        if len(self._window_parts):  # the objective's loss terms, means over the window's good steps
+            means = (self.world.mean(self._window_parts) / float(window_n)).tolist()
+            row.update(zip(self.objective.part_names, means))
+            self._window_parts.zero_()
         if log is not None:
             log.write(row)
         result.losses.append((self.step, mean_loss))
@@ -681,7 +893,7 @@ class _GraphedStep:
         self.warm = False
 
     def _micro(self, inputs: tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]) -> None:
-        loss = self.tr._loss_of(*inputs) / self.tr.t.grad_accum
+        loss = self.tr._loss_of(inputs) / self.tr.t.grad_accum
         loss.backward()
         self.total += loss.detach()
 

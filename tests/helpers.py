@@ -60,3 +60,23 @@ def write_images(folder: Path, classes: dict[str, int], size: tuple[int, int] = 
             Image.fromarray(arr).save(p)
             paths.append(p)
     return paths
+
+
+def train(d: dict[str, Any], resume: bool | str = False) -> Any:
+    """Train the run config ``d`` (a dict) to its ``train.steps``, resuming if asked; the Trainer."""
+    from multidiff import config as C
+    from multidiff.train import Trainer
+
+    tr = Trainer(C.resolve_config(d), resume=resume)
+    tr.fit()
+    return tr
+
+
+def checkpoint_weights(run: Path) -> tuple[dict, dict]:
+    """The model and EMA weights of a run's newest checkpoint, read straight from its safetensors."""
+    from safetensors.torch import load_file
+
+    from multidiff.checkpoint import list_checkpoints
+
+    ck = list_checkpoints(run)[-1]
+    return load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))

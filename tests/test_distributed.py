@@ -131,6 +131,49 @@ def test_a_checkpoint_resumes_under_another_process_count(tmp_path: Path, one_pr
     assert [r["step"] for r in _MetricsLog.read(run / "metrics.csv")] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # real torchrun processes
+def test_two_processes_train_the_autoencoder_and_discriminator_of_one(tmp_path: Path) -> None:
+    """task: autoencoder under DDP: the autoencoder (posterior noise drawn for the global batch) and
+    its discriminator (a second DDP module and optimizer, from step 1 on) match one process."""
+    d = {
+        "modality": "image",
+        "task": "autoencoder",
+        "out_dir": "run",
+        "data": {"source": "digits", "size": 8, "limit": 64, "random_flip": True},
+        "autoencoder": {
+            "channels": 4,
+            "channel_mult": [1, 2],
+            "head_channels": 8,
+            "disc_weight": 0.5,
+            "disc_start": 1,
+            "disc_channels": 4,
+            "disc_layers": 2,
+        },
+        "train": {"steps": 3, "batch_size": 8, "grad_accum": 2, "lr": 1e-3, "log_every": 1, "checkpoint_every": 3},
+    }
+    d["train"].update(progress=False, device="cpu")
+    one = tmp_path / "one"
+    init = Trainer(C.resolve_config({**d, "out_dir": str(tmp_path / "init")})).net.state_dict()
+    Trainer(C.resolve_config({**d, "out_dir": str(one)})).fit()
+    _torchrun(tmp_path / "ddp", 2, d)
+    run = tmp_path / "ddp" / "ranks" / "rank0" / "run"
+    rows, ref = _MetricsLog.read(run / "metrics.csv"), _MetricsLog.read(one / "metrics.csv")
+    for key in ("loss", "grad_norm", "l1", "kl", "adv", "disc"):  # seen: 1e-6 relative at most
+        assert [r[key] for r in rows] == pytest.approx([r[key] for r in ref], rel=1e-5, abs=1e-7), key
+    (model, ema), (ref_model, ref_ema) = _weights(run), _weights(one)
+    disc = torch.load(list_checkpoints(run)[-1] / "state.pt", weights_only=True)["aux"]
+    ref_disc = torch.load(list_checkpoints(one)[-1] / "state.pt", weights_only=True)["aux"]
+    moved = _mean_diff(ref_model, {k: v.float() for k, v in init.items()})
+    for a, b in ((model, ref_model), (ema, ref_ema)):
+        # Adam moves a parameter by at most lr per step; one whose true gradient is 0 (a conv bias
+        # that a GroupNorm of one channel per group removes) moves on float rounding alone, up to
+        # lr per step either way (seen: 9.8e-4 after 3 steps at lr 1e-3). On average the weights
+        # agree to a thousandth of how far training moved them (seen: 1.6e-6 against 1.5e-3).
+        assert _max_diff(a, b) <= 2 * 3 * 1e-3 and _mean_diff(a, b) < 1e-2 * moved, (_max_diff(a, b), moved)
+    assert _max_diff(disc, ref_disc) < 1e-5  # no such parameter in the discriminator (seen: 5e-8)
+    assert ref[-1]["disc"] > 0
+
+
 # --- the pieces, on one process -------------------------------------------------------------
 
 

@@ -249,7 +249,7 @@ def test_a_flow_config_trains_and_samples_with_two_samplers(tmp_path: Path) -> N
     den = tr.denoiser
     assert den.parameterization == "flow" and isinstance(den.schedule, S.FlowSchedule) and den.noise_cond == "t"
     # training draws: shifted logit-normal flow times
-    sig = tr._sigmas(4000, torch.Generator().manual_seed(0))
+    sig = tr.objective._sigmas(4000, torch.Generator().manual_seed(0))
     assert torch.log(sig).mean().item() == pytest.approx(math.log(2.0), abs=0.06)
     tr.fit()
     assert tr.step == 4

@@ -8,24 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import checkpoint_weights as _weights
 from helpers import tiny_run
-from safetensors.torch import load_file
+from helpers import train as _train
 
 from multidiff import config as C
 from multidiff.checkpoint import find_checkpoint, grow_class_embedding, list_checkpoints
 from multidiff.pipeline import load_pipeline
 from multidiff.train import Trainer, _EpochBatches, _MetricsLog, drop_labels, ema_decay, lr_factor
-
-
-def _train(d: dict, resume: bool | str = False) -> Trainer:
-    tr = Trainer(C.resolve_config(d), resume=resume)
-    tr.fit()
-    return tr
-
-
-def _weights(run: Path) -> tuple[dict, dict]:
-    ck = list_checkpoints(run)[-1]
-    return load_file(str(ck / "model.safetensors")), load_file(str(ck / "ema.safetensors"))
 
 
 def test_resume_is_bit_exact(tmp_path: Path) -> None:

@@ -320,6 +320,30 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     def describe(self, data: ImageDataConfig) -> str:
         return f"images from {data.source}{' ' + data.path if data.path else ''} at {data.hw[0]}x{data.hw[1]}"
 
+    reconstruction_help: ClassVar[dict[str, str]] = {
+        "psnr": "peak signal-to-noise ratio per image, dB, peak-to-peak 2 ([-1, 1]); mean over images (higher is better)",
+        "worst_psnr": "the lowest PSNR of any image",
+    }
+
+    def autoencoder_defaults(self, data: ImageDataConfig) -> dict[str, Any]:
+        """LDM's first stage for images (Rombach et al. 2022, appendix G): L1 on pixels, KL weight
+        1e-6, 4 latent channels; two downsamplings (f = 4) at these small sizes. No perceptual
+        loss: LPIPS needs downloaded weights."""
+        return {"l1": 1.0, "kl_weight": 1e-6, "latent_channels": 4, "channel_mult": [1, 2, 2], "factors": 2}
+
+    def reconstruction_figures(
+        self, x: Tensor, recon: Tensor, info: DataInfo, *, labels: Tensor | None = None
+    ) -> dict[str, float]:
+        """PSNR of each reconstruction against its image (pixels in [-1, 1]: peak-to-peak 2), mean and worst."""
+        from multidiff.reconstruction import psnr
+
+        p = psnr(recon.clamp(-1, 1), x, data_range=2.0)
+        finite = p[torch.isfinite(p)]
+        return {
+            "psnr": float(finite.mean()) if len(finite) else float("inf"),
+            "worst_psnr": float(p.min()),
+        }
+
     def judge(self, data: ImageDataConfig, info: DataInfo, **kwargs: Any) -> Any:  # type: ignore[override]
         """A classifier trained on 80% of the images, and FID with option ``inception_weights`` (:mod:`.judge`)."""
         from .judge import image_judge

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .options import add_sample_flags, sampling_options
+from .options import add_sample_flags, sample_overrides, sampling_options
 
 __all__ = ["add_parser", "format_report"]
 
@@ -31,18 +31,24 @@ def _option(text: str) -> tuple[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The text ``multidiff eval`` prints for :func:`~multidiff.evaluate.evaluate_run`'s report."""
+    """The text ``multidiff eval`` prints for :func:`~multidiff.evaluate.evaluate_run`'s report (or
+    :func:`~multidiff.autoencoder.evaluate_reconstructions`' for an autoencoder run)."""
     s = report["settings"]
-    lines = [
-        f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']}), "
-        f"{s['num_per_class']} samples{' per class' if s['num_classes'] else ''}, "
-        f"sampler {s['sampler']} with {s['steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}",
-        f"judge: {report['judge']}",
-        "",
-        f"{'figure':<24}{'value':>12}  meaning",
-    ]
+    if s.get("task") == "autoencoder":
+        head = (
+            f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']} autoencoder, latent "
+            f"{tuple(s['latent_shape'])}), {s['examples']} {'held-out' if s['holdout'] else 'training'} examples "
+            "reconstructed"
+        )
+    else:
+        head = (
+            f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']}), "
+            f"{s['num_per_class']} samples{' per class' if s['num_classes'] else ''}, "
+            f"sampler {s['sampler']} with {s['steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}"
+        )
+    lines = [head, f"judge: {report['judge']}", "", f"{'figure':<24}{'value':>12}  meaning"]
     for name, value in report["figures"].items():
-        if name == "samples":
+        if name in ("samples", "examples"):
             text = f"{int(value)}"
         elif isinstance(value, float) and math.isfinite(value) and value != 0 and abs(value) < 1e-2:
             text = f"{value:.3e}"
@@ -54,18 +60,37 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _task(run: str) -> str:
+    """The ``task`` of a run or checkpoint folder (``diffusion`` for anything else: a diffusers folder)."""
+    from ..checkpoint import find_checkpoint
+
+    try:
+        return str(find_checkpoint(run).meta.get("task", "diffusion"))
+    except ValueError:
+        return "diffusion"  # not a checkpoint: load_pipeline says what it is
+
+
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import load_pipeline
 
-    if args.num < 1:
+    if args.num is not None and args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}")
-    pipe = load_pipeline(args.run, device=args.device)
-    report = pipe.evaluate(
-        args.num,
-        sample=sampling_options(pipe, args),
-        judge_options=dict(args.judge_option),
-        cache_dir=args.cache,
-    )
+    if _task(args.run) == "autoencoder":
+        from ..autoencoder import evaluate_reconstructions
+
+        given = [f"--{f.replace('_', '-')}" for f in ("judge_option", "cache") if getattr(args, f)]
+        given += [f"sampling option {k}" for k in sample_overrides(args)]
+        if given:
+            raise ValueError(f"{given[0]} is for diffusion runs; {args.run} is an autoencoder run")
+        report = evaluate_reconstructions(args.run, num=args.num, device=args.device)
+    else:
+        pipe = load_pipeline(args.run, device=args.device)
+        report = pipe.evaluate(
+            50 if args.num is None else args.num,
+            sample=sampling_options(pipe, args),
+            judge_options=dict(args.judge_option),
+            cache_dir=args.cache,
+        )
     print(format_report(report))
     if args.json:
         out = Path(args.json)
@@ -77,10 +102,19 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add ``eval`` to the ``multidiff`` subcommands ``sub`` (an argparse subparsers object)."""
-    e = sub.add_parser("eval", help="judge a trained run: class accuracy, Fréchet distance and the modality's figures")
+    e = sub.add_parser(
+        "eval",
+        help="judge a trained run: class accuracy, Fréchet distance and the modality's figures "
+        "(an autoencoder run: its reconstructions of held-out data)",
+    )
     e.add_argument("run", metavar="RUN", help="a run folder (its newest checkpoint) or a checkpoint folder")
     e.add_argument(
-        "-n", "--num", type=int, default=50, help="samples per class (an unconditional model: in all; default 50)"
+        "-n",
+        "--num",
+        type=int,
+        default=None,
+        help="samples per class (an unconditional model: in all; default 50); for an autoencoder run, held-out "
+        "examples to reconstruct (default: all)",
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--json", metavar="OUT", help="also write the figures, settings and judge as JSON")

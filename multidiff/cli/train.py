@@ -18,8 +18,11 @@ def run(args: argparse.Namespace) -> int:
         w = trainer.world
         say = print if w.is_main else (lambda *a, **k: None)  # under torchrun, rank 0 speaks
         procs = f" x {w.size} processes (global batch {cfg.run.train.batch_size})" if w.distributed else ""
+        what = cfg.adapter.describe(cfg.data)
+        if cfg.run.task == "autoencoder":
+            what = f"autoencoder of {what} -> latent {tuple(trainer.objective.meta()['latent_shape'])}"
         say(
-            f"multidiff train: {cfg.adapter.describe(cfg.data)}, {sum(p.numel() for p in trainer.net.parameters()):,} "
+            f"multidiff train: {what}, {sum(p.numel() for p in trainer.net.parameters()):,} "
             f"parameters, {trainer.device}{procs}, steps {trainer.step} -> {cfg.run.train.steps}, "
             f"run folder {trainer.run_dir}"
             + (f"; skipped {n} unreadable data files" if (n := trainer.info.extra.get("skipped_files")) else "")
