@@ -264,7 +264,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
         weight is 0.1 against an L1 weight of 10 (clips near -20 dBFS: an L1 of 0.01 to 0.1): at
         1.0 the log-magnitude term's gradient (norm ~20 on the tones, clipped to 1) drowned the
         L1's and held the tones' SNR at 8 dB; 0.1 gave 13.5 dB after 400 steps and the lowest
-        log-spectral distance (NOTES_i22.md)."""
+        log-spectral distance (docs/notes/issue22_autoencoder.md)."""
         return {
             "l1": 10.0,
             "stft": 0.1,
