@@ -304,7 +304,8 @@ def run_quality(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> str
         list(pool.map(_train, todo))
     scores = [_scores(it, args) for it in plan]
     scales = [f"{float(v):g}" for v in args.scales.split(",")]
-    sets = "".join(f"\n`--set {s}`" for s in args.set)
+    names = {it["config"] for it in plan}
+    sets = "".join(f"\n`--set {s}`" for s in args.set if s.split(":", 1)[0] in names)
     return quality_table(plan, scores, scales) + (f"\n\nOverrides of both backbones:{sets}" if sets else "")
 
 
