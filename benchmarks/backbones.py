@@ -6,7 +6,7 @@ builds the real :class:`multidiff.train.Trainer` twice, as configured (the UNet 
 ``model.preset=dit_tiny`` (the modality's transformer preset), everything else equal, and
 
 - times :meth:`Trainer.train_step` (data, loss, backward, AdamW, EMA) at the config's batch size:
-  the median of ``--repeats`` steps after ``--warmup``;
+  the median of ``--repeats`` steps after ``--warmup``, the two backbones' steps taken in turn;
 - counts the FLOPs of one more ``train_step`` with ``torch.utils.flop_counter.FlopCounterMode``
   (matmuls, convolutions and attention, forward and backward; the optimizer's and the EMA's
   elementwise work is not counted). On the CPU ``scaled_dot_product_attention`` runs as
