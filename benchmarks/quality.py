@@ -29,13 +29,15 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from benchmarks.common import ROOT, train_run
-from multidiff.evaluate import evaluate_run
-from multidiff.pipeline import load_pipeline
+from multidiff.evaluate import Judge, evaluate_run
+from multidiff.pipeline import Pipeline, load_pipeline
 
 SUITES = {
     "image": ("image_digits.yaml", "quality_digits", "digits_quality.png"),
@@ -82,6 +84,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def score_run(
+    pipe: Pipeline,
+    *,
+    scales: Sequence[float],
+    per_class: int,
+    cache: str | Path,
+    steps: int | None = None,
+    seed: int = 1,
+    judge_options: Mapping[str, Any] | None = None,
+    label: str = "",
+) -> tuple[Judge, list[dict[str, Any]]]:
+    """The judge of ``pipe``'s modality (built once: classifiers trained or loaded from ``cache``)
+    and one :func:`multidiff.evaluate.evaluate_run` report per guidance scale: ``per_class``
+    samples of every class, drawn with ``seed``, as ``multidiff eval`` draws them. Prints a line per
+    scale (prefixed by ``label``)."""
+    judge = pipe.adapter.judge(
+        pipe.config.data, pipe.info, cache_dir=cache, device=pipe.device, **(judge_options or {})
+    )
+    reports = []
+    for scale in scales:
+        r = evaluate_run(pipe, judge=judge, num_per_class=per_class, guidance_scale=scale, seed=seed, steps=steps)
+        reports.append(r)
+        f = r["figures"]
+        acc = f.get("class_accuracy", f.get("pitch_accuracy"))
+        print(
+            f"{label} guidance {scale:g}: accuracy {acc:.3f}, worst class {f['worst_class_accuracy']:.3f}, "
+            f"Fréchet {f['frechet']:.2f} ({f['seconds']:.1f}s for {int(f['samples'])} samples)",
+            flush=True,
+        )
+    return judge, reports
+
+
 def run_suite(suite: str, args: argparse.Namespace) -> str:
     config_name, run_name, picture = SUITES[suite]
     config = args.config or str(ROOT / "configs" / config_name)
@@ -89,22 +123,16 @@ def run_suite(suite: str, args: argparse.Namespace) -> str:
     overrides = ([] if args.as_shipped or args.config else FULL_LENGTH.get(suite, [])) + args.set
     train_s = None if args.skip_train else train_run(config, run, overrides)
     pipe = load_pipeline(str(run))
-    # The judge is built once (classifiers trained or loaded from the cache) and scores every scale.
     options = {"inception_weights": args.inception_weights} if suite == "image" and args.inception_weights else {}
-    judge = pipe.adapter.judge(pipe.config.data, pipe.info, cache_dir=args.cache, device=pipe.device, **options)
-    reports = []
-    for scale in [float(v) for v in args.scales.split(",")]:
-        r = evaluate_run(
-            pipe, judge=judge, num_per_class=args.per_class, guidance_scale=scale, seed=1, steps=args.steps
-        )
-        reports.append(r)
-        f = r["figures"]
-        acc = f.get("class_accuracy", f.get("pitch_accuracy"))
-        print(
-            f"{suite} guidance {scale:g}: accuracy {acc:.3f}, worst class {f['worst_class_accuracy']:.3f}, "
-            f"Fréchet {f['frechet']:.2f} ({f['seconds']:.1f}s for {int(f['samples'])} samples)",
-            flush=True,
-        )
+    judge, reports = score_run(
+        pipe,
+        scales=[float(v) for v in args.scales.split(",")],
+        per_class=args.per_class,
+        cache=args.cache,
+        steps=args.steps,
+        judge_options=options,
+        label=suite,
+    )
 
     s = pipe.config.run.sample
     pic = None
