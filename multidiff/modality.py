@@ -98,6 +98,8 @@ class PresetModelConfig(StrictModel):
     head_channels: int | None = Field(None, ge=1)  # channels per attention head (64 when unset)
     # GroupNorm groups (the largest count up to this that divides each width; 32, as in DDPM, by default)
     groups: int | None = Field(None, ge=1)
+    # each position's coordinates as extra input channels of the first convolution (CoordConv)
+    coordinates: bool | None = None
     # DiT keys: token width, blocks, attention heads, MLP width over token width, U-ViT long skips
     width: int | None = Field(None, ge=2)
     depth: int | None = Field(None, ge=1)
