@@ -454,6 +454,7 @@ class LearnedTextEncoder(TextEncoder):
         max_tokens: int = 64,
         level: Literal["word", "char"] = "word",
         pooling: Literal["cls", "mean", "bag"] = "cls",
+        input_norm: bool = False,
     ) -> None:
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
@@ -467,6 +468,9 @@ class LearnedTextEncoder(TextEncoder):
         self.width, self.depth, self.heads = width, depth, heads
         self.embed = nn.Embedding(len(self.tokenizer), width)
         self.position = nn.Parameter(torch.zeros(max_tokens, width))
+        # BERT's embedding LayerNorm: the residual stream starts at unit scale, so what the blocks
+        # add does not drown each word's own embedding
+        self.input_norm = nn.LayerNorm(width) if input_norm else None
         self.blocks = nn.ModuleList(_TextBlock(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -500,6 +504,7 @@ class LearnedTextEncoder(TextEncoder):
             "max_tokens": self.max_tokens,
             # "cls" (the first design) is left unsaid, so such an encoder's spec is what it always was
             **({"pooling": self.pooling} if self.pooling != "cls" else {}),
+            **({"input_norm": True} if self.input_norm is not None else {}),
         }
 
     @classmethod
@@ -517,6 +522,7 @@ class LearnedTextEncoder(TextEncoder):
             heads=spec["heads"],
             max_tokens=spec["max_tokens"],
             pooling=spec.get("pooling", "cls"),  # encoders saved before pooling was a choice: cls
+            input_norm=spec.get("input_norm", False),
         )
         enc.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         return enc
@@ -551,6 +557,8 @@ class LearnedTextEncoder(TextEncoder):
     def encode_ids(self, ids: Tensor, mask: Tensor) -> TextEncoding:
         ids, mask = ids.to(self.device), mask.to(self.device).bool()
         h = self.embed(ids) + self.position[: ids.shape[1]]
+        if self.input_norm is not None:
+            h = self.input_norm(h)
         for block in self.blocks:
             h = block(h, mask)
         h = self.norm(h)
@@ -858,6 +866,7 @@ class LearnedTextConfig(_TextConfigBase):
     level: Literal["word", "char"] = "word"
     min_count: int = Field(1, ge=1)
     pooling: Literal["cls", "mean", "bag"] = "cls"
+    input_norm: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LearnedTextConfig:
@@ -921,6 +930,7 @@ def build_text_encoder(
             heads=cfg.heads,
             max_tokens=cfg.max_tokens,
             pooling=cfg.pooling,
+            input_norm=cfg.input_norm,
         )
     elif isinstance(cfg, MiniLMTextConfig):
         enc = MiniLMEncoder(cfg.max_tokens)
