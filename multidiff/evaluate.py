@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .metrics import cached_classifier, extract_features, frechet_distance_featu
 from .pipeline import Pipeline
 
 __all__ = [
+    "AttributeJudge",
     "ConditionalScore",
     "Judge",
     "FIGURE_HELP",
@@ -40,6 +42,7 @@ __all__ = [
     "evaluate_run",
     "held_out_judge",
     "real_examples",
+    "score_attributes",
     "score_conditional",
     "score_samples",
     "split_holdout",
@@ -83,6 +86,9 @@ class Judge:
     * ``accuracy_name``: the name of the accuracy figure (``pitch_accuracy`` for tones).
     * ``help``: a line per figure name of ``extras`` for the printed table.
 
+    * ``attributes``: for a captioned data set whose captions state attributes, the
+      :class:`AttributeJudge` that scores a text-conditioned run's samples against their prompts.
+
     ``classify`` may be ``None`` (a judge of unlabelled data): no accuracy is reported.
     """
 
@@ -94,6 +100,54 @@ class Judge:
     description: str = ""
     accuracy_name: str = "class_accuracy"
     help: Mapping[str, str] = field(default_factory=dict)
+    attributes: AttributeJudge | None = None
+
+
+@dataclass(frozen=True)
+class AttributeJudge:
+    """Which value of each attribute a caption states a sample shows, told without the model.
+
+    * ``values``: attribute name -> its value names (code ``k`` is ``values[name][k]``), as a
+      captioned set's ``attribute_values``.
+    * ``measure(x) -> {name: codes (B,)}``: the value of every attribute that samples ``x`` (data
+      units) show, by a classifier or a measurement independent of the model.
+    * ``caption(values, rng) -> str``: a caption stating attribute ``values`` (name -> value name)
+      in the captioned set's own words (its templates and synonyms, drawn from ``rng``).
+    * ``real``: split name -> ``(x, codes)``, real examples and their attribute codes (name ->
+      ``(N,)``): ``"seen"`` of the attribute combinations the model trained on, ``"held_out"`` of
+      those its training split leaves out. Prompts are drawn from their combinations, and the
+      measures' accuracy on them is the ceiling of a model's.
+    * ``unjudged``: name -> a value that says nothing to judge (a sphere's orientation, ``any``):
+      prompts with it are not scored on that attribute.
+    * ``description``: what measures each attribute, and how well on real data.
+    """
+
+    values: Mapping[str, tuple[str, ...]]
+    measure: Callable[[Tensor], Mapping[str, Tensor]]
+    caption: Callable[[Mapping[str, str], random.Random], str]
+    real: Mapping[str, tuple[Tensor, Mapping[str, Tensor]]]
+    unjudged: Mapping[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def accuracy(self, measured: Mapping[str, Tensor], codes: Mapping[str, Tensor]) -> dict[str, float]:
+        """Per attribute, the fraction of examples whose measured value is ``codes``' (examples with
+        an ``unjudged`` value left out), and ``all``: the fraction right on every judged attribute."""
+        out: dict[str, float] = {}
+        every: Tensor | None = None
+        for name in self.values:
+            want, got = codes[name].cpu().long(), measured[name].cpu().long()
+            judged = torch.ones_like(want, dtype=torch.bool)
+            if name in self.unjudged:
+                judged = want != self.values[name].index(self.unjudged[name])
+            right = (got == want) | ~judged
+            every = right if every is None else every & right
+            out[name] = float(right[judged].float().mean()) if bool(judged.any()) else math.nan
+        out["all"] = float(every.float().mean()) if every is not None and len(every) else math.nan
+        return out
+
+    def chance(self) -> dict[str, float]:
+        """Per attribute, the accuracy of a uniform guess among its judged values."""
+        return {k: 1 / (len(v) - (k in self.unjudged)) for k, v in self.values.items()}
 
 
 def classifier_judge(classifier: Any, batch_size: int = 256) -> Judge:
@@ -252,6 +306,81 @@ def score_conditional(
     return ConditionalScore(guidance_scale, acc, per, fd, len(labels), seconds)
 
 
+def score_attributes(
+    pipe: Pipeline,
+    judge: AttributeJudge,
+    per_split: int = 50,
+    *,
+    sample: SampleConfig | None = None,
+    real_limit: int = 1000,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Prompt a text-conditioned model with captions of attribute combinations and judge whether its
+    samples show them.
+
+    For every split of ``judge.real`` (``"seen"``, ``"held_out"``): ``per_split`` of its real
+    examples are drawn (seeded by the sampling seed; with replacement when there are fewer), a
+    caption of each one's attribute values composed (``judge.caption``), one sample drawn per
+    caption (``sample`` with ``overrides``: ``guidance_scale=2``), and each attribute measured
+    (``judge.measure``). Returns ``{"samples": {split: per-attribute accuracy}, "real": {split:
+    the same of the measures on at most ``real_limit`` real examples: the ceiling}, "chance":
+    per-attribute chance, "x": {split: samples}, "prompts": {split: prompts}, "seconds": wall
+    clock of sampling}``; accuracies as :meth:`AttributeJudge.accuracy` (with ``all``).
+    """
+    if per_split < 1:
+        raise ValueError(f"the number of prompts per split must be at least 1, got {per_split}")
+    s = pipe.options(sample, **overrides)
+    out: dict[str, Any] = {"samples": {}, "real": {}, "chance": judge.chance(), "x": {}, "prompts": {}, "seconds": 0.0}
+    for split, (xr, codes) in judge.real.items():
+        n = len(xr)
+        g = torch.Generator().manual_seed(s.seed)
+        pick = (
+            torch.randperm(n, generator=g)[:per_split]
+            if n >= per_split
+            else torch.randint(n, (per_split,), generator=g)
+        )
+        rng = random.Random(s.seed)
+        values = [{a: judge.values[a][int(codes[a][i])] for a in judge.values} for i in pick.tolist()]
+        prompts = [judge.caption(v, rng) for v in values]
+        by_prompt = dict(zip(prompts, values))  # a caption states every value: one caption, one combination
+        t0 = time.perf_counter()
+        made = pipe.sample(len(prompts), sample=s.model_copy(update={"prompt": prompts}))
+        out["seconds"] += time.perf_counter() - t0
+        kept = made.prompts if made.prompts is not None else prompts  # a checker may have dropped some
+        want = {a: torch.tensor([judge.values[a].index(by_prompt[p][a]) for p in kept]) for a in judge.values}
+        out["samples"][split] = judge.accuracy(judge.measure(made.x), want)
+        out["x"][split], out["prompts"][split] = made.x, list(kept)
+        k = min(n, real_limit)
+        ref = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k]
+        out["real"][split] = judge.accuracy(judge.measure(xr[ref]), {a: c[ref] for a, c in codes.items()})
+    return out
+
+
+ATTRIBUTE_HELP = {
+    "seen": "samples with the prompt's {name}; prompts of combinations the model trained on",
+    "held_out": "samples with the prompt's {name}; prompts of combinations kept out of its training",
+}
+
+
+def _evaluate_attributes(
+    pipe: Pipeline, judge: Judge, per_split: int, s: SampleConfig
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The figures and the ``attributes`` table of a text-conditioned run (see :func:`evaluate_run`)."""
+    assert judge.attributes is not None
+    scored = score_attributes(pipe, judge.attributes, per_split, sample=s)
+    x = torch.cat(list(scored["x"].values()))
+    figures: dict[str, float] = {"samples": float(x.shape[0]), "seconds": scored["seconds"]}
+    for split, acc in scored["samples"].items():
+        figures.update({f"{name}_{split}": v for name, v in acc.items()})
+    figures.update(score_samples(judge, x, None)["figures"])
+    table = {
+        **scored["samples"],
+        **{f"real_{split}": acc for split, acc in scored["real"].items()},
+        "chance": scored["chance"],
+    }
+    return figures, table
+
+
 def evaluate_run(
     pipe: Pipeline | str | Path,
     *,
@@ -273,6 +402,14 @@ def evaluate_run(
     (:meth:`multidiff.modality.Modality.judge`), built from the run's own data section; its
     classifiers are cached under ``cache_dir`` (default :func:`default_cache_dir`).
 
+    A text-conditioned run whose judge has an :class:`AttributeJudge` (a captioned built-in set) is
+    prompted instead (:func:`score_attributes`): ``num_per_class`` captions of attribute
+    combinations it trained on (``seen``) and as many of combinations its training split left out
+    (``held_out``); the figures are ``<attribute>_<split>`` (and ``all_<split>``: every attribute
+    right), the Fréchet distance of all those samples and the judge's own figures, and the report
+    gains ``attributes``: split -> attribute -> accuracy, with ``real_<split>`` (the measures on real
+    examples: the ceiling) and ``chance``.
+
     Returns a JSON-ready dict: ``figures`` (name -> number; see :data:`FIGURE_HELP` and
     ``help``), ``per_class`` (class name -> accuracy), ``judge`` (what the judge is and what the
     figures depend on), ``help`` (a line per figure) and ``settings`` (checkpoint, step, sampler,
@@ -293,9 +430,15 @@ def evaluate_run(
             raise ValueError(f"the {pipe.adapter.name!r} modality provides no judge (its adapter has no judge method)")
         judge = make(pipe.config.data, pipe.info, cache_dir=cache_dir, device=pipe.device, **dict(judge_options or {}))
     s = pipe.options(sample, **overrides)
-    x, labels, seconds = _draw(pipe, num_per_class, sample=s)
-    scored = score_samples(judge, x, labels)
-    figures = {"samples": float(x.shape[0]), "seconds": seconds, **scored["figures"]}
+    attributes: dict[str, Any] | None = None
+    per_class: list[float] = []
+    if pipe.text is not None and judge.attributes is not None:
+        figures, attributes = _evaluate_attributes(pipe, judge, num_per_class, s)
+    else:
+        x, labels, seconds = _draw(pipe, num_per_class, sample=s)
+        scored = score_samples(judge, x, labels)
+        figures = {"samples": float(x.shape[0]), "seconds": seconds, **scored["figures"]}
+        per_class = scored["per_class"]
     names = list(pipe.info.class_names) or [str(i) for i in range(pipe.info.num_classes)]
     settings = {
         "checkpoint": str(pipe.checkpoint.path if pipe.checkpoint is not None else pipe.origin),
@@ -308,10 +451,21 @@ def evaluate_run(
         "num_per_class": int(num_per_class),
         "num_classes": int(pipe.info.num_classes),
     }
-    return {
+    report = {
         "figures": figures,
-        "per_class": dict(zip(names, scored["per_class"])),
+        "per_class": dict(zip(names, per_class)),
         "judge": judge.description,
         "help": {k: v for k, v in {**FIGURE_HELP, **judge.help}.items() if k in figures},
         "settings": settings,
     }
+    if attributes is not None:
+        assert judge.attributes is not None
+        report["attributes"] = attributes
+        report["judge"] = f"{judge.description}; {judge.attributes.description}"
+        for split in attributes:
+            if split in ATTRIBUTE_HELP:
+                report["help"].update(
+                    {f"{a}_{split}": ATTRIBUTE_HELP[split].format(name=a) for a in judge.attributes.values}
+                )
+                report["help"][f"all_{split}"] = ATTRIBUTE_HELP[split].format(name="every judged attribute")
+    return report

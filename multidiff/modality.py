@@ -98,6 +98,8 @@ class PresetModelConfig(StrictModel):
     head_channels: int | None = Field(None, ge=1)  # channels per attention head (64 when unset)
     # GroupNorm groups (the largest count up to this that divides each width; 32, as in DDPM, by default)
     groups: int | None = Field(None, ge=1)
+    # each position's coordinates as extra input channels of the first convolution (CoordConv)
+    coordinates: bool | None = None
     # DiT keys: token width, blocks, attention heads, MLP width over token width, U-ViT long skips
     width: int | None = Field(None, ge=2)
     depth: int | None = Field(None, ge=1)
@@ -277,7 +279,10 @@ class DataConfig(StrictModel):
     (``error``) or is left out with a warning (``skip``); ``captions``: the examples come with a
     caption each (text conditioning): a folder's from its ``metadata.jsonl`` or sidecar ``.txt``
     files (see :func:`multidiff.captions.read_captions`; a missing, empty or non-UTF-8 caption
-    is a bad file), a built-in set's from the attributes it draws, where the modality has such a set.
+    is a bad file), a built-in set's from the attributes it draws, where the modality has such a set;
+    ``split``: which of a captioned built-in set's examples: ``train`` (the default) leaves out
+    every example of the attribute combinations the set holds out (so a model can be judged on
+    combinations it never saw), ``held_out`` keeps only those, ``all`` keeps both.
     """
 
     folder_files: ClassVar[str] = "files"
@@ -287,6 +292,18 @@ class DataConfig(StrictModel):
     limit: int | None = Field(None, ge=1)
     on_bad_file: Literal["error", "skip"] = "error"
     captions: bool = False
+    split: Literal["train", "held_out", "all"] = "train"
+
+    @model_validator(mode="after")
+    def _split_needs_captions(self) -> DataConfig:
+        if self.split != "train" and (not self.captions or getattr(self, "source", None) == "folder"):
+            raise PydanticCustomError(  # named as data.split
+                "split_captions",
+                f"split {self.split!r} picks attribute combinations of a captioned built-in set; it needs "
+                "captions: true and a built-in source",
+                {"loc": ("split",)},
+            )
+        return self
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from .distributed import current_rows
 from .modality import StrictModel
-from .nn import TokenAttention
+from .nn import TokenAttention, zero_
 
 __all__ = [
     "TextEncoding",
@@ -341,6 +341,7 @@ class _FrozenBackbone(TextEncoder):
 
 
 _SPECIALS = ("<pad>", "<unk>", "<cls>")
+POOLINGS = ("cls", "mean", "bag")
 PAD, UNK, CLS = 0, 1, 2
 _WORD = re.compile(r"\w+|[^\w\s]")
 
@@ -402,7 +403,8 @@ class Tokenizer:
 
 
 class _TextBlock(nn.Module):
-    """A pre-LN transformer block: masked self-attention, then a GELU MLP (4x wide)."""
+    """A pre-LN transformer block: masked self-attention, then a GELU MLP (4x wide), both branches'
+    output projections zero-initialised, so the block starts as the identity."""
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -410,6 +412,8 @@ class _TextBlock(nn.Module):
         self.attn = TokenAttention(width, heads)
         self.norm2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        zero_(self.attn.proj)
+        zero_(self.mlp[-1])
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x), mask=mask)
@@ -449,8 +453,13 @@ class LearnedTextEncoder(TextEncoder):
         heads: int = 4,
         max_tokens: int = 64,
         level: Literal["word", "char"] = "word",
+        pooling: Literal["cls", "mean", "bag"] = "cls",
+        input_norm: bool = False,
     ) -> None:
-        super().__init__(width, width, max_tokens)
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        super().__init__(width, 2 * width if pooling == "bag" else width, max_tokens)
+        self.pooling = pooling
         if depth < 1 or width < 1 or heads < 1 or width % heads:
             raise ValueError(
                 f"need depth, width, heads >= 1 and width divisible by heads; got {depth}, {width}, {heads}"
@@ -459,10 +468,16 @@ class LearnedTextEncoder(TextEncoder):
         self.width, self.depth, self.heads = width, depth, heads
         self.embed = nn.Embedding(len(self.tokenizer), width)
         self.position = nn.Parameter(torch.zeros(max_tokens, width))
+        # BERT's embedding LayerNorm: the residual stream starts at unit scale, so what the blocks
+        # add does not drown each word's own embedding
+        self.input_norm = nn.LayerNorm(width) if input_norm else None
         self.blocks = nn.ModuleList(_TextBlock(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         nn.init.normal_(self.embed.weight, std=0.02)
         nn.init.normal_(self.position, std=0.01)
+        if pooling == "bag":  # a vector per word, summed over the caption's words: a class embedding per word
+            self.bag = nn.Embedding(len(self.tokenizer), width)
+            nn.init.normal_(self.bag.weight, std=0.02)
         self.register_buffer("spec_json", _spec_tensor(self.spec()))
 
     @classmethod
@@ -487,6 +502,9 @@ class LearnedTextEncoder(TextEncoder):
             "depth": self.depth,
             "heads": self.heads,
             "max_tokens": self.max_tokens,
+            # "cls" (the first design) is left unsaid, so such an encoder's spec is what it always was
+            **({"pooling": self.pooling} if self.pooling != "cls" else {}),
+            **({"input_norm": True} if self.input_norm is not None else {}),
         }
 
     @classmethod
@@ -503,6 +521,8 @@ class LearnedTextEncoder(TextEncoder):
             depth=spec["depth"],
             heads=spec["heads"],
             max_tokens=spec["max_tokens"],
+            pooling=spec.get("pooling", "cls"),  # encoders saved before pooling was a choice: cls
+            input_norm=spec.get("input_norm", False),
         )
         enc.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
         return enc
@@ -513,12 +533,12 @@ class LearnedTextEncoder(TextEncoder):
         key = prefix + "spec_json"
         if key in state_dict:
             theirs, ours = _spec_of(state_dict[key]), self.spec()
-            diff = [k for k in ours if theirs.get(k) != ours[k]]
+            diff = sorted(k for k in {*ours, *theirs} if theirs.get(k) != ours.get(k))
             if diff:
                 what = ", ".join(
                     f"a vocabulary of {len(theirs['vocab'])} pieces, not {len(ours['vocab'])}"
                     if k == "vocab"
-                    else f"{k}={theirs.get(k)!r}, not {ours[k]!r}"
+                    else f"{k}={theirs.get(k)!r}, not {ours.get(k)!r}"
                     for k in diff
                 )
                 raise ValueError(
@@ -537,10 +557,19 @@ class LearnedTextEncoder(TextEncoder):
     def encode_ids(self, ids: Tensor, mask: Tensor) -> TextEncoding:
         ids, mask = ids.to(self.device), mask.to(self.device).bool()
         h = self.embed(ids) + self.position[: ids.shape[1]]
+        if self.input_norm is not None:
+            h = self.input_norm(h)
         for block in self.blocks:
             h = block(h, mask)
         h = self.norm(h)
-        return TextEncoding(h, mask, h[:, 0])
+        if self.pooling == "cls":
+            pooled = h[:, 0]
+        elif self.pooling == "mean":
+            pooled = masked_mean(h, mask)
+        else:
+            words = (mask & (ids != CLS)).to(h.dtype)[..., None]
+            pooled = torch.cat([masked_mean(h, mask), (self.bag(ids) * words).sum(1)], dim=-1)
+        return TextEncoding(h, mask, pooled)
 
     def encode(self, texts: Sequence[str]) -> TextEncoding:
         return self.encode_ids(*self.tokenize(texts))
@@ -836,6 +865,8 @@ class LearnedTextConfig(_TextConfigBase):
     heads: int = Field(4, ge=1)
     level: Literal["word", "char"] = "word"
     min_count: int = Field(1, ge=1)
+    pooling: Literal["cls", "mean", "bag"] = "cls"
+    input_norm: bool = False
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LearnedTextConfig:
@@ -898,6 +929,8 @@ def build_text_encoder(
             depth=cfg.depth,
             heads=cfg.heads,
             max_tokens=cfg.max_tokens,
+            pooling=cfg.pooling,
+            input_norm=cfg.input_norm,
         )
     elif isinstance(cfg, MiniLMTextConfig):
         enc = MiniLMEncoder(cfg.max_tokens)

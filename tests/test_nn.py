@@ -197,3 +197,30 @@ def test_space_to_depth_round_trip_and_patched_unet(dims: int, patch: tuple[int,
     )
     odd = torch.randn(2, 3, *([7] * dims))  # padded up to patch * factor, cropped back
     assert net(odd, torch.tensor([1.0, 2.0])).shape == odd.shape
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_coordinate_channels_tell_the_network_where_it_is(dims: int) -> None:
+    """``coordinates``: each position's coordinates (cell centres in [-1, 1], one channel per axis)
+    go into the first convolution, after patching: the network equals one without them fed the
+    coordinates as more input channels."""
+    from multidiff.nn import coordinate_grid
+
+    x = torch.randn(2, 3, *([8] * dims))
+    grid = coordinate_grid(x)
+    assert grid.shape == (2, dims, *([8] * dims))
+    ticks = (torch.arange(8) + 0.5) / 8 * 2 - 1
+    for axis in range(dims):
+        line = grid[(0, axis, *([0] * axis), slice(None), *([0] * (dims - axis - 1)))]
+        torch.testing.assert_close(line, ticks)
+    kw = {"channels": 8, "channel_mult": (1, 2), "num_res_blocks": 1, "attention_levels": (1,), "groups": 4}
+    placed = UNet(dims, 3, coordinates=True, **kw)
+    torch.nn.init.normal_(placed.out[-1].weight)  # the zero-initialised output layer would hide everything
+    fed = UNet(dims, 3 + dims, out_channels=3, **kw)
+    fed.load_state_dict(placed.state_dict())
+    c = torch.tensor([0.5, 2.0])
+    torch.testing.assert_close(placed(x, c), fed(torch.cat([x, grid], 1), c))
+    # with patches, the coordinates are those of the grid the first convolution sees
+    patched = UNet(dims, 3, coordinates=True, patch_size=2, **kw)
+    assert patched.stem.in_channels == 3 * 2**dims + dims
+    assert patched(x, c).shape == x.shape

@@ -234,6 +234,53 @@ def test_learned_encoder_round_trips_through_safetensors(tmp_path: Path) -> None
     assert len(build_text_encoder(cfg, captions=caps).tokenizer) == len(enc.tokenizer)
 
 
+def test_learned_encoder_starts_with_each_word_its_own_state() -> None:
+    """The blocks' output projections start at zero, so a fresh encoder's states are the words'
+    own embeddings (normalised): the digit of "a thick 3" and "a thick 7" is not washed out."""
+    caps = ["a thick 3", "a thick 7"]
+    for input_norm in (False, True):
+        enc = LearnedTextEncoder.from_captions(caps, width=16, depth=2, heads=2, max_tokens=8, input_norm=input_norm)
+        ids, mask = enc.tokenize(caps)
+        h = enc.embed(ids) + enc.position[: ids.shape[1]]
+        expected = enc.norm(enc.input_norm(h) if input_norm else h)
+        torch.testing.assert_close(enc.encode_ids(ids, mask).states, expected)
+
+
+def test_learned_encoder_poolings() -> None:
+    """``mean``: the mean of the states over the caption's tokens; ``bag``: that, then the sum of
+    a learned vector per word (the <cls> token left out), twice as wide; each (and ``input_norm``)
+    survives the state dict; a ``cls`` encoder's spec is what it was before these options existed,
+    so its checkpoints load as they did."""
+
+    caps = ["a thick 7 leaning right", "a thin small 3", "a 7 7"]
+    kw = {"width": 16, "depth": 1, "heads": 2, "max_tokens": 8}
+    mean = _perturb(LearnedTextEncoder.from_captions(caps, pooling="mean", **kw))
+    enc = mean.encode(caps)
+    torch.testing.assert_close(enc.pooled[2], enc.states[2, :4].mean(0))
+    bag = _perturb(LearnedTextEncoder.from_captions(caps, pooling="bag", **kw))
+    assert (bag.token_dim, bag.pooled_dim, bag.null.pooled.shape) == (16, 32, (32,))
+    enc = bag.encode(caps)
+    torch.testing.assert_close(enc.pooled[:, :16], torch.stack([enc.states[i][enc.mask[i]].mean(0) for i in range(3)]))
+    words = [bag.tokenizer.index[w] for w in ("a", "7", "7")]
+    torch.testing.assert_close(enc.pooled[2, 16:], bag.bag.weight[words].sum(0))  # "7" twice counts twice
+    torch.testing.assert_close(bag.encode(["a 7 7"]).pooled[0], enc.pooled[2])  # padding changes nothing
+    for e in (mean, bag):
+        d = {k: v.clone() for k, v in e.state_dict().items()}
+        back = LearnedTextEncoder.from_state_dict(d)
+        assert back.pooling == e.pooling
+        torch.testing.assert_close(back.encode(caps).pooled, e.encode(caps).pooled)
+    normed = _perturb(LearnedTextEncoder.from_captions(caps, pooling="bag", input_norm=True, **kw))
+    back = LearnedTextEncoder.from_state_dict({k: v.clone() for k, v in normed.state_dict().items()})
+    assert back.input_norm is not None and back.spec()["input_norm"] is True
+    torch.testing.assert_close(back.encode(caps).states, normed.encode(caps).states)
+    cls = LearnedTextEncoder.from_captions(caps, **kw)
+    assert "pooling" not in cls.spec() and "input_norm" not in cls.spec() and cls.pooling == "cls"
+    with pytest.raises(ValueError, match="pooling='bag', not None"):
+        cls.load_state_dict(LearnedTextEncoder.from_captions(caps, pooling="bag", **kw).state_dict(), strict=False)
+    with pytest.raises(ValueError, match="pooling must be one of cls, mean, bag"):
+        LearnedTextEncoder.from_captions(caps, pooling="max", **kw)  # type: ignore[arg-type]
+
+
 def test_text_config_kinds_and_errors() -> None:
     from pydantic import ValidationError
 

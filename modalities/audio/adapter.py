@@ -119,7 +119,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
 
         if data.source == "tones" and data.captions:
             ds, info = D.captioned_tones(
-                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels
+                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels, split=data.split
             )
         elif data.source == "tones":
             ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)

@@ -213,7 +213,7 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
         if data.source == "digits" and data.captions:
-            ds, info = D.captioned_digits(size, ch)
+            ds, info = D.captioned_digits(size, ch, split=data.split)
             if data.limit is not None:
                 ds = ds.subset(range(min(data.limit, len(ds))))
         elif data.source == "digits":

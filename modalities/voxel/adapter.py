@@ -217,6 +217,7 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
                 per_class=data.per_class,
                 representation=data.representation,
                 truncation=data.truncation,
+                split=data.split,
             )
         elif data.source == "shapes":
             ds, info = D.shapes(

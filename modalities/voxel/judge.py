@@ -18,21 +18,45 @@ Figures, and what they depend on:
 * ``coverage`` / ``mmd``: coverage and minimum matching distance (Achlioptas et al. 2018) by
   Chamfer distance between points on the exported meshes (the largest piece) and on held-out real
   shapes (at most ``mesh_reference`` of them).
+
+For the captioned shapes (``source: shapes`` with ``captions: true``) the classifier trains on a
+separate draw of captioned shapes instead, and a text run's samples are judged attribute by
+attribute (:func:`shape_attributes`): the kind by that classifier, size, position and
+orientation by the geometry of the voxels inside (:func:`shape_figures`: bounding box, principal
+axis), as :func:`modalities.voxel.data.captioned_shapes` defines them.
 """
 
 from __future__ import annotations
 
+import random
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from multidiff.evaluate import Judge, classifier_judge, real_examples, split_holdout, with_held_out_figures
-from multidiff.metrics import cached_classifier
+from multidiff.evaluate import (
+    AttributeJudge,
+    Judge,
+    classifier_judge,
+    real_examples,
+    split_holdout,
+    with_held_out_figures,
+)
+from multidiff.metrics import cached_classifier, predict
 
-__all__ = ["JUDGE_PER_CLASS", "shapes_judge_classifier", "piece_counts", "mesh_figures", "voxel_judge"]
+__all__ = [
+    "JUDGE_PER_CLASS",
+    "shapes_judge_classifier",
+    "piece_counts",
+    "mesh_figures",
+    "shape_attributes",
+    "shape_codes",
+    "shape_figures",
+    "voxel_judge",
+]
 
 JUDGE_PER_CLASS = 600  # shapes per class the built-in shapes' judge trains on
 JUDGE_EPOCHS = 12
@@ -50,25 +74,35 @@ def shapes_judge_classifier(
     separate, larger draw (seed 1, ``per_class`` per class; the diffusion model never saw these)
     with the cube's 48 symmetries as augmentation; cached by content, so every caller that asks
     gets the same network."""
-    from .data import shapes
+    from .data import captioned_shapes, shapes
     from .metrics import random_cube_symmetry
 
     d = data
-    big, _ = shapes(
-        d.resolution,
-        per_class=per_class,
-        representation=d.representation,
-        truncation=d.truncation,
-        max_tilt=d.max_tilt,
-        seed=1,
-    )
+    if d.captions:  # the captioned shapes: their sizes, positions and orientations
+        big, _ = captioned_shapes(
+            d.resolution,
+            per_class=per_class,
+            representation=d.representation,
+            truncation=d.truncation,
+            seed=1,
+            split="all",
+        )
+    else:
+        big, _ = shapes(
+            d.resolution,
+            per_class=per_class,
+            representation=d.representation,
+            truncation=d.truncation,
+            max_tilt=d.max_tilt,
+            seed=1,
+        )
     from .adapter import VoxelModality
 
     return cached_classifier(
         big.x,
         big.labels,
         cache_dir=cache_dir,
-        tag=f"quality:voxel-judge-v1:{VoxelModality().describe(d)}",
+        tag=f"quality:voxel-judge-v1:{VoxelModality().describe(d)}{':captioned' if d.captions else ''}",
         widths=(16, 32, 64),
         epochs=epochs,
         augment=random_cube_symmetry,
@@ -115,6 +149,92 @@ def mesh_figures(
     return out
 
 
+def shape_figures(grids: Tensor) -> dict[str, Tensor]:
+    """Geometry of the voxels inside (value > 0) of grids ``(B, 1, R, R, R)``, in units of the
+    cube ``[-0.5, 0.5]^3`` (the axes are the grid's: ``x`` first, ``y`` up):
+
+    * ``side``: the largest side of the bounding box of the voxels inside (a voxel's width added
+      to the span of their centres);
+    * ``low``, ``high``: the box's ends along ``x``;
+    * ``axis_y``: ``|cos|`` of the angle between the principal axis and ``y``, the axis being the
+      eigenvector of the voxels' covariance whose eigenvalue is farthest from the other two (a
+      solid of revolution's axis, long or flat; a box's long side).
+    An empty grid gives side 0 and ``axis_y`` 0.
+    """
+    occ = (grids[:, 0] > 0).to(torch.float64).flatten(1)  # (B, R^3)
+    r = grids.shape[-1]
+    t = (torch.arange(r, dtype=torch.float64) + 0.5) / r - 0.5
+    pts = torch.stack(torch.meshgrid(t, t, t, indexing="ij"), -1).reshape(-1, 3)
+    mass = occ.sum(1).clamp_min(1)
+    centre = occ @ pts / mass[:, None]
+    d = pts[None] - centre[:, None]
+    cov = torch.einsum("bp,bpi,bpj->bij", occ, d, d) / mass[:, None, None]
+    ev, vec = torch.linalg.eigh(cov)
+    long = (ev[:, 2] - ev[:, 1]) > (ev[:, 1] - ev[:, 0])
+    axis = torch.where(long[:, None], vec[:, :, 2], vec[:, :, 0])
+    inside = occ[:, :, None] > 0
+    low = torch.where(inside, pts[None], 1.0).amin(1)
+    high = torch.where(inside, pts[None], -1.0).amax(1)
+    span = (high - low + 1 / r).clamp_min(0)
+    empty = occ.sum(1) == 0
+    return {
+        "side": torch.where(empty, 0.0, span.amax(1)).float(),
+        "low": low[:, 0].float(),
+        "high": high[:, 0].float(),
+        "axis_y": torch.where(empty, 0.0, axis[:, 1].abs()).float(),
+    }
+
+
+def shape_codes(grids: Tensor) -> dict[str, Tensor]:
+    """The captioned shapes' size, position and orientation codes ``(B,)`` (:func:`shape_figures`),
+    as the generator defines them: large when the largest side is over 0.48 of the cube's (halfway
+    between small's 0.32-0.40 and large's 0.56-0.64); the position whose centre along ``x`` is
+    nearest the box's (left: the box against the low side with a voxel of margin, centre: 0,
+    right: against the high side); vertical when the principal axis is within 45 degrees of ``y``."""
+    f = shape_figures(grids)
+    r = grids.shape[-1]
+    span = f["high"] - f["low"] + 1 / r
+    middle = (f["high"] + f["low"]) / 2
+    places = torch.stack([-0.5 + 1 / r + span / 2, torch.zeros_like(span), 0.5 - 1 / r - span / 2], 1)
+    return {
+        "size": (f["side"] > 0.48).long(),
+        "position": (middle[:, None] - places).abs().argmin(1),
+        "orientation": (f["axis_y"] < 0.5**0.5).long(),  # 0 vertical, 1 horizontal
+    }
+
+
+def shape_attributes(
+    classify: Callable[[Tensor], Tensor],
+    seen: tuple[Tensor, Mapping[str, Tensor]],
+    held_out: tuple[Tensor, Mapping[str, Tensor]],
+) -> AttributeJudge:
+    """The :class:`~multidiff.evaluate.AttributeJudge` of captioned shapes: the kind by ``classify``,
+    the rest by :func:`shape_codes`; a sphere's orientation (``any``) is not judged. Prompts in the
+    set's words, the orientation said the kind's way (:data:`~modalities.voxel.data.SHAPE_ORIENTATIONS`)."""
+    from multidiff.captions import compose_caption
+
+    from .data import SHAPE_ATTRIBUTES, SHAPE_ORIENTATIONS, SHAPE_TEMPLATES
+
+    def measure(x: Tensor) -> dict[str, Tensor]:
+        return {"kind": classify(x).cpu().long(), **shape_codes(x)}
+
+    def caption(values: Mapping[str, str], rng: random.Random) -> str:
+        words = {**SHAPE_ATTRIBUTES, "orientation": SHAPE_ORIENTATIONS[values["kind"]]}
+        return compose_caption(values, words, SHAPE_TEMPLATES, rng)
+
+    return AttributeJudge(
+        values={k: a.values for k, a in SHAPE_ATTRIBUTES.items()},
+        measure=measure,
+        caption=caption,
+        real={"seen": seen, "held_out": held_out},
+        unjudged={"orientation": "any"},
+        description=(
+            "kind by the classifier; size by the bounding box's largest side, position by its centre along x, "
+            "orientation by the principal axis of the voxels inside"
+        ),
+    )
+
+
 MESH_HELP = {
     "single_piece_fraction": "samples whose surface is one piece, before keeping the largest",
     "mean_pieces": "mean pieces per sample's surface (0: empty)",
@@ -151,14 +271,21 @@ def voxel_judge(
         text = judge.description
     else:
         t0 = time.perf_counter()
-        x, y = real_examples(adapter.build_dataset(data)[0])
+        ds, _ = adapter.build_dataset(data)
+        x, y = real_examples(ds)
         tr, ho = split_holdout(len(x), 0.2, seed=0)
         clf = shapes_judge_classifier(
             data, cache_dir or default_cache_dir(), device, per_class=int(judge_per_class), epochs=int(judge_epochs)
         )
         judge = with_held_out_figures(classifier_judge(clf), x, y, tr, ho)
+        if data.captions:
+            other, _ = adapter.build_dataset(data.model_copy(update={"split": "held_out", "limit": None}))
+            held = (real_examples(other)[0], dict(other.attributes))
+            attrs = shape_attributes(lambda v: predict(clf, v), (x, dict(ds.attributes)), held)
+            judge = dataclasses.replace(judge, attributes=attrs)
         text = (
-            f"a 3D classifier trained on {int(judge_per_class) * clf.num_classes} other built-in shapes (seed 1), "
+            f"a 3D classifier trained on {int(judge_per_class) * clf.num_classes} other "
+            f"{'captioned ' if data.captions else ''}built-in shapes (seed 1), "
             f"{judge.figures.get('judge_accuracy', float('nan')):.3f} accurate on the held-out 20% of the run's "
             f"shapes, which are the Fréchet reference ({time.perf_counter() - t0:.0f} s to train or load)"
         )

@@ -16,7 +16,7 @@ from typing import Any
 
 from .options import add_sample_flags, sample_overrides, sampling_options
 
-__all__ = ["add_parser", "format_report"]
+__all__ = ["add_parser", "attribute_table", "format_report"]
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -34,6 +34,8 @@ def format_report(report: dict[str, Any]) -> str:
     """The text ``multidiff eval`` prints for :func:`~multidiff.evaluate.evaluate_run`'s report (or
     :func:`~multidiff.autoencoder.evaluate_reconstructions`' for an autoencoder run)."""
     s = report["settings"]
+    table = report.get("attributes")
+    in_table = {f"{a}_{split}" for a in [*table["chance"], "all"] for split in table} if table else set()
     if s.get("task") == "autoencoder":
         head = (
             f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']} autoencoder, latent "
@@ -41,13 +43,15 @@ def format_report(report: dict[str, Any]) -> str:
             "reconstructed"
         )
     else:
+        per = " prompts per split" if table else " samples per class" if s["num_classes"] else " samples"
         head = (
-            f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']}), "
-            f"{s['num_per_class']} samples{' per class' if s['num_classes'] else ''}, "
+            f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']}), {s['num_per_class']}{per}, "
             f"sampler {s['sampler']} with {s['steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}"
         )
     lines = [head, f"judge: {report['judge']}", "", f"{'figure':<24}{'value':>12}  meaning"]
     for name, value in report["figures"].items():
+        if name in in_table:
+            continue  # in the attribute table below
         if name in ("samples", "examples"):
             text = f"{int(value)}"
         elif isinstance(value, float) and math.isfinite(value) and value != 0 and abs(value) < 1e-2:
@@ -55,6 +59,8 @@ def format_report(report: dict[str, Any]) -> str:
         else:
             text = f"{value:.3f}"
         lines.append(f"{name:<24}{text:>12}  {report['help'].get(name, '')}".rstrip())
+    if table:
+        lines += ["", attribute_table(table)]
     if report["per_class"]:
         lines += ["", "per class: " + ", ".join(f"{k} {v:.3f}" for k, v in report["per_class"].items())]
     return "\n".join(lines)
@@ -68,6 +74,20 @@ def _task(run: str) -> str:
         return str(find_checkpoint(run).meta.get("task", "diffusion"))
     except ValueError:
         return "diffusion"  # not a checkpoint: load_pipeline says what it is
+
+
+def attribute_table(table: dict[str, dict[str, float]]) -> str:
+    """The per-attribute accuracies of a text run's report (``report["attributes"]``) as a table:
+    a row per attribute, a column per split (samples, then real data: the ceiling, then chance)."""
+    names = [*table["chance"], "all"]
+    columns = [c for c in ("seen", "held_out", "real_seen", "real_held_out", "chance") if c in table]
+    heads = {"seen": "seen", "held_out": "held-out", "real_seen": "real seen", "real_held_out": "real held-out"}
+    lines = [f"{'attribute':<14}" + "".join(f"{heads.get(c, c):>15}" for c in columns)]
+    for name in names:
+        cells = [table[c].get(name, math.nan) for c in columns]
+        lines.append(f"{name:<14}" + "".join(f"{v:>15.3f}" if math.isfinite(v) else f"{'-':>15}" for v in cells))
+    lines.append("(fraction of samples whose attribute is the prompt's; real: the judge on real examples, its ceiling)")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,8 +133,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "--num",
         type=int,
         default=None,
-        help="samples per class (an unconditional model: in all; default 50); for an autoencoder run, held-out "
-        "examples to reconstruct (default: all)",
+        help="samples per class (an unconditional model: in all; a text run: prompts of seen and of held-out "
+        "attribute combinations each; default 50); for an autoencoder run, held-out examples to reconstruct "
+        "(default: all)",
     )
     e.add_argument("--device", default="auto")
     e.add_argument("--json", metavar="OUT", help="also write the figures, settings and judge as JSON")
