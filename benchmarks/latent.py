@@ -77,15 +77,24 @@ def pixel_steps(config: str, sets: list[str], probe: Path, budget: float, thread
         train_run(
             config,
             probe,
-            [*sets, f"train.steps={probe_steps}", f"train.log_every={max(1, probe_steps // 4)}",
-             "train.sample_every=0", f"train.checkpoint_every={probe_steps}", f"train.threads={threads}"],
+            [
+                *sets,
+                f"train.steps={probe_steps}",
+                f"train.log_every={max(1, probe_steps // 4)}",
+                "train.sample_every=0",
+                f"train.checkpoint_every={probe_steps}",
+                f"train.threads={threads}",
+            ],
             log=probe / "train.log",
         )
     with open(probe / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    (s0, t0), (s1, t1) = (int(rows[0]["step"]), float(rows[0]["elapsed_s"])), (
-        int(rows[-1]["step"]),
-        float(rows[-1]["elapsed_s"]),
+    (s0, t0), (s1, t1) = (
+        (int(rows[0]["step"]), float(rows[0]["elapsed_s"])),
+        (
+            int(rows[-1]["step"]),
+            float(rows[-1]["elapsed_s"]),
+        ),
     )
     per_step = (t1 - t0) / (s1 - s0)
     return max(1, int(budget / per_step))
@@ -143,21 +152,33 @@ def main(argv: list[str] | None = None) -> int:
 
     latent = root / "latent"
     if not args.skip_train and not has_checkpoint(latent):
-        wall = train_run(suite["latent"], latent, [f"latent.autoencoder={ae}", threads, *args.latent_set], log=root / "latent.log")
+        wall = train_run(
+            suite["latent"], latent, [f"latent.autoencoder={ae}", threads, *args.latent_set], log=root / "latent.log"
+        )
         print(f"latent run: {wall:.0f} s wall clock", flush=True)
     t_lat, lat_steps = loop_seconds(latent)
     budget = t_ae + t_lat
 
     pixel = root / "pixel"
     if not args.skip_train and not has_checkpoint(pixel):
-        steps = pixel_steps(suite["pixel"], suite["pixel_set"], root / "pixel_probe", budget, args.threads, args.probe_steps)
+        steps = pixel_steps(
+            suite["pixel"], suite["pixel_set"], root / "pixel_probe", budget, args.threads, args.probe_steps
+        )
         print(f"pixel run: {steps} steps to fill {budget:.0f} s", flush=True)
-        sets = [*suite["pixel_set"], f"train.steps={steps}", "train.sample_every=0", f"train.checkpoint_every={steps}", threads]
+        sets = [
+            *suite["pixel_set"],
+            f"train.steps={steps}",
+            "train.sample_every=0",
+            f"train.checkpoint_every={steps}",
+            threads,
+        ]
         train_run(suite["pixel"], pixel, sets, log=root / "pixel.log")
     t_pix, pix_steps = loop_seconds(pixel)
 
-    res = {name: judge(run, args.per_class, suite["accuracy"], args.timed, args.repeats) for name, run in
-           (("latent", latent), ("pixel", pixel))}
+    res = {
+        name: judge(run, args.per_class, suite["accuracy"], args.timed, args.repeats)
+        for name, run in (("latent", latent), ("pixel", pixel))
+    }
     speed = res["pixel"]["s_per_sample"] / res["latent"]["s_per_sample"]
     acc = suite["accuracy"].replace("_", " ")
     header = ["model", "data -> model grid", "parameters", "training", "steps", acc, "Fréchet dist.", "s / sample"]
@@ -196,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.with_suffix(".md").write_text(text + "\n")
-        figures = {k: {kk: vv for kk, vv in v.items() if kk != "figures"} | {"figures": v["figures"]} for k, v in res.items()}
+        figures = {
+            k: {kk: vv for kk, vv in v.items() if kk != "figures"} | {"figures": v["figures"]} for k, v in res.items()
+        }
         out.with_suffix(".json").write_text(
             json.dumps({"suite": args.suite, "budget_s": budget, "speedup": speed, **figures}, indent=2, default=str)
         )

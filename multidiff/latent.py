@@ -125,9 +125,7 @@ class LatentSpace(nn.Module):
     def model_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The denoiser's example shape for data examples of ``shape``: the latent shape."""
         if tuple(shape) != self.data_shape:
-            raise ValueError(
-                f"this latent space maps examples of shape {self.data_shape}, got {tuple(shape)}"
-            )
+            raise ValueError(f"this latent space maps examples of shape {self.data_shape}, got {tuple(shape)}")
         return self.shape
 
     def normalize(self, latent: Tensor) -> Tensor:
@@ -171,7 +169,9 @@ class LatentSpace(nn.Module):
         only. The axis padding the encoder replicates is replicated here too."""
         m = torch.as_tensor(mask).bool()
         if m.ndim != len(self.data_shape) + 1:
-            raise ValueError(f"a mask on the data grid has shape (B, C, *spatial) of rank {len(self.data_shape) + 1}, got {tuple(m.shape)}")
+            raise ValueError(
+                f"a mask on the data grid has shape (B, C, *spatial) of rank {len(self.data_shape) + 1}, got {tuple(m.shape)}"
+            )
         m = m.any(dim=1, keepdim=True)
         f, spatial = self.factors, tuple(m.shape[2:])
         pad = [(-s) % k for s, k in zip(spatial, f)]
@@ -327,7 +327,11 @@ def weights_sha256(ckpt: Any) -> str:
     """SHA-256 of a checkpoint's EMA weights file (the weights a latent space loads): the hash its
     ``meta.json`` recorded (checked on every read), or the file's own for a checkpoint without one."""
     files = ckpt.meta.get("files")
-    if isinstance(files, dict) and isinstance(files.get("ema.safetensors"), dict) and "sha256" in files["ema.safetensors"]:
+    if (
+        isinstance(files, dict)
+        and isinstance(files.get("ema.safetensors"), dict)
+        and "sha256" in files["ema.safetensors"]
+    ):
         return str(files["ema.safetensors"]["sha256"])
     return hashlib.sha256((Path(ckpt.path) / "ema.safetensors").read_bytes()).hexdigest()
 

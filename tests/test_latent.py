@@ -399,3 +399,17 @@ def test_the_shipped_latent_configs_train_on_small_data(config: str, tmp_path: P
     meta = find_checkpoint(out).meta
     assert meta["task"] == "diffusion" and meta["latent"]["checkpoint"] == str(find_checkpoint(ae).path.resolve())
     assert math.isfinite(_MetricsLog.read(out / "metrics.csv")[-1]["loss"])
+
+
+def test_a_text_conditioned_latent_run_trains_and_samples_with_prompts(
+    runs: dict[str, tuple[Path, Path]], tmp_path: Path
+) -> None:
+    """Text conditioning rides on the latent run: the captions line up with the cached latents."""
+    d = _latent("image", tmp_path / "text", runs["image"][0])
+    d["data"] = {"source": "digits", "size": 8, "limit": 48, "captions": True}
+    d["text"] = {"width": 16, "depth": 1, "heads": 2, "max_tokens": 12, "dropout": 0.3}
+    tr = train(d)
+    assert len(tr.dataset) == 48 and tr.dataset.x.shape[1:] == (2, 4, 4)
+    pipe = load_pipeline(tmp_path / "text", device="cpu")
+    x, _ = pipe.sample(2, steps=2, prompt="a thick digit 3", guidance_scale=2.0)
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
