@@ -44,6 +44,7 @@ __all__ = [
     "migrate_config",
     "AutoencoderConfig",
     "DiffusionConfig",
+    "LatentConfig",
     "TASKS",
     "TrainConfig",
     "SampleConfig",
@@ -493,6 +494,32 @@ class AutoencoderConfig(StrictModel):
 TASKS = ("diffusion", "autoencoder")
 
 
+class LatentConfig(StrictModel):
+    """``latent:``: a diffusion run on the latent grid of a trained autoencoder run (latent
+    diffusion, Rombach et al. 2022; see :mod:`multidiff.latent`).
+
+    ``autoencoder``: the autoencoder run folder (``task: autoencoder``; its newest checkpoint) or a
+    checkpoint folder, relative to the working directory. ``scale``: ``auto`` fits LDM's
+    ``scale_by_std`` (1 / std of the training latents, sec. 4.3.2), or a number. ``shift``: 0
+    (LDM), ``auto`` (the latents' mean) or a number. ``posterior``: train on the posterior
+    ``mean`` or on a fresh posterior ``sample`` per step (LDM). ``encode_batch_size``: examples per
+    encoder call when the data set is encoded (once; cached under ``$MULTIDIFF_CACHE/latents``).
+    """
+
+    autoencoder: str = Field(min_length=1)
+    scale: float | Literal["auto"] = "auto"
+    shift: float | Literal["auto"] = 0.0
+    posterior: Literal["mean", "sample"] = "mean"
+    encode_batch_size: int = Field(64, ge=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _positive(cls, v: float | str) -> float | str:
+        if v != "auto" and not v > 0:  # type: ignore[operator]
+            raise ValueError(f"scale must be 'auto' or a positive number, got {v}")
+        return v
+
+
 class RunConfig(StrictModel):
     """A whole run. ``model`` and ``data`` are validated by the modality's adapter.
 
@@ -513,6 +540,8 @@ class RunConfig(StrictModel):
     # text conditioning (multidiff.text, multidiff.conditioning): the encoder of the captions
     # (kind learned | minilm | hf, default learned) and the caption dropout; needs data.captions
     text: TextConfig | None = None
+    # latent diffusion (multidiff.latent): the autoencoder run whose latent grid the model is trained on
+    latent: LatentConfig | None = None
 
     @field_validator("text", mode="before")
     @classmethod
@@ -536,6 +565,18 @@ class RunConfig(StrictModel):
                 "task_section",
                 "the autoencoder section belongs to autoencoder runs; set task: autoencoder (this run's task is diffusion)",
                 {"loc": ("autoencoder",)},
+            )
+        if self.latent is not None and self.task != "diffusion":
+            raise PydanticCustomError(
+                "task_section",
+                f"a latent section belongs to diffusion runs (it names their autoencoder), not to task: {self.task}",
+                {"loc": ("latent",)},
+            )
+        if self.latent is not None and self.diffusion.data_scale != 1.0:
+            raise PydanticCustomError(
+                "latent_scale",
+                "a latent run's scale is latent.scale (auto: 1 / std of the latents); leave diffusion.data_scale at 1",
+                {"loc": ("diffusion", "data_scale")},
             )
         d = self.diffusion
         if d.noise_cond == "timestep" and d.schedule.kind not in ("linear", "scaled_linear", "cosine_discrete"):
@@ -590,6 +631,8 @@ class ResolvedConfig:
         else:
             d["model"] = self.model.model_dump(mode="json")
             del d["autoencoder"]
+        if d.get("latent") is None:  # a pixel run's saved config stays as it was
+            d.pop("latent", None)
         return d
 
 
@@ -774,6 +817,8 @@ def resolve_config(d: dict[str, Any], source: str = "<dict>") -> ResolvedConfig:
         except ValidationError as e:
             raise _format_errors(e, name, cls, source) from None
     _check_text(run, sections["model"], sections["data"], adapter, source)
+    if run.latent is not None:
+        _check_latent_data(sections["data"], source)
     ae = None
     if run.task == "autoencoder":
         defaults = adapter.autoencoder_defaults(sections["data"]) if hasattr(adapter, "autoencoder_defaults") else {}
@@ -782,6 +827,20 @@ def resolve_config(d: dict[str, Any], source: str = "<dict>") -> ResolvedConfig:
         except ValidationError as e:
             raise _format_errors(e, "autoencoder", AutoencoderConfig, source) from None
     return ResolvedConfig(run, sections["model"], sections["data"], adapter, source, ae)
+
+
+def _check_latent_data(data: StrictModel, source: str) -> None:
+    """A latent run trains on latents encoded once (cached); augmentations of the data (a data
+    section's ``random_*`` keys: flips, polarity) happen in data space and would need every epoch
+    encoded again, and a flipped latent is not the latent of the flipped data: refused by key."""
+    on = [k for k, v in data.model_dump().items() if k.startswith("random_") and v]
+    if on:
+        raise ConfigError(
+            f"invalid config {source}: data.{on[0]}: a latent run trains on the data set encoded once "
+            "(cached latents), so data-space augmentation cannot be applied; set "
+            + ", ".join(f"data.{k}: false" for k in on)
+            + " (or train the autoencoder and the latent model on augmented data sets)"
+        )
 
 
 def _check_text(run: RunConfig, model: StrictModel, data: StrictModel, adapter: Modality, source: str) -> None:

@@ -57,6 +57,19 @@ class DataSpace:
         """The denoiser's space back to data units (same dtype and device)."""
         return z if self.identity else z / self.scale + self.shift
 
+    def model_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The denoiser's example shape for data examples of ``shape``: the same (a latent space's
+        is its latent's, :class:`multidiff.latent.LatentSpace`)."""
+        return tuple(shape)
+
+    def encode_mask(self, mask: Tensor) -> Tensor:
+        """A mask on the data grid on the denoiser's grid: the same grid here."""
+        return mask
+
+    def decode_mask(self, mask: Tensor) -> Tensor:
+        """A mask on the denoiser's grid on the data grid: the same grid here."""
+        return mask
+
 
 def default_noise_cond(parameterization: str, schedule: S.Schedule | None) -> str:
     """``log_sigma`` for EDM, ``timestep`` for a discrete schedule, ``t`` otherwise."""
@@ -107,6 +120,9 @@ class Denoiser(nn.Module):
             wrecks data outside [-1, 1].
         data_scale: the network was trained on ``data_scale * x0``: the denoiser works in that
             scaled space, ``self.space`` (a :class:`DataSpace`) maps data to it and back.
+        space: the map between data units and the denoiser's space instead of ``data_scale``'s:
+            a :class:`multidiff.latent.LatentSpace` (an autoencoder and its fitted scale) for a
+            latent model; held as a submodule, so it moves with the denoiser.
     """
 
     def __init__(
@@ -120,6 +136,7 @@ class Denoiser(nn.Module):
         learned_variance: bool = False,
         clip_x0: float | None = None,
         data_scale: float = 1.0,
+        space: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if parameterization not in PARAMETERIZATIONS:
@@ -139,7 +156,7 @@ class Denoiser(nn.Module):
         self.noise_cond = noise_cond
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
-        self.space = DataSpace(float(data_scale))
+        self.space: Any = DataSpace(float(data_scale)) if space is None else space
         # the network takes ``self_cond``, its own earlier x0 estimate (see :func:`self_conditioned`)
         self.self_condition = bool(getattr(net, "self_condition", False))
 
@@ -150,7 +167,10 @@ class Denoiser(nn.Module):
 
     @data_scale.setter
     def data_scale(self, value: float) -> None:
-        self.space = DataSpace(float(value), self.space.shift)
+        if isinstance(self.space, nn.Module):  # a latent space (multidiff.latent): its scale is fitted
+            self.space.set_scale(float(value), self.space.shift)
+        else:
+            self.space = DataSpace(float(value), self.space.shift)
 
     @property
     def vp(self) -> bool:

@@ -64,13 +64,23 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo, *, text: Any = None) -> Denoiser:
+def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo, *, text: Any = None, space: Any = None) -> Denoiser:
     """The network of ``cfg`` for data ``info`` wrapped in its parameterization (on the CPU).
 
     A run with a ``text`` section needs its text encoder (``text``, a
     :class:`~multidiff.text.TextEncoder`): the network is built for its widths and held beside it
-    in a :class:`~multidiff.conditioning.TextConditionedNet`."""
+    in a :class:`~multidiff.conditioning.TextConditionedNet`. A run with a ``latent`` section needs
+    its :class:`~multidiff.latent.LatentSpace` (``space``): the network is built for the latent's
+    shape and the denoiser maps data to it through the space."""
     d = cfg.run.diffusion
+    if (cfg.run.latent is None) != (space is None):
+        raise ValueError(
+            "this run is a latent diffusion run (its latent section): build its denoiser with its latent space"
+            if space is None
+            else "a latent space was given, but the run has no latent section"
+        )
+    if space is not None:  # the network sees the latent grid; the data's description is kept otherwise
+        info = DataInfo(space.model_shape(info.shape), info.num_classes, info.class_names, info.extra)
     schedule = C.build_schedule(d.schedule, size=max(info.shape[1:], default=1))
     noise_cond = d.noise_cond or default_noise_cond(d.parameterization, schedule)
     model = cfg.model
@@ -90,7 +100,13 @@ def build_denoiser(cfg: C.ResolvedConfig, info: DataInfo, *, text: Any = None) -
 
         net = TextConditionedNet(net, text)
     return Denoiser(
-        net, schedule, d.parameterization, sigma_data=d.sigma_data, noise_cond=noise_cond, data_scale=d.data_scale
+        net,
+        schedule,
+        d.parameterization,
+        sigma_data=d.sigma_data,
+        noise_cond=noise_cond,
+        data_scale=d.data_scale,
+        space=space,
     )
 
 
@@ -201,6 +217,11 @@ def _guided(
     if s.clip_denoised is None:
         return guided
     space = getattr(denoiser, "space", DataSpace())
+    if isinstance(space, nn.Module):  # a latent space: the estimate is a latent, not data
+        raise ValueError(
+            "sample.clip_denoised clamps the denoiser's estimate in data units; a latent model's estimate is a "
+            "latent (its samples are decoded at the end): leave clip_denoised unset"
+        )
     lo, hi = (float(space.encode(torch.tensor(v))) for v in (-s.clip_denoised, s.clip_denoised))
     return lambda x, sigma, **cond: guided(x, sigma, **cond).clamp(lo, hi)
 
@@ -318,7 +339,7 @@ def generate(
     for start in range(0, n, s.batch_size):
         b = min(s.batch_size, n - start)
         rows = slice(start, start + b)
-        x = float(sigmas[0]) * torch.randn((b, *info.shape), generator=g).to(device)
+        x = float(sigmas[0]) * torch.randn((b, *space.model_shape(info.shape)), generator=g).to(device)
         cond = {"class_labels": labels[rows].to(device)} if labels is not None else {}
         if encoded is not None:
             cond.update(encoded.select(rows).to(device).as_cond())
@@ -499,8 +520,9 @@ class Pipeline:
         return next(self.denoiser.parameters()).device
 
     @property
-    def space(self) -> DataSpace:
-        """Data units to the denoiser's space and back."""
+    def space(self) -> Any:
+        """Data units to the denoiser's space and back: a :class:`~multidiff.denoiser.DataSpace`,
+        or a latent model's :class:`~multidiff.latent.LatentSpace`."""
         return self.denoiser.space
 
     @property
@@ -712,11 +734,14 @@ class Pipeline:
         ``b * n + j``; the known values are returned exactly as given."""
         s = self.options(sample, **overrides)
         known, cond = self._batch(x, n, label, s.prompt)
-        m = E.check_mask(torch.as_tensor(mask).to(self.device), known)
+        # the known values exactly as given, in data units (decoding them could round)
+        given = torch.as_tensor(x).float().cpu().reshape(-1, *self.info.shape).repeat_interleave(n, dim=0)
+        m = E.check_mask(torch.as_tensor(mask).cpu(), given)
         out = E.inpaint(
             _guided(self.denoiser, self.info, s),
             known,
-            m,
+            # on the denoiser's grid: a latent cell is generated where any data element it covers is
+            self.space.encode_mask(m.to(self.device)),
             _grid(s, self.denoiser.schedule),
             method=method,
             sampler=s.sampler,
@@ -727,9 +752,7 @@ class Pipeline:
             generator=self._generator(s),
             options=s.options,
         )
-        # the known values exactly as given, in data units (decoding them could round)
-        given = torch.as_tensor(x).float().cpu().reshape(-1, *self.info.shape).repeat_interleave(n, dim=0)
-        return torch.where(m.cpu(), self._out(out), given)
+        return torch.where(m, self._out(out), given)
 
     @torch.no_grad()
     def sdedit(
@@ -780,7 +803,8 @@ class Pipeline:
         den, cond = _guided(self.denoiser, self.info, s), self._cond(label, 1, s.prompt)
         noise = E.invert(den, z, sigmas, solver=solver, cond=cond)
         back = self._out(get_sampler(solver).fn(den, noise, sigmas, cond=cond))
-        err = float((back - self._out(z)).pow(2).mean().sqrt())
+        given = torch.as_tensor(x).float().cpu().reshape(-1, *self.info.shape)[:1]
+        err = float((back - given).pow(2).mean().sqrt())
         return Inversion(noise.float().cpu(), sigmas, back, err)
 
     @torch.no_grad()
@@ -851,7 +875,12 @@ class Pipeline:
             schedule=self.denoiser.schedule,
             generator=self._generator(s),
         )
-        return self._out(out), mask.cpu()
+        if self.space.identity:
+            return self._out(out), mask.cpu()
+        # a latent model: the mask on the data grid, the unedited region exactly as given
+        m = self.space.decode_mask(mask).cpu()
+        given = torch.as_tensor(x).float().cpu().reshape(-1, *self.info.shape)[:1]
+        return torch.where(m, self._out(out), given), m
 
     # --- judging --------------------------------------------------------------------------------------
 
@@ -875,12 +904,21 @@ def _unguided(overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_pipeline(
-    path: str | Path, *, device: str = "auto", weights: str = "ema", modality: str | None = None
+    path: str | Path,
+    *,
+    device: str = "auto",
+    weights: str = "ema",
+    modality: str | None = None,
+    autoencoder: str | Path | None = None,
 ) -> Pipeline:
     """Rebuild the model a checkpoint (or the newest checkpoint of a run folder) was trained as;
     ``modality``: refuse (``ValueError``) a model of another modality. A diffusers folder (a
     ``model_index.json``, or a ``config.json`` with ``_class_name``) is read by
-    :meth:`Pipeline.from_diffusers` (``weights`` does not apply)."""
+    :meth:`Pipeline.from_diffusers` (``weights`` does not apply).
+
+    A latent model (:mod:`multidiff.latent`) rebuilds its autoencoder from the run its checkpoint
+    names (or from ``autoencoder``, a run or checkpoint folder, when it has moved): the checkpoint
+    whose EMA weights have the recorded SHA-256, or ``ValueError`` naming the path."""
     from .interop.diffusers import is_diffusers_folder
 
     if is_diffusers_folder(path):
@@ -902,7 +940,42 @@ def load_pipeline(
     state = ckpt.weights(weights)
     from .conditioning import load_text_encoder
 
-    den = build_denoiser(cfg, info, text=load_text_encoder(cfg, state))
+    space = _latent_space(ckpt, cfg, info, autoencoder) if cfg.run.latent is not None else None
+    den = build_denoiser(cfg, info, text=load_text_encoder(cfg, state), space=space)
     load_state_dict_checked(den.net, state, str(ckpt.path))
     den = den.to(resolve_device(device)).eval().requires_grad_(False)
     return Pipeline(den, cfg, info, ckpt)
+
+
+def _latent_space(ckpt: Checkpoint, cfg: C.ResolvedConfig, info: DataInfo, autoencoder: str | Path | None) -> Any:
+    """A latent checkpoint's :class:`~multidiff.latent.LatentSpace`: its autoencoder found again by
+    the recorded weights hash (at ``autoencoder`` if given, else where the run named it), with the
+    recorded scale and shift."""
+    from .latent import AutoencoderRecord, LatentSpace, open_autoencoder
+
+    if not isinstance(ckpt.meta.get("latent"), dict):
+        raise ValueError(f"{ckpt.path / 'meta.json'}: a latent run's checkpoint without its latent record")
+    rec = AutoencoderRecord.from_json(ckpt.meta["latent"])
+    if autoencoder is not None:
+        where = [Path(autoencoder)]
+    else:  # where it was when the run started, then as the config names it (relative to here)
+        where = list(dict.fromkeys([Path(rec.checkpoint), Path(rec.run), Path(rec.autoencoder)]))
+    what = f"the latent model {ckpt.path} needs its autoencoder"
+    found = next((p for p in where if p.exists()), None)
+    if found is None:
+        raise ValueError(
+            f"{what}: the autoencoder run {rec.autoencoder!r} ({rec.run}) does not exist"
+            if autoencoder is None
+            else f"{what}: the autoencoder {str(autoencoder)!r} does not exist"
+        )
+    net, _, _ = open_autoencoder(
+        found,
+        modality=cfg.adapter.name,
+        data_shape=info.shape,
+        sha256=rec.sha256,
+        what=what,
+    )
+    space = LatentSpace(net, info.shape, rec.scale, rec.shift, batch_size=cfg.run.latent.encode_batch_size)
+    if space.shape != rec.latent_shape:
+        raise ValueError(f"{what}: its latent shape is {space.shape}, the model was trained on {rec.latent_shape}")
+    return space

@@ -194,12 +194,26 @@ class DiffusionObjective:
     task = "diffusion"
 
     def __init__(
-        self, cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any], text: Any = None
+        self,
+        cfg: C.ResolvedConfig,
+        info: Any,
+        device: torch.device,
+        autocast: Callable[[], Any],
+        text: Any = None,
+        latent: dict[str, Any] | None = None,
     ) -> None:
         self.cfg, self.info, self.device, self.autocast = cfg, info, device, autocast
         # ``text``: the run's training text (multidiff.conditioning), whose encoder sits beside the network
         encoder = text.encoder if text is not None else None
-        self.denoiser: Denoiser = build_denoiser(cfg, info, text=encoder).to(device)
+        # a latent run (multidiff.latent): the autoencoder's space; ``latent`` is the record of a
+        # checkpoint being resumed, whose autoencoder, scale and shift are kept
+        self.latent = None
+        if cfg.run.latent is not None:
+            from .latent import LatentTraining
+
+            self.latent = LatentTraining(cfg, info, pinned=latent)
+        space = self.latent.space if self.latent is not None else None
+        self.denoiser: Denoiser = build_denoiser(cfg, info, text=encoder, space=space).to(device)
         self.net: nn.Module = self.denoiser.net
         self.aux: nn.Module | None = None
         self.part_names: tuple[str, ...] = ()
@@ -212,7 +226,10 @@ class DiffusionObjective:
         }
 
     def train_subset(self, dataset: Any) -> Any:
-        return dataset
+        """All examples; for a latent run their latents (encoded once, cached), with the scale fitted."""
+        if self.latent is None:
+            return dataset
+        return self.latent.dataset(dataset)
 
     def _sigmas(self, n: int, g: torch.Generator) -> Tensor:
         d = self.cfg.run.diffusion
@@ -230,7 +247,10 @@ class DiffusionObjective:
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """The batch in the denoiser's space, its noise levels, noise and (dropped) labels."""
         with global_rows(rows):  # per-example draws: whole global batch, this process's rows
-            x0 = self.denoiser.space.encode(x0)
+            if self.latent is not None:  # cached posterior statistics -> the latent batch (maybe a sample)
+                x0 = self.latent.batch(x0, g, rows)
+            else:
+                x0 = self.denoiser.space.encode(x0)
             cond: dict[str, Tensor] = {}
             if self.info.num_classes > 0:
                 labels = labels.to(self.device, non_blocking=True).long()
@@ -272,6 +292,9 @@ class DiffusionObjective:
         return None
 
     def meta(self) -> dict[str, Any]:
+        """The task; for a latent run also its autoencoder and space (:class:`multidiff.latent.AutoencoderRecord`)."""
+        if self.latent is not None:
+            return {"task": self.task, "latent": self.latent.record().to_json()}
         return {"task": self.task}
 
     def sample_files(self, ema: nn.Module, out: Path, callback: Callable[[dict[str, Any]], None] | None) -> list[Path]:
@@ -287,15 +310,21 @@ class DiffusionObjective:
 
 
 def build_objective(
-    cfg: C.ResolvedConfig, info: Any, device: torch.device, autocast: Callable[[], Any], text: Any = None
+    cfg: C.ResolvedConfig,
+    info: Any,
+    device: torch.device,
+    autocast: Callable[[], Any],
+    text: Any = None,
+    latent: dict[str, Any] | None = None,
 ) -> Objective:
     """The objective of the run's ``task`` (on ``device``; ``autocast()`` the precision context;
-    ``text`` the training text of a text-conditioned diffusion run)."""
+    ``text`` the training text of a text-conditioned diffusion run; ``latent`` the latent record of
+    a latent checkpoint being resumed)."""
     if cfg.run.task == "autoencoder":
         from .autoencoder import AutoencoderObjective
 
         return AutoencoderObjective(cfg, info, device, autocast)
-    return DiffusionObjective(cfg, info, device, autocast, text)
+    return DiffusionObjective(cfg, info, device, autocast, text, latent)
 
 
 @dataclass
@@ -364,6 +393,13 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(t.seed)
+        # a latent run names an autoencoder run: it must be there before any work starts
+        pinned = None
+        if cfg.run.latent is not None:
+            from .latent import check_autoencoder_run
+
+            check_autoencoder_run(cfg.run.latent.autoencoder, self.adapter.name)
+            pinned = self._latent_record(resume)
         # rank 0 builds the data first (downloads, voxel caches); the others then read what it wrote
         if not self.world.is_main:
             self.world.barrier()
@@ -385,8 +421,15 @@ class Trainer:
         self.amp = amp_dtype(t.precision, self.device)
         amp = self.amp
         # the run's objective: what the model is and what the loss of a batch is (its task)
-        self.objective: Objective = build_objective(cfg, self.info, self.device, lambda: self.autocast(), self.text)
+        self.objective: Objective = build_objective(
+            cfg, self.info, self.device, lambda: self.autocast(), self.text, pinned
+        )
+        # rank 0 first: a latent run encodes the data set once into the cache, the others read it
+        if not self.world.is_main:
+            self.world.barrier()
         self.dataset = self.objective.train_subset(self.dataset)
+        if self.world.is_main:
+            self.world.barrier()
         if len(self.dataset) < t.batch_size:
             raise ValueError(
                 f"train.batch_size={t.batch_size} is larger than the data set ({len(self.dataset)} training "
@@ -458,6 +501,25 @@ class Trainer:
 
     # --- state --------------------------------------------------------------------------
 
+    def _latent_record(self, resume: bool | str) -> dict[str, Any] | None:
+        """The latent record (autoencoder, weights hash, scale, shift) of the checkpoint a latent run
+        resumes, so it continues with the same autoencoder and space; None for a fresh run."""
+        if not resume:
+            return None
+        if resume is True:
+            if not list_checkpoints(self.run_dir):
+                raise ValueError(f"--resume: no checkpoint in {self.run_dir / 'checkpoints'}")
+            ckpt = find_checkpoint(self.run_dir)
+        else:
+            ckpt = find_checkpoint(resume)
+        rec = ckpt.meta.get("latent")
+        if not isinstance(rec, dict):
+            raise ValueError(
+                f"--resume: {ckpt.path} is not a checkpoint of a latent run (no latent record), and this run has a "
+                "latent section"
+            )
+        return rec
+
     def _init_from(self, path: str) -> None:
         """Start from another run's EMA weights (fine-tuning); the class table grows to fit."""
         ckpt = find_checkpoint(path)
@@ -483,6 +545,11 @@ class Trainer:
         if task != self.objective.task:
             raise ValueError(
                 f"--resume: {ckpt.path} is a checkpoint of a {task} run, and this run's task is {self.objective.task}"
+            )
+        if "latent" in ckpt.meta and self.cfg.run.latent is None:
+            raise ValueError(
+                f"--resume: {ckpt.path} is a checkpoint of a latent run (autoencoder {ckpt.meta['latent'].get('autoencoder')}), "
+                "and this run has no latent section"
             )
         model, ema, st = ckpt.weights("model"), ckpt.weights("ema"), ckpt.training_state()
         check_state_dict(self.net, model, str(ckpt.path / "model.safetensors"))
@@ -605,7 +672,11 @@ class Trainer:
         g = torch.Generator(device=self.device).manual_seed(seed)
         rows = self.rows
         with global_rows(rows):  # per-example draws: whole global batch, this process's rows
-            x0 = self.adapter.augment(x0.to(self.device, non_blocking=True), self.cfg.data, g).float()
+            x0 = x0.to(self.device, non_blocking=True)
+            # a latent run's batch is cached latents: data-space augmentation does not apply (config refuses it)
+            if getattr(self.objective, "latent", None) is None:
+                x0 = self.adapter.augment(x0, self.cfg.data, g)
+            x0 = x0.float()
             inputs = self.objective.draws(x0, labels, g, rows)
             if self.text is not None:  # text conditioning: the examples' text, some rows dropped to the null
                 inputs[3].update(self.text.inputs(self._examples.indices(k), g, self.device))

@@ -21,6 +21,12 @@ def run(args: argparse.Namespace) -> int:
         what = cfg.adapter.describe(cfg.data)
         if cfg.run.task == "autoencoder":
             what = f"autoencoder of {what} -> latent {tuple(trainer.objective.meta()['latent_shape'])}"
+        elif cfg.run.latent is not None:
+            rec = trainer.objective.meta()["latent"]
+            what = (
+                f"latent {tuple(rec['latent_shape'])} of {what} {tuple(rec['data_shape'])} through the autoencoder "
+                f"{rec['checkpoint']} (scale {rec['scale']:.4g}, shift {rec['shift']:.4g})"
+            )
         say(
             f"multidiff train: {what}, {sum(p.numel() for p in trainer.net.parameters()):,} "
             f"parameters, {trainer.device}{procs}, steps {trainer.step} -> {cfg.run.train.steps}, "
