@@ -382,23 +382,134 @@ SHIPPED = {  # latent config -> (its autoencoder config, small data for both)
 }
 
 
-@pytest.mark.parametrize("config", sorted(SHIPPED))
-def test_the_shipped_latent_configs_train_on_small_data(config: str, tmp_path: Path) -> None:
-    """Each shipped latent config, its network as shipped, a step on the latents of its shipped
-    autoencoder config (one step too) on a few small examples; the autoencoder named as shipped."""
+def _train_shipped_pair(
+    config: str,
+    ae_config: str,
+    sets: list[str],
+    tmp_path: Path,
+    ae_sets: tuple[str, ...] = (),
+    latent_sets: tuple[str, ...] = (),
+) -> None:
+    """A step of the shipped autoencoder config, then a step of the shipped latent config on its
+    latents (``sets`` for both, ``ae_sets`` for the autoencoder only, ``latent_sets`` for the latent
+    run only), the autoencoder named as shipped: its ``out_dir``; the two configs' data sections
+    alike but for the autoencoder's data-space augmentation (``random_*``)."""
     root = Path(__file__).resolve().parents[1]
-    ae_config, data = SHIPPED[config]
-    sets = data + ["train.steps=1", "train.batch_size=4", "train.progress=false", "train.device=cpu"]
+    sets = sets + ["train.steps=1", "train.batch_size=4", "train.progress=false", "train.device=cpu"]
     sets += ["train.sample_every=0", "train.checkpoint_every=0"]
-    shipped = C.load_config(root / "configs" / config)
-    assert shipped.run.latent.autoencoder == C.load_config(root / "configs" / ae_config).run.out_dir
+    shipped, shipped_ae = C.load_config(root / "configs" / config), C.load_config(root / "configs" / ae_config)
+    assert shipped.run.latent.autoencoder == shipped_ae.run.out_dir
+    data, ae_data = shipped.data.model_dump(), shipped_ae.data.model_dump()
+    assert {k: v for k, v in data.items() if not k.startswith("random_")} == {
+        k: v for k, v in ae_data.items() if not k.startswith("random_")
+    }
     ae, out = tmp_path / "ae", tmp_path / "latent"
-    for cfg, run, extra in ((ae_config, ae, []), (config, out, [f"latent.autoencoder={ae}"])):
+    for cfg, run, extra in ((ae_config, ae, [*ae_sets]), (config, out, [f"latent.autoencoder={ae}", *latent_sets])):
         args = ["train", str(root / "configs" / cfg), "--out-dir", str(run)]
         assert cli.main(args + [x for s in sets + extra for x in ("--set", s)]) == 0
     meta = find_checkpoint(out).meta
     assert meta["task"] == "diffusion" and meta["latent"]["checkpoint"] == str(find_checkpoint(ae).path.resolve())
     assert math.isfinite(_MetricsLog.read(out / "metrics.csv")[-1]["loss"])
+
+
+@pytest.mark.parametrize("config", sorted(SHIPPED))
+def test_the_shipped_latent_configs_train_on_small_data(config: str, tmp_path: Path) -> None:
+    """Each shipped latent config, its network as shipped, a step on the latents of its shipped
+    autoencoder config (one step too) on a few small examples; the autoencoder named as shipped."""
+    ae_config, data = SHIPPED[config]
+    _train_shipped_pair(config, ae_config, data, tmp_path)
+
+
+def _image_folder(root: Path) -> None:
+    """8 RGB PNGs of two classes, of other sizes than the run's (resized and cropped)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for c, name in enumerate(("red", "blue")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            arr = torch.randint(0, 256, (20 + 2 * i, 24, 3), generator=g, dtype=torch.uint8)
+            arr[..., 2 * c] = 230
+            Image.fromarray(arr.numpy()).save(root / name / f"{i}.png")
+
+
+def _audio_folder(root: Path) -> None:
+    """8 short WAV recordings of two classes at 16 kHz (low and high sines with a little noise)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(1200) / 16000
+    for c, name in enumerate(("low", "high")):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            wave = 0.3 * np.sin(2 * np.pi * (220 * (c + 1) + 20 * i) * t) + 0.01 * rng.standard_normal(len(t))
+            sf.write(root / name / f"{i}.wav", wave.astype(np.float32), 16000)
+
+
+def _mesh_folder(root: Path) -> None:
+    """8 meshes of two classes as OBJ, PLY and STL files: boxes and spheres of several sizes."""
+    import trimesh
+
+    for name in ("box", "ball"):
+        (root / name).mkdir(parents=True)
+    for i in range(4):
+        box = trimesh.creation.box((0.5 + 0.1 * i, 0.6, 0.4 + 0.1 * i))
+        box.export(root / "box" / f"{i}.{('obj', 'ply', 'stl', 'obj')[i]}")
+        ball = trimesh.creation.icosphere(2, radius=0.3 + 0.05 * i)
+        ball.export(root / "ball" / f"{i}.{('stl', 'obj', 'ply', 'ply')[i]}")
+
+
+# latent config for a GPU -> (its autoencoder config, a writer of a small folder, the data's size for a
+# CPU step, the autoencoder's and the latent model's widths cut: depth, levels, factors, attention,
+# losses and discriminator stay as shipped; 84M, 21M and 10M autoencoder and 36-54M latent parameters
+# as shipped would write checkpoints of gigabytes)
+FOLDERS = {
+    # 256x256 -> 16x16 (a 2x2x4 latent at f = 8); the discriminator from the first step, so it runs
+    "image_folder_latent.yaml": (
+        "image_folder_ae.yaml",
+        _image_folder,
+        ["data.size=16"],
+        ("autoencoder.channels=16", "autoencoder.disc_channels=8", "autoencoder.disc_start=0"),
+        ("model.channels=16",),
+        ([3, 16, 16], [4, 2, 2]),
+    ),
+    # 65,536 samples -> 1,024 (a 16-frame latent at f = 64)
+    "audio_folder_latent.yaml": (
+        "audio_folder_ae.yaml",
+        _audio_folder,
+        ["data.length=1024"],
+        ("autoencoder.channels=8",),
+        ("model.channels=16",),
+        ([1, 1024], [32, 16]),
+    ),
+    # 64^3 -> 8^3 (a 2^3 latent at f = 4); the voxel cache under the test's MULTIDIFF_CACHE
+    "voxel_meshes_latent.yaml": (
+        "voxel_meshes_ae.yaml",
+        _mesh_folder,
+        ["data.resolution=8"],
+        ("autoencoder.channels=8",),
+        ("model.channels=16",),
+        ([1, 8, 8, 8], [8, 2, 2, 2]),
+    ),
+}
+
+
+@pytest.mark.parametrize("config", sorted(FOLDERS))
+def test_the_shipped_folder_latent_configs_train_on_small_folders(config: str, tmp_path: Path) -> None:
+    """The GPU configs for a folder of images, recordings or meshes: a step of the shipped
+    autoencoder config and one of the shipped latent config on a few small files written here, at
+    a small size and width, in float32 on the CPU; everything else as shipped."""
+    ae_config, write, size, ae_sets, latent_sets, (data_shape, latent_shape) = FOLDERS[config]
+    write(tmp_path / "data")
+    sets = [f"data.path={tmp_path / 'data'}", *size, "train.precision=fp32", "train.num_workers=0"]
+    _train_shipped_pair(config, ae_config, sets, tmp_path, ae_sets, latent_sets)
+    record = find_checkpoint(tmp_path / "latent").meta["latent"]
+    assert record["data_shape"] == data_shape and record["latent_shape"] == latent_shape  # f = 8, 64, 4
+    assert record["posterior"] == "sample"
+    row = _MetricsLog.read(tmp_path / "ae" / "metrics.csv")[-1]
+    if "autoencoder.disc_start=0" in ae_sets:  # the image autoencoder's discriminator took its step
+        assert math.isfinite(row["disc"]) and row["disc"] > 0
 
 
 def test_a_text_conditioned_latent_run_trains_and_samples_with_prompts(
