@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -354,3 +355,20 @@ def grow_class_embedding(state: dict[str, Tensor], key: str, num_classes: int) -
     null = old[-1:]
     new = torch.cat([old[:-1], null.expand(num_classes - old_classes, -1), null], dim=0)
     return {**state, key: new.contiguous()}
+
+
+def save_tensors_atomic(tensors: dict[str, Tensor], meta: dict[str, str], file: Path) -> None:
+    """``tensors`` to the safetensors ``file`` with ``meta``: written beside it, then moved over it
+    (``os.replace``), so a reader sees the old file or the new one, never half of one (the latent
+    and text-embedding caches)."""
+    from safetensors.torch import save_file
+
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=file.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, file)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

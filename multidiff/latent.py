@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .checkpoint import save_tensors_atomic
 
 __all__ = [
     "AutoencoderRecord",
@@ -257,20 +258,6 @@ def latent_cache_key(weights: str, x: Tensor, *, batch_size: int, device: str) -
     return f"{h.hexdigest()[:32]}-v{CACHE_VERSION}.safetensors"
 
 
-def _save_atomic(tensors: dict[str, Tensor], meta: dict[str, str], file: Path) -> None:
-    from safetensors.torch import save_file
-
-    file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=file.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load(file: Path, weights: str, n: int) -> tuple[Tensor, Tensor] | None:
     from safetensors import safe_open
 
@@ -314,7 +301,7 @@ def encode_cached(
         return hit[0], hit[1], file
     mean, logvar = encode_posterior(autoencoder, x.cpu(), batch_size)
     try:
-        _save_atomic({"mean": mean, "logvar": logvar}, {"weights": weights, "count": str(x.shape[0])}, file)
+        save_tensors_atomic({"mean": mean, "logvar": logvar}, {"weights": weights, "count": str(x.shape[0])}, file)
     except OSError as e:
         warnings.warn(f"cannot write the latent cache {str(file)!r} ({e}); the latents are not cached", stacklevel=2)
     return mean, logvar, file
@@ -389,6 +376,25 @@ def _candidates(folder: Path) -> list[Any]:
     return [find_checkpoint(p) for p in reversed(list_checkpoints(folder))]
 
 
+def _autoencoder_checkpoints(path: str | Path, what: str) -> list[Any]:
+    """The checkpoints of the autoencoder run at ``path``, newest first; ``ValueError`` naming
+    ``what`` and the path when the folder is missing or holds none."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(
+            f"{what}: the autoencoder run {str(path)!r} does not exist"
+            + (f" (looked for {str(p.resolve())!r})" if not p.is_absolute() else "")
+            + "; train it first (multidiff train <its task: autoencoder config>)"
+        )
+    try:
+        found = _candidates(p)
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    if not found:
+        raise ValueError(f"{what}: {str(path)!r} holds no checkpoint of an autoencoder run")
+    return found
+
+
 def open_autoencoder(
     path: str | Path,
     *,
@@ -409,19 +415,7 @@ def open_autoencoder(
     """
     from .autoencoder import load_autoencoder
 
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(
-            f"{what}: the autoencoder run {str(path)!r} does not exist"
-            + (f" (looked for {str(p.resolve())!r})" if not p.is_absolute() else "")
-            + "; train it first (multidiff train <its task: autoencoder config>)"
-        )
-    try:
-        found = _candidates(p)
-    except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
-    if not found:
-        raise ValueError(f"{what}: {str(path)!r} holds no checkpoint of an autoencoder run")
+    found = _autoencoder_checkpoints(path, what)
     pick = found[0]
     if sha256 is not None:
         match = [c for c in found if weights_sha256(c) == sha256]
@@ -443,19 +437,7 @@ def open_autoencoder(
 def check_autoencoder_run(path: str | Path, modality: str, what: str = "latent.autoencoder") -> None:
     """The quick checks a latent run makes before anything else (no weights read): the folder
     exists and its newest checkpoint is an autoencoder of ``modality``; ``ValueError`` naming the path."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ValueError(
-            f"{what}: the autoencoder run {str(path)!r} does not exist"
-            + (f" (looked for {str(p.resolve())!r})" if not p.is_absolute() else "")
-            + "; train it first (multidiff train <its task: autoencoder config>)"
-        )
-    try:
-        found = _candidates(p)
-    except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
-    if not found:
-        raise ValueError(f"{what}: {str(path)!r} holds no checkpoint of an autoencoder run")
+    found = _autoencoder_checkpoints(path, what)
     meta = found[0].meta
     task = meta.get("task", meta.get("config", {}).get("task", "diffusion"))
     if task != "autoencoder":

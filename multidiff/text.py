@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -50,6 +49,7 @@ from pydantic import Field, TypeAdapter, model_validator
 from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
+from .checkpoint import save_tensors_atomic
 from .distributed import current_rows
 from .modality import StrictModel
 from .nn import TokenAttention, zero_
@@ -757,19 +757,6 @@ def _encode_all(encoder: TextEncoder, texts: Sequence[str], batch_size: int) -> 
     return TextEncoding.cat(parts)
 
 
-def _save_atomic(tensors: dict[str, Tensor], meta: dict[str, str], file: Path) -> None:
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=file.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _load(file: Path, identity: str, n: int) -> EncodedCaptions | None:
     from safetensors import safe_open
 
@@ -837,7 +824,7 @@ def encode_cached(
     }
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _save_atomic(tensors, {"identity": identity, "count": str(len(captions))}, file)
+        save_tensors_atomic(tensors, {"identity": identity, "count": str(len(captions))}, file)
     except OSError as e:
         warnings.warn(f"cannot write the text cache {str(file)!r} ({e}); the encodings are not cached", stacklevel=2)
     return EncodedCaptions(unique, index)
