@@ -54,9 +54,31 @@ from multidiff import config as C
 from multidiff.train import Trainer
 
 CONFIGS = ("image_digits", "audio_tones", "voxel_shapes")
+# the latent configs (issue 22), measured on request (``--configs``): each needs its autoencoder run,
+# ``--set image_digits_latent:latent.autoencoder=RUN``
+LATENT_CONFIGS = ("image_digits_latent", "audio_tones_latent", "voxel_shapes_latent")
+# what the DiT of a latent config changes besides ``model.preset=dit_tiny``: 64 tokens on each latent
+# grid (8x8 at patch 1, 8^3 at patch 2, 128 frames at patch 2), and the UNet keys the config sets
+# cleared (a UNet key under a DiT preset is a config error)
+DIT_SETS = {
+    "image_digits_latent": ["model.patch_size=1"],
+    "audio_tones_latent": [
+        "model.patch_size=2",
+        "model.channels=null",
+        "model.channel_mult=null",
+        "model.factor=null",
+        "model.attention_levels=null",
+    ],
+    "voxel_shapes_latent": [
+        "model.patch_size=2",
+        "model.channels=null",
+        "model.channel_mult=null",
+        "model.attention_levels=null",
+    ],
+}
 BUDGETS = ("equal FLOPs", "equal time")
 # samples per class when scoring: the sizes of benchmarks/README.md's quality tables
-PER_CLASS = {"image_digits": 100, "audio_tones": 100, "voxel_shapes": 40}
+PER_CLASS = {"image_digits": 100, "audio_tones": 100, "voxel_shapes": 40, "voxel_shapes_latent": 40}
 
 
 def _sdpa_cpu(query: Any, key: Any, value: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -100,7 +122,7 @@ def _trainer(name: str, backbone: str, out: Path, args: argparse.Namespace) -> T
     if args.batch:
         sets.append(f"train.batch_size={args.batch}")
     if backbone == "dit":
-        sets.append("model.preset=dit_tiny")  # the modality's transformer preset
+        sets += ["model.preset=dit_tiny", *DIT_SETS.get(name, [])]  # the modality's transformer preset
     return Trainer(C.load_config(ROOT / "configs" / f"{name}.yaml", sets))
 
 
@@ -202,7 +224,7 @@ def _plan(rows: Sequence[dict[str, Any]], args: argparse.Namespace) -> list[dict
         cfg = C.load_config(ROOT / "configs" / f"{name}.yaml", _sets_for(name, args.set))
         for budget in BUDGETS:
             steps = r[budget]
-            o = [*sets, "model.preset=dit_tiny", f"train.steps={steps}"]
+            o = [*sets, "model.preset=dit_tiny", *DIT_SETS.get(name, []), f"train.steps={steps}"]
             if cfg.run.train.warmup_steps >= steps:
                 o.append(f"train.warmup_steps={max(1, steps // 10)}")
             run = runs_dir / f"{name}_dit_{budget.split()[1].lower()}"
@@ -263,7 +285,7 @@ def _scores(item: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 
 def quality_table(plan: Sequence[dict[str, Any]], scores: Sequence[dict[str, Any]], scales: Sequence[str]) -> str:
-    voxel = any(item["config"] == "voxel_shapes" for item in plan)
+    voxel = any(item["config"].startswith("voxel_shapes") for item in plan)
     header = ["config", "backbone", "budget", "steps", "train s"]
     for g in scales:
         header += [f"g{g} accuracy", f"g{g} worst", f"g{g} Fréchet"] + ([f"g{g} one piece"] if voxel else [])
@@ -351,8 +373,12 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"))
     args = p.parse_args(argv)
     for s in args.set:
-        if s.split(":", 1)[0] not in CONFIGS or ":" not in s:
-            p.error(f"--set {s!r}: expected CONFIG:KEY=VALUE with CONFIG one of {', '.join(CONFIGS)}")
+        if s.split(":", 1)[0] not in CONFIGS + LATENT_CONFIGS or ":" not in s:
+            names = ", ".join(CONFIGS + LATENT_CONFIGS)
+            p.error(f"--set {s!r}: expected CONFIG:KEY=VALUE with CONFIG one of {names}")
+    for name in args.configs.split(","):
+        if name not in CONFIGS + LATENT_CONFIGS:
+            p.error(f"--configs {name!r}: expected names from {', '.join(CONFIGS + LATENT_CONFIGS)}")
     torch.set_num_threads(args.threads)
     budgets = Path(args.runs) / "budgets.json"
     rows = _saved_rows(budgets, args) if args.quality and not args.remeasure else None
