@@ -75,3 +75,22 @@ def test_plan_trains_the_dit_at_both_budgets_with_the_configs_settings(tmp_path:
     # the config's 100 warmup steps do not fit in 90: cut to a tenth of the run
     short = plan[("voxel_shapes", "equal time")]["overrides"]
     assert "train.lr=1e-3" in short and "train.warmup_steps=9" in short
+
+
+@pytest.mark.parametrize("name", backbones.LATENT_CONFIGS)
+def test_latent_configs_dit_has_64_tokens(name: str) -> None:
+    """The DiT of each latent config is a valid config (the UNet keys it sets are cleared) and
+    sees 64 tokens on its latent grid, the count the latent comparison states."""
+    from multidiff import config as C
+
+    sets = ["model.preset=dit_tiny", *backbones.DIT_SETS[name]]
+    cfg = C.load_config(backbones.ROOT / "configs" / f"{name}.yaml", sets)
+    model = cfg.model
+    assert model.network_backbone == "dit"
+    latent_grid = {"image_digits_latent": (8, 8), "audio_tones_latent": (128,), "voxel_shapes_latent": (8, 8, 8)}[name]
+    patch = model.resolved()["patch_size"]
+    patch = [patch] * len(latent_grid) if isinstance(patch, int) else patch
+    tokens = 1
+    for size, p in zip(latent_grid, patch, strict=True):
+        tokens *= size // p
+    assert tokens == 64
