@@ -57,6 +57,7 @@ CONFIGS = ("image_digits", "audio_tones", "voxel_shapes")
 # the latent configs (issue 22), measured on request (``--configs``): each needs its autoencoder run,
 # ``--set image_digits_latent:latent.autoencoder=RUN``
 LATENT_CONFIGS = ("image_digits_latent", "audio_tones_latent", "voxel_shapes_latent")
+ALL_CONFIGS = CONFIGS + LATENT_CONFIGS
 # what the DiT of a latent config changes besides ``model.preset=dit_tiny``: 64 tokens on each latent
 # grid (8x8 at patch 1, 8^3 at patch 2, 128 frames at patch 2), and the UNet keys the config sets
 # cleared (a UNet key under a DiT preset is a config error)
@@ -368,17 +369,16 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--dry-run", action="store_true", help="measure (or read budgets.json), print the runs, train none")
     q.add_argument("--jobs", type=int, default=1, help="training runs at a time")
     q.add_argument("--scales", default="1,2", help="guidance scales to score")
-    q.add_argument("--per-class", type=int, help="samples per class (default: 100; 40 for voxel_shapes)")
+    q.add_argument("--per-class", type=int, help="samples per class (default: 100; 40 for the shapes)")
     q.add_argument("--seed", type=int, default=1, help="seed of the scored samples")
     q.add_argument("--cache", default=str(Path.home() / ".cache" / "multidiff" / "classifiers"))
     args = p.parse_args(argv)
     for s in args.set:
-        if s.split(":", 1)[0] not in CONFIGS + LATENT_CONFIGS or ":" not in s:
-            names = ", ".join(CONFIGS + LATENT_CONFIGS)
-            p.error(f"--set {s!r}: expected CONFIG:KEY=VALUE with CONFIG one of {names}")
+        if s.split(":", 1)[0] not in ALL_CONFIGS or ":" not in s:
+            p.error(f"--set {s!r}: expected CONFIG:KEY=VALUE with CONFIG one of {', '.join(ALL_CONFIGS)}")
     for name in args.configs.split(","):
-        if name not in CONFIGS + LATENT_CONFIGS:
-            p.error(f"--configs {name!r}: expected names from {', '.join(CONFIGS + LATENT_CONFIGS)}")
+        if name not in ALL_CONFIGS:
+            p.error(f"--configs {name!r}: expected names from {', '.join(ALL_CONFIGS)}")
     torch.set_num_threads(args.threads)
     budgets = Path(args.runs) / "budgets.json"
     rows = _saved_rows(budgets, args) if args.quality and not args.remeasure else None
