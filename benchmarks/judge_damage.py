@@ -281,8 +281,9 @@ def judge_figures(
     ``accuracy`` by ``classify`` (grids -> predicted labels), per kind (``per_kind``), the
     ``worst_kind`` and its accuracy, the commonest mistake (``"true->judged (n)"``), and from
     :func:`~modalities.voxel.judge.piece_counts` at level 0 ``one_piece`` (the fraction in one piece)
-    and ``mean_pieces`` (0 for an empty grid)."""
-    from modalities.voxel.judge import piece_counts
+    and ``mean_pieces`` (0 for an empty grid), and from :func:`~modalities.voxel.judge.topology_figures`
+    ``topology`` (one piece with the kind's genus) and ``strict`` (the right kind and that topology)."""
+    from modalities.voxel.judge import SHAPE_GENUS, piece_counts, topology_figures
 
     pred = classify(x).cpu().long()
     labels = labels.cpu().long()
@@ -295,6 +296,7 @@ def judge_figures(
         (a, b), n = wrong.most_common(1)[0]
         mistake = f"{kinds[a]}->{kinds[b]} ({n})"
     pieces = piece_counts(x, 0.0)
+    topo = topology_figures(x, labels, [SHAPE_GENUS.get(k, 0) for k in kinds], pred)
     return {
         "accuracy": float(right.float().mean()),
         "per_kind": per_kind,
@@ -303,6 +305,8 @@ def judge_figures(
         "mistake": mistake,
         "one_piece": float((pieces == 1).float().mean()),
         "mean_pieces": float(pieces.float().mean()),
+        "topology": topo["topology_fraction"],
+        "strict": topo["strict_accuracy"],
     }
 
 
@@ -333,6 +337,7 @@ def run(
 def table(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> str:
     """The markdown table of :func:`run`'s rows."""
     header = ["damage", "strength", "kind accuracy", "worst kind", "commonest mistake", "one piece", "mean pieces"]
+    header += ["topology", "strict accuracy"]
     header += list(kinds)
     body = [
         [
@@ -343,17 +348,19 @@ def table(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str]) -> str:
             r["mistake"],
             f"{r['one_piece']:.3f}",
             f"{r['mean_pieces']:.2f}",
+            f"{r['topology']:.3f}",
+            f"{r['strict']:.3f}",
             *(f"{r['per_kind'][k]:.2f}" for k in kinds),
         ]
         for r in rows
     ]
-    return markdown_table(header, body, "lllllrr" + "r" * len(kinds))
+    return markdown_table(header, body, "lllllrrrr" + "r" * len(kinds))
 
 
 def write_csv(rows: Sequence[Mapping[str, Any]], kinds: Sequence[str], path: str | Path) -> None:
     """The rows as CSV, one column per kind's accuracy."""
     cols = ["damage", "level", "strength", "accuracy", "worst_kind", "worst_accuracy", "mistake", "one_piece"]
-    cols += ["mean_pieces", *(f"accuracy_{k}" for k in kinds)]
+    cols += ["mean_pieces", "topology", "strict", *(f"accuracy_{k}" for k in kinds)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)

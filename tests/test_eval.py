@@ -106,6 +106,33 @@ def test_single_piece_fraction_is_counted_before_the_largest_piece_is_kept() -> 
     assert mesh_figures(torch.cat([two, one]), None)["single_piece_fraction"] == 0.5
 
 
+def test_topology_tells_a_ring_from_an_arc_and_counts_each_piece() -> None:
+    """The genus comes from the Euler characteristic of the closed surface: a real torus has one
+    hole, a ball none, two balls none in all; a torus cut open (an arc, which the classifier may
+    still call a torus) is one piece of genus 0, so it fails the torus's topology."""
+    from modalities.voxel.data import primitive_sdf
+    from modalities.voxel.judge import SHAPE_GENUS, piece_counts, surface_genus, topology_figures
+
+    r = 16
+    t = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
+    pts = torch.stack(torch.meshgrid(t, t, t, indexing="ij"), -1)
+    grid = lambda d: (-d * r / 2.0).clamp(-1, 1)[None, None]  # noqa: E731  the data's truncated SDF
+    torus = grid(primitive_sdf("torus", pts, major_radius=0.3, minor_radius=0.1))
+    ball = grid(primitive_sdf("sphere", pts, radius=0.3))
+    arc = torus.clone()
+    arc[..., r // 2 - 1 : r // 2 + 1, :, : r // 2] = -1.0  # a slab through one side of the ring
+    two = torch.maximum(grid(primitive_sdf("sphere", pts - 0.25, radius=0.15)), grid(primitive_sdf("sphere", pts + 0.25, radius=0.15)))
+    grids = torch.cat([torus, ball, arc, two])
+    assert piece_counts(grids).tolist() == [1, 1, 1, 2]
+    assert surface_genus(grids).tolist() == [1, 0, 0, 0]
+    assert surface_genus(-torch.ones(1, 1, 8, 8, 8)).tolist() == [0]
+    genus = [SHAPE_GENUS.get(k, 0) for k in ("sphere", "torus")]
+    labels = torch.tensor([1, 0, 1, 0])  # torus, sphere, torus (the arc), sphere (in two pieces)
+    figs = topology_figures(grids, labels, genus, predicted=torch.tensor([1, 1, 1, 0]))
+    assert figs["topology_fraction"] == 0.5  # the torus and the ball
+    assert figs["strict_accuracy"] == 0.25  # the ball was judged a torus: only the torus counts
+
+
 def test_eval_of_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["eval", str(tmp_path / "missing")]) == 2
     assert "multidiff: error:" in capsys.readouterr().err

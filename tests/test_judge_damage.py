@@ -163,6 +163,8 @@ def test_the_loop_reports_every_condition(tmp_path: Path) -> None:
     assert frag["one_piece"] == 0.0 and frag["mean_pieces"] == 5.0
     assert frag["accuracy"] == pytest.approx(1 / 6) and frag["per_kind"]["torus"] == 1.0
     assert frag["worst_accuracy"] == 0.0 and frag["mistake"].endswith("->torus (1)")
+    assert none["topology"] == 1.0 and none["strict"] == 1.0  # one real shape per kind: all whole
+    assert frag["topology"] == 0.0 and frag["strict"] == 0.0  # the torus judged right is in pieces
     text = J.table(rows, SHAPES)
     assert text.count("\n") == len(rows) + 1 and "| fragments | 4 x |" in text
     J.write_csv(rows, SHAPES, tmp_path / "out.csv")
