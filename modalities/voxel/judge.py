@@ -59,6 +59,7 @@ __all__ = [
     "JUDGE_PER_CLASS",
     "shapes_judge_classifier",
     "piece_counts",
+    "surface_topology",
     "surface_genus",
     "SHAPE_GENUS",
     "topology_figures",
@@ -123,34 +124,32 @@ def shapes_judge_classifier(
     )
 
 
+def surface_topology(grids: Tensor, level: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``(pieces, genus)``, each ``(N,)``, of the whole iso-surface at ``level`` of each grid
+    ``(N, 1, R, R, R)``, before any piece is dropped, from one marching-cubes surface per grid: the
+    number of connected pieces, and the total genus, the sum over the pieces of ``(2 - chi) / 2``
+    with ``chi = V - E + F`` the Euler characteristic of the closed surface (a sphere 0, a torus 1).
+    An empty grid has 0 pieces and genus 0."""
+    from .io import grid_to_mesh
+
+    pieces, genus = [], []
+    for g in grids:
+        mesh = grid_to_mesh(g, level=level, largest_component=False)
+        k = len(mesh.split(only_watertight=False)) if len(mesh.faces) else 0
+        pieces.append(k)
+        genus.append((2 * k - int(mesh.euler_number)) // 2 if k else 0)
+    return torch.tensor(pieces, dtype=torch.long), torch.tensor(genus, dtype=torch.long)
+
+
 def piece_counts(grids: Tensor, level: float = 0.0) -> Tensor:
     """The number of connected pieces ``(N,)`` of the whole iso-surface at ``level`` of each grid
     ``(N, 1, R, R, R)``, before any piece is dropped (0 for a grid with nothing inside)."""
-    from .io import grid_to_mesh
-
-    counts = []
-    for g in grids:
-        mesh = grid_to_mesh(g, level=level, largest_component=False)
-        counts.append(len(mesh.split(only_watertight=False)) if len(mesh.faces) else 0)
-    return torch.tensor(counts, dtype=torch.long)
+    return surface_topology(grids, level)[0]
 
 
 def surface_genus(grids: Tensor, level: float = 0.0) -> Tensor:
-    """The total genus ``(N,)`` of the whole iso-surface at ``level`` of each grid ``(N, 1, R, R, R)``,
-    before any piece is dropped: the sum over its pieces of ``(2 - chi) / 2``, ``chi = V - E + F`` the
-    Euler characteristic of the closed marching-cubes surface (a sphere 0, a torus 1); 0 for an
-    empty grid."""
-    from .io import grid_to_mesh
-
-    out = []
-    for g in grids:
-        mesh = grid_to_mesh(g, level=level, largest_component=False)
-        if not len(mesh.faces):
-            out.append(0)
-            continue
-        pieces = len(mesh.split(only_watertight=False))
-        out.append((2 * pieces - int(mesh.euler_number)) // 2)
-    return torch.tensor(out, dtype=torch.long)
+    """The total genus ``(N,)`` of the whole iso-surface of each grid (:func:`surface_topology`)."""
+    return surface_topology(grids, level)[1]
 
 
 def topology_figures(
@@ -161,7 +160,8 @@ def topology_figures(
     judged the kind asked for AND of that topology (module docstring)."""
     labels = labels.cpu().long()
     want = torch.as_tensor(list(genus), dtype=torch.long)[labels]
-    right = (piece_counts(grids, level) == 1) & (surface_genus(grids, level) == want)
+    pieces, g = surface_topology(grids, level)
+    right = (pieces == 1) & (g == want)
     out = {"topology_fraction": float(right.float().mean())}
     if predicted is not None:
         out["strict_accuracy"] = float((right & (predicted.cpu().long() == labels)).float().mean())
