@@ -86,6 +86,33 @@ def test_flip_augmentation_mirrors_the_last_axis() -> None:
     assert torch.equal(ad.augment(x, VoxelDataConfig(), torch.Generator()), x)
 
 
+def test_cube_symmetry_augmentation_draws_each_of_the_48_symmetries() -> None:
+    from modalities.voxel.adapter import cube_symmetries
+
+    ad = VoxelModality()
+    x = torch.arange(27.0).reshape(1, 1, 3, 3, 3).expand(4800, 1, 3, 3, 3)  # every voxel distinct
+    y = ad.augment(x, VoxelDataConfig(random_symmetry=True), torch.Generator().manual_seed(0))
+    seen = {tuple(g.flatten().tolist()) for g in y}
+    assert len(seen) == 48  # the cube's symmetry group, no other arrangement
+    counts = torch.unique(y.flatten(1), dim=0, return_counts=True)[1]
+    assert counts.min() > 50 and counts.max() < 150  # about 100 each
+    # each is a symmetry: the centre stays, the corners go to corners, the multiset of values is kept
+    assert bool((y[:, 0, 1, 1, 1] == 13).all()) and torch.equal(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    corners = {0, 2, 6, 8, 18, 20, 24, 26}
+    assert all({int(v) for v in g[0, ::2, ::2, ::2].flatten()} == corners for g in y[:200])
+    # a chosen symmetry: the second permutation (0, 2, 1) swaps H and W, and u < 0.5 mirrors D
+    u = torch.tensor([[1.5 / 6, 0.2, 0.9, 0.9]])
+    assert torch.equal(cube_symmetries(x[:1], u), x[:1].transpose(3, 4).flip(2))
+    with pytest.raises(ValueError, match="cubic grids"):
+        cube_symmetries(torch.zeros(1, 1, 2, 3, 3), torch.zeros(1, 4))
+
+
+def test_augmentation_is_refused_with_captions_naming_the_key() -> None:
+    for key in ("random_flip", "random_symmetry"):
+        with pytest.raises(C.ConfigError, match=f"data.{key}: {key} moves and turns shapes"):
+            C.resolve_config({"modality": "voxel", "data": {"captions": True, key: True}})
+
+
 def test_save_samples_writes_meshes_that_load_back(tmp_path: Path) -> None:
     from modalities.voxel.data import shapes
 

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from multidiff.modality import (
@@ -21,6 +22,7 @@ from multidiff.modality import (
     StrictModel,
     coin_flips,
     demo_config,
+    example_rand,
     finish_dataset,
     input_file,
     sample_names,
@@ -101,7 +103,11 @@ class VoxelDataConfig(DataConfig):
     outside) or ``sdf`` (truncated signed distance, positive inside, ``truncation`` voxels mapped
     to +-1), cached in ``cache_dir`` (default ``~/.cache/multidiff/voxels``, or ``$MULTIDIFF_CACHE/voxels``)
     so only the first run voxelizes; the data folder is only read. Meshes with more than ``max_faces`` faces are refused with a message.
-    ``random_flip`` mirrors grids along the last axis (keeps "up" up). ``max_tilt`` (built-in
+    ``random_flip`` mirrors grids along the last axis (keeps "up" up). ``random_symmetry`` applies
+    one of the cube's 48 symmetries (a permutation of the three axes and a mirror of each), drawn per
+    example: for data whose orientation is random anyway (built-in shapes at ``max_tilt: 180``, or
+    meshes in arbitrary poses), it shows the network each shape in 48 poses it could have had. Both
+    are refused with ``captions: true``, whose captions state position and orientation. ``max_tilt`` (built-in
     shapes only): how far, in degrees, a shape's own axis may tilt from the vertical; 180 (the
     default) is any orientation, uniform on SO(3); 0 keeps shapes upright and turns them about the
     vertical only, as in aligned mesh collections.
@@ -118,6 +124,38 @@ class VoxelDataConfig(DataConfig):
     cache_dir: str | None = None
     max_faces: int = Field(2_000_000, ge=1)
     random_flip: bool = False
+    random_symmetry: bool = False
+
+    @model_validator(mode="after")
+    def _augmentation_keeps_captions_true(self) -> VoxelDataConfig:
+        for key in ("random_flip", "random_symmetry"):
+            if self.captions and getattr(self, key):
+                raise PydanticCustomError(  # named as data.<key>
+                    "augment_captions",
+                    "{key} moves and turns shapes, whose position and orientation the captions state "
+                    '("on the left", "lying flat"); turn it off with captions: true',
+                    {"loc": (key,), "key": key},
+                )
+        return self
+
+
+def cube_symmetries(x: Tensor, u: Tensor) -> Tensor:
+    """Each grid of ``x (B, C, D, H, W)`` under one of the cube's 48 symmetries, chosen by its row
+    of uniforms ``u (B, 4)``: ``u[:, 0]`` picks one of the 6 permutations of the three spatial axes,
+    ``u[:, 1:]`` mirror each axis below 0.5. Every symmetry is equally likely when ``u`` is uniform."""
+    if x.ndim != 5 or len(set(x.shape[2:])) != 1 or u.shape != (x.shape[0], 4):
+        raise ValueError(f"cube_symmetries: need cubic grids x (B, C, R, R, R) and u (B, 4), got {tuple(x.shape)} and {tuple(u.shape)}")
+    perms = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+    which = (u[:, 0] * len(perms)).long().clamp(max=len(perms) - 1)
+    out = x.clone()
+    for i, p in enumerate(perms[1:], 1):
+        rows = which == i
+        if bool(rows.any()):
+            out[rows] = x[rows].permute(0, 1, *(2 + a for a in p))
+    for axis in range(3):
+        flip = (u[:, 1 + axis] < 0.5).view(-1, 1, 1, 1, 1)
+        out = torch.where(flip, out.flip(2 + axis), out)
+    return out
 
 
 def build_unet3d(
@@ -248,10 +286,13 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
         return build_unet3d(model, info, noise_scale=noise_scale, learned_variance=learned_variance)
 
     def augment(self, x: Tensor, data: VoxelDataConfig, generator: torch.Generator) -> Tensor:
-        """Mirror along the last axis when ``data.random_flip`` is set."""
-        if not data.random_flip:
-            return x
-        return torch.where(coin_flips(x, generator), x.flip(-1), x)
+        """Mirror along the last axis when ``data.random_flip`` is set; one of the cube's 48
+        symmetries per example when ``data.random_symmetry`` is (see :func:`cube_symmetries`)."""
+        if data.random_flip:
+            x = torch.where(coin_flips(x, generator), x.flip(-1), x)
+        if data.random_symmetry:
+            x = cube_symmetries(x, example_rand(x, generator, 4))
+        return x
 
     def read_input(self, path: Path, info: DataInfo, data: VoxelDataConfig) -> Tensor:
         """A mesh or a grid file as ``info.shape = (1, R, R, R)``: values in [-1, 1], positive inside.
