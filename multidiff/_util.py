@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -10,7 +12,9 @@ def amp_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (``None``: plain float32).
 
     ``auto`` is bf16 on CUDA devices that support it, fp16 on older ones (the trainer then scales
-    the loss), and float32 elsewhere: CPUs gain little from autocast and lose accuracy.
+    the loss), and float32 elsewhere: CPUs gain little from autocast and lose accuracy. An explicit
+    ``bf16`` on a device without native bf16 arithmetic (a CPU without AVX512-BF16 or AMX, an older
+    GPU) still works but runs emulated, slower than float32: that gets a warning.
     """
     device = torch.device(device)
     if precision == "auto":
@@ -18,9 +22,28 @@ def amp_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
-        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     except KeyError:
         raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}") from None
+    if dtype is torch.bfloat16 and not native_bf16(device):
+        warnings.warn(
+            f"precision bf16 on {device}, which has no native bf16 arithmetic: autocast is emulated and "
+            "slower than float32 here; set precision: fp32 (or auto)",
+            stacklevel=2,
+        )
+    return dtype
+
+
+def native_bf16(device: torch.device | str) -> bool:
+    """Whether ``device`` does bf16 arithmetic in hardware: a CUDA device that supports it, or a CPU
+    whose oneDNN has bf16 kernels (AVX512-BF16 or AMX); other devices are assumed to."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check()) if check is not None else True
+    return True
 
 
 def append_dims(v: Tensor, ndim: int) -> Tensor:

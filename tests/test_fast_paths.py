@@ -92,6 +92,22 @@ def test_precision_auto_is_bf16_on_capable_gpus_fp16_on_older_ones_fp32_on_cpus(
         amp_dtype("fp8", "cpu")
 
 
+def test_explicit_bf16_without_native_bf16_warns(monkeypatch) -> None:
+    import warnings
+
+    import multidiff._util as U
+
+    monkeypatch.setattr(U, "native_bf16", lambda device: False)
+    with pytest.warns(UserWarning, match="no native bf16 arithmetic: autocast is emulated"):
+        assert amp_dtype("bf16", "cpu") == torch.bfloat16
+    monkeypatch.setattr(U, "native_bf16", lambda device: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amp_dtype("bf16", "cpu") == torch.bfloat16 and amp_dtype("fp32", "cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert not U.native_bf16("cuda") and isinstance(U.native_bf16("cpu"), bool)
+
+
 def _conv_dtypes(den: Denoiser) -> list[torch.dtype]:
     seen: list[torch.dtype] = []
     for m in den.net.modules():
