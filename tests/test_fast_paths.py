@@ -97,6 +97,7 @@ def test_explicit_bf16_without_native_bf16_warns(monkeypatch) -> None:
 
     import multidiff._util as U
 
+    native = U.native_bf16
     monkeypatch.setattr(U, "native_bf16", lambda device: False)
     with pytest.warns(UserWarning, match="no native bf16 arithmetic: autocast is emulated"):
         assert amp_dtype("bf16", "cpu") == torch.bfloat16
@@ -105,7 +106,7 @@ def test_explicit_bf16_without_native_bf16_warns(monkeypatch) -> None:
         warnings.simplefilter("error")
         assert amp_dtype("bf16", "cpu") == torch.bfloat16 and amp_dtype("fp32", "cpu") is None
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert not U.native_bf16("cuda") and isinstance(U.native_bf16("cpu"), bool)
+    assert not native("cuda") and isinstance(native("cpu"), bool)
 
 
 def _conv_dtypes(den: Denoiser) -> list[torch.dtype]:
