@@ -133,6 +133,34 @@ def test_topology_tells_a_ring_from_an_arc_and_counts_each_piece() -> None:
     assert figs["strict_accuracy"] == 0.25  # the ball was judged a torus: only the torus counts
 
 
+def test_shape_topology_benchmark_scores_the_kind_it_is_asked_for() -> None:
+    """benchmarks/shape_topology.py's per-kind figures on a stand-in pipeline that returns two
+    rings and two arcs for "torus": half have the hole, and the classifier's verdicts are kept."""
+    from types import SimpleNamespace
+
+    from benchmarks.shape_topology import kind_figures
+    from modalities.voxel.data import SHAPES, primitive_sdf
+
+    r = 16
+    t = (torch.arange(r, dtype=torch.float32) + 0.5) / r - 0.5
+    pts = torch.stack(torch.meshgrid(t, t, t, indexing="ij"), -1)
+    torus = (-primitive_sdf("torus", pts, major_radius=0.3, minor_radius=0.1) * r / 2.0).clamp(-1, 1)[None, None]
+    arc = torus.clone()
+    arc[..., r // 2 - 1 : r // 2 + 1, :, : r // 2] = -1.0
+    calls = []
+
+    def sample(n, labels, seed, **options):
+        calls.append((n, labels.tolist(), seed, options))
+        return torch.cat([torus, arc, torus, arc]), labels
+
+    pipe = SimpleNamespace(sample=sample, info=SimpleNamespace(class_names=list(SHAPES)))
+    torus_label = SHAPES.index("torus")
+    classify = lambda x: torch.tensor([torus_label, torus_label, 0, torus_label])  # noqa: E731
+    figs = kind_figures(pipe, classify, torus_label, 4, 7, {"steps": 3})
+    assert calls == [(4, [torus_label] * 4, 7, {"steps": 3})]
+    assert figs == {"kind": 0.75, "one_piece": 1.0, "topology": 0.5, "strict": 0.25}
+
+
 def test_eval_of_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["eval", str(tmp_path / "missing")]) == 2
     assert "multidiff: error:" in capsys.readouterr().err
