@@ -247,6 +247,21 @@ def test_data_split_picks_the_held_out_combinations(tmp_path: Path) -> None:
         resolve_config({**base, "data": {"source": "digits", "size": 8, "split": "held_out"}})
 
 
+def test_data_phases_reach_the_captioned_tones(tmp_path: Path) -> None:
+    tones = {"source": "tones", "sample_rate": 8000, "length": 512, "per_class": 3, "captions": True}
+    base = {"modality": "audio", "out_dir": str(tmp_path), "data": tones}
+    built = {}
+    for phases in ("random", "aligned"):
+        cfg = resolve_config({**base, "data": {**tones, "phases": phases}})
+        ds, info = cfg.adapter.build_dataset(cfg.data)
+        built[phases] = ds.x
+        assert info.extra["phases"] == phases
+    assert built["random"].shape == built["aligned"].shape and not torch.allclose(built["random"], built["aligned"])
+    for data in ({**tones, "captions": False}, {**tones, "source": "folder", "path": str(tmp_path)}):
+        with pytest.raises(ConfigError, match="data.phases.*captions: true"):
+            resolve_config({**base, "data": {**data, "phases": "aligned"}})
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("data", "floors"),

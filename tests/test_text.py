@@ -669,6 +669,31 @@ def test_captioned_tones_sound_as_they_are_described() -> None:
     assert r2[by("timbre", "bright")].min() > 0.3
 
 
+def test_captioned_tones_aligned_phases_draw_sawtooth_and_square_waves() -> None:
+    from modalities.audio.data import captioned_tones
+    from modalities.audio.judge import tone_codes
+
+    rand, info = captioned_tones(per_class=12)
+    al, _ = captioned_tones(per_class=12, phases="aligned")
+    assert al.captions == rand.captions and all(torch.equal(al.attributes[k], rand.attributes[k]) for k in al.attributes)
+    codes = tone_codes(al.x, 8000, info.extra["pitches_hz"])  # the same spectrum, so the same judge's codes
+    assert all(torch.equal(codes[k], al.attributes[k]) for k in codes)
+    assert not torch.allclose(al.x, rand.x, atol=1e-3)
+    # in phase, a sustained square wave sits at its peak level most of the time (a sine wave 41%
+    # of it: |sin| > 0.8), and a sawtooth's steepest step is a jump (several times a sine's largest)
+    steady = al.attributes["envelope"] == 1
+    x, t = al.x[steady, 0, 400:1600], al.attributes["timbre"][steady]
+    env = x.abs().amax(1, keepdim=True)
+    full = (x.abs() > 0.8 * env).float().mean(1)
+    jump = x.diff(dim=1).abs().amax(1) / env[:, 0]
+    assert full[t == 2].min() > 0.6 > 0.45 > full[t == 0].max()
+    assert jump[t == 1].min() > 3 * jump[t == 0].max()
+    r = rand.x[steady, 0, 400:1600]
+    assert (r.abs() > 0.8 * r.abs().amax(1, keepdim=True)).float().mean(1)[t == 2].median() < 0.5  # random phases: no plateau
+    with pytest.raises(ValueError, match="phases"):
+        captioned_tones(per_class=2, phases="sawtooth")
+
+
 def test_captioned_shapes_sit_and_lie_as_they_are_described() -> None:
     from modalities.voxel.data import SHAPE_ATTRIBUTES, SHAPE_ORIENTATIONS, SHAPES_HELD_OUT, captioned_shapes
     from multidiff.captions import matches

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
+from pydantic_core import PydanticCustomError
 from torch import Tensor, nn
 
 from multidiff.modality import (
@@ -83,6 +84,11 @@ class AudioDataConfig(DataConfig):
     digits through torchaudio, in ``root``; fetched only with ``download: true``). Every clip is
     resampled to ``sample_rate``, mixed to ``channels`` (stereo to mono by averaging), cropped or
     zero-padded to ``length`` samples and loudness-normalised.
+
+    ``phases`` (the captioned built-in tones only): ``random``, a random phase per harmonic, or
+    ``aligned``, the harmonics in phase, so that a bright tone is a sawtooth wave and a hollow one a
+    square wave (the same spectra, so the same captions and the same judge's codes; see
+    :func:`~modalities.audio.data.captioned_tones`).
     """
 
     folder_files = "audio files"
@@ -97,6 +103,17 @@ class AudioDataConfig(DataConfig):
     normalize: Literal["rms", "peak", "none"] = "rms"
     per_class: int = Field(200, ge=1)
     random_polarity: bool = False
+    phases: Literal["random", "aligned"] = "random"
+
+    @model_validator(mode="after")
+    def _phases_need_captioned_tones(self) -> AudioDataConfig:
+        if self.phases != "random" and not (self.source == "tones" and self.captions):
+            raise PydanticCustomError(  # named as data.phases
+                "phases_source",
+                f"phases {self.phases!r} shapes the captioned built-in tones; it needs source: tones and captions: true",
+                {"loc": ("phases",)},
+            )
+        return self
 
 
 def build_unet1d(
@@ -119,7 +136,8 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
 
         if data.source == "tones" and data.captions:
             ds, info = D.captioned_tones(
-                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels, split=data.split
+                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels, split=data.split,
+                phases=data.phases,
             )
         elif data.source == "tones":
             ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)

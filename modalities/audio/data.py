@@ -207,6 +207,7 @@ def captioned_tones(
     channels: int = 1,
     split: str = "train",
     held_out: tuple[dict[str, str], ...] = TONES_HELD_OUT,
+    phases: str = "random",
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """Synthesized tones whose attributes a caption states; needs no files and no download.
 
@@ -215,7 +216,9 @@ def captioned_tones(
 
     - timbre: ``pure`` (the fundamental alone), ``bright`` (every harmonic below 95% of Nyquist, up
       to 16, at ``1/k``: a sawtooth's spectrum) or ``hollow`` (the odd harmonics at ``1/k``: a
-      square wave's, as a clarinet's low register); random phases;
+      square wave's, as a clarinet's low register); ``phases="random"``: a random phase per
+      harmonic, ``"aligned"``: harmonic ``k`` at ``k`` times one random phase, so a bright tone is a
+      sawtooth wave and a hollow one a square wave, each started at a random point of its cycle;
     - envelope: ``plucked`` (a 2 ms attack, exponential decay with a time constant of 8-15% of the
       clip) or ``sustained`` (a 5-10% attack, then level to the end);
     - loudness: the peak at -24 dBFS (``quiet``) or -6 dBFS (``loud``), +-1 dB;
@@ -227,6 +230,8 @@ def captioned_tones(
     """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
+    if phases not in ("random", "aligned"):
+        raise ValueError(f"captioned_tones: phases must be 'random' or 'aligned', got {phases!r}")
     hz = [midi_to_hz(m) for m in C_MAJOR_MIDI]
     nyquist = sample_rate / 2
     if per_class < 1 or length < 1 or channels not in (1, 2) or max(hz) * (1 + _DETUNE) >= 0.95 * nyquist:
@@ -248,6 +253,8 @@ def captioned_tones(
     amp = torch.where(timbre == 0, (harm == 1).double(), 1 / harm)  # pure: the fundamental; else 1/k
     amp = amp * torch.where(timbre == 2, (harm % 2 == 1).double(), 1.0) * below  # hollow: odd harmonics only
     phase = _uniform((n, _MAX_HARMONICS), 0, 2 * math.pi, g)
+    if phases == "aligned":  # the same draws either way, so the other attributes do not change
+        phase = (phase[:, :1] * harm).remainder(2 * math.pi)
     duration = length / sample_rate
     plucked = (codes["envelope"] == 0)[:, None]
     attack = torch.where(plucked, 0.002, duration * _uniform((n, 1), 0.05, 0.1, g))
@@ -283,6 +290,7 @@ def captioned_tones(
         "pitches_hz": hz,
         "source": "captioned_tones",
         "split": split,
+        "phases": phases,
         "held_out": [dict(h) for h in held_out],
         "captions": True,
     }
