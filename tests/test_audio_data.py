@@ -22,6 +22,7 @@ from modalities.audio.io import (
     read_audio,
     resample,
     save_spectrogram_grid,
+    save_waveform_grid,
     to_channels,
     write_wav,
 )
@@ -270,6 +271,31 @@ def test_spectrogram_grid_is_a_png(tmp_path: Path) -> None:
     p = save_spectrogram_grid(ds.x, 8000, tmp_path / "pics" / "grid.png", nrow=3, titles=list(info.class_names))
     with Image.open(p) as im:
         assert im.format == "PNG" and im.size[0] > 200
+
+
+def test_waveform_grid_draws_the_span_asked_for(tmp_path: Path) -> None:
+    t = torch.arange(800) / 8000
+    sine = 0.05 * torch.sin(2 * torch.pi * 250 * t)
+    x = torch.stack([sine, torch.sign(sine)])[:, None]  # a quiet sine and a loud square wave
+
+    def line(path: Path) -> torch.Tensor:  # the pixels of the waveforms' (blue) lines
+        with Image.open(path) as im:
+            assert im.format == "PNG"
+            rgb = torch.from_numpy(np.array(im.convert("RGB"))).int()
+        return (rgb[..., 2] > 120) & (rgb[..., 0] < 100)
+
+    whole = line(save_waveform_grid(x, 8000, tmp_path / "w" / "all.png", nrow=2, titles=["sine", "square"]))
+    zoom = line(save_waveform_grid(x, 8000, tmp_path / "zoom.png", nrow=2, start=0.01, seconds=0.008))
+    assert whole.shape == zoom.shape and not torch.equal(whole, zoom)  # 25 periods against 2
+    # each panel scales to its own peak: the quiet sine spans its panel as far as the loud square wave
+    half = zoom.shape[1] // 2
+    spans = [zoom[:, cols].any(1).nonzero() for cols in (slice(0, half), slice(half, None))]
+    assert all(len(r) > 0.4 * zoom.shape[0] for r in spans)  # each line spans most of the figure's height
+    assert abs(int(spans[0].max() - spans[0].min()) - int(spans[1].max() - spans[1].min())) < 0.1 * zoom.shape[0]
+    with pytest.raises(ValueError, match="zoom.png.*outside"):
+        save_waveform_grid(x, 8000, tmp_path / "zoom.png", start=0.09, seconds=0.02)
+    with pytest.raises(ValueError, match="bad.png.*B, C, L"):
+        save_waveform_grid(x[0], 8000, tmp_path / "bad.png")
 
 
 # ---------------------------------------------------------------- SC09

@@ -26,6 +26,7 @@ __all__ = [
     "write_wav",
     "mel_spectrogram",
     "save_spectrogram_grid",
+    "save_waveform_grid",
     "MAX_RESAMPLE_RATIO",
     "SILENCE_DBFS",
 ]
@@ -244,15 +245,8 @@ def mel_spectrogram(x: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
         return _mel_transform(int(sample_rate), n_fft, n_mels)(x)
 
 
-def save_spectrogram_grid(
-    x: Tensor,
-    sample_rate: int,
-    path: str | Path,
-    nrow: int | None = None,
-    titles: list[str] | None = None,
-) -> Path:
-    """Write a batch ``(B, C, L)`` as one PNG of log-mel spectrograms, one panel per clip (mono
-    mix), ``nrow`` panels per row, with optional per-panel ``titles`` (class names)."""
+def _panel_grid(x: Tensor, path: str | Path, nrow: int | None, titles: list[str] | None, draw, suptitle: str) -> Path:
+    """One PNG of ``B`` panels, ``nrow`` to a row: ``draw(ax, i)`` fills panel ``i``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -263,8 +257,6 @@ def save_spectrogram_grid(
         raise ValueError(f"cannot draw {str(path)!r}: {len(titles)} titles for {b} clips")
     nrow = nrow or math.ceil(math.sqrt(b))
     rows = math.ceil(b / nrow)
-    specs = [mel_spectrogram(c, sample_rate) for c in x]
-    duration = x.shape[-1] / sample_rate
     fig = Figure(figsize=(2.2 * nrow, 1.8 * rows))
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, nrow, squeeze=False)
@@ -272,15 +264,72 @@ def save_spectrogram_grid(
         if i >= b:
             ax.axis("off")
             continue
-        ax.imshow(
-            specs[i].numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, specs[i].shape[0])
-        )
+        draw(ax, i)
         ax.set_xticks([]), ax.set_yticks([])
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
-    fig.suptitle(f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)", fontsize=9)
+    fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(p, dpi=100)
     return p
+
+
+def save_spectrogram_grid(
+    x: Tensor,
+    sample_rate: int,
+    path: str | Path,
+    nrow: int | None = None,
+    titles: list[str] | None = None,
+) -> Path:
+    """Write a batch ``(B, C, L)`` as one PNG of log-mel spectrograms, one panel per clip (mono
+    mix), ``nrow`` panels per row, with optional per-panel ``titles`` (class names)."""
+    specs = [mel_spectrogram(c, sample_rate) for c in x] if x.ndim == 3 else []
+    duration = x.shape[-1] / sample_rate
+
+    def draw(ax, i: int) -> None:
+        ax.imshow(
+            specs[i].numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, specs[i].shape[0])
+        )
+
+    return _panel_grid(
+        x, path, nrow, titles, draw, f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)"
+    )
+
+
+def save_waveform_grid(
+    x: Tensor,
+    sample_rate: int,
+    path: str | Path,
+    nrow: int | None = None,
+    titles: list[str] | None = None,
+    *,
+    start: float = 0.0,
+    seconds: float | None = None,
+) -> Path:
+    """Write a batch ``(B, C, L)`` as one PNG of waveforms (mono mix), one panel per clip, each
+    from ``start`` for ``seconds`` (default: to the end): a few periods show a tone's wave shape.
+    Each panel is scaled to its own peak (its y range printed in its corner), so that quiet clips
+    show their shape too."""
+    if x.ndim == 3:
+        length = x.shape[-1]
+        a = int(round(start * sample_rate))
+        b = length if seconds is None else a + int(round(seconds * sample_rate))
+        if not 0 <= a < b <= length:
+            raise ValueError(
+                f"cannot draw {str(path)!r}: start {start} s and seconds {seconds} fall outside the clips' "
+                f"{length / sample_rate:g} s"
+            )
+        v = x.float().mean(1)[:, a:b]
+        t = (torch.arange(a, b) / sample_rate * 1000).numpy()
+
+    def draw(ax, i: int) -> None:
+        peak = float(v[i].abs().max().clamp_min(1e-6)) * 1.1
+        ax.axhline(0, color="0.8", lw=0.5)
+        ax.plot(t, v[i].numpy(), lw=0.8)
+        ax.set_ylim(-peak, peak)
+        ax.text(0.01, 0.97, f"+-{peak:.2g}", transform=ax.transAxes, fontsize=6, va="top", color="0.4")
+
+    span = "" if x.ndim != 3 else f", {t[0]:.0f}-{t[-1]:.0f} ms"
+    return _panel_grid(x, path, nrow, titles, draw, f"waveforms ({sample_rate} Hz{span})")
