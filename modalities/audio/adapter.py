@@ -136,7 +136,11 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
 
         if data.source == "tones" and data.captions:
             ds, info = D.captioned_tones(
-                data.sample_rate, data.length, per_class=data.per_class, channels=data.channels, split=data.split,
+                data.sample_rate,
+                data.length,
+                per_class=data.per_class,
+                channels=data.channels,
+                split=data.split,
                 phases=data.phases,
             )
         elif data.source == "tones":

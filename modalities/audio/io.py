@@ -293,9 +293,7 @@ def save_spectrogram_grid(
             specs[i].numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, specs[i].shape[0])
         )
 
-    return _panel_grid(
-        x, path, nrow, titles, draw, f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)"
-    )
+    return _panel_grid(x, path, nrow, titles, draw, f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)")
 
 
 def save_waveform_grid(
