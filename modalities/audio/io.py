@@ -245,14 +245,16 @@ def mel_spectrogram(x: Tensor, sample_rate: int, n_mels: int = 64) -> Tensor:
         return _mel_transform(int(sample_rate), n_fft, n_mels)(x)
 
 
-def _panel_grid(x: Tensor, path: str | Path, nrow: int | None, titles: list[str] | None, draw, suptitle: str) -> Path:
-    """One PNG of ``B`` panels, ``nrow`` to a row: ``draw(ax, i)`` fills panel ``i``."""
+def _check_clips(x: Tensor, path: str | Path) -> None:
+    if x.ndim != 3:
+        raise ValueError(f"cannot draw {str(path)!r}: expected a batch (B, C, L), got shape {tuple(x.shape)}")
+
+
+def _panel_grid(b: int, path: str | Path, nrow: int | None, titles: list[str] | None, draw, suptitle: str) -> Path:
+    """One PNG of ``b`` panels, ``nrow`` to a row: ``draw(ax, i)`` fills panel ``i``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    if x.ndim != 3:
-        raise ValueError(f"cannot draw {str(path)!r}: expected a batch (B, C, L), got shape {tuple(x.shape)}")
-    b = x.shape[0]
     if titles is not None and len(titles) != b:
         raise ValueError(f"cannot draw {str(path)!r}: {len(titles)} titles for {b} clips")
     nrow = nrow or math.ceil(math.sqrt(b))
@@ -285,7 +287,8 @@ def save_spectrogram_grid(
 ) -> Path:
     """Write a batch ``(B, C, L)`` as one PNG of log-mel spectrograms, one panel per clip (mono
     mix), ``nrow`` panels per row, with optional per-panel ``titles`` (class names)."""
-    specs = [mel_spectrogram(c, sample_rate) for c in x] if x.ndim == 3 else []
+    _check_clips(x, path)
+    specs = [mel_spectrogram(c, sample_rate) for c in x]
     duration = x.shape[-1] / sample_rate
 
     def draw(ax, i: int) -> None:
@@ -293,7 +296,7 @@ def save_spectrogram_grid(
             specs[i].numpy(), origin="lower", aspect="auto", cmap="magma", extent=(0, duration, 0, specs[i].shape[0])
         )
 
-    return _panel_grid(x, path, nrow, titles, draw, f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)")
+    return _panel_grid(len(x), path, nrow, titles, draw, f"log-mel spectrograms ({sample_rate} Hz, {duration:.2f} s)")
 
 
 def save_waveform_grid(
@@ -310,17 +313,17 @@ def save_waveform_grid(
     from ``start`` for ``seconds`` (default: to the end): a few periods show a tone's wave shape.
     Each panel is scaled to its own peak (its y range printed in its corner), so that quiet clips
     show their shape too."""
-    if x.ndim == 3:
-        length = x.shape[-1]
-        a = int(round(start * sample_rate))
-        b = length if seconds is None else a + int(round(seconds * sample_rate))
-        if not 0 <= a < b <= length:
-            raise ValueError(
-                f"cannot draw {str(path)!r}: start {start} s and seconds {seconds} fall outside the clips' "
-                f"{length / sample_rate:g} s"
-            )
-        v = x.float().mean(1)[:, a:b]
-        t = (torch.arange(a, b) / sample_rate * 1000).numpy()
+    _check_clips(x, path)
+    length = x.shape[-1]
+    a = int(round(start * sample_rate))
+    b = length if seconds is None else a + int(round(seconds * sample_rate))
+    if not 0 <= a < b <= length:
+        raise ValueError(
+            f"cannot draw {str(path)!r}: start {start} s and seconds {seconds} fall outside the clips' "
+            f"{length / sample_rate:g} s"
+        )
+    v = x.float().mean(1)[:, a:b]
+    t = (torch.arange(a, b) / sample_rate * 1000).numpy()
 
     def draw(ax, i: int) -> None:
         peak = float(v[i].abs().max().clamp_min(1e-6)) * 1.1
@@ -329,5 +332,4 @@ def save_waveform_grid(
         ax.set_ylim(-peak, peak)
         ax.text(0.01, 0.97, f"+-{peak:.2g}", transform=ax.transAxes, fontsize=6, va="top", color="0.4")
 
-    span = "" if x.ndim != 3 else f", {t[0]:.0f}-{t[-1]:.0f} ms"
-    return _panel_grid(x, path, nrow, titles, draw, f"waveforms ({sample_rate} Hz{span})")
+    return _panel_grid(len(x), path, nrow, titles, draw, f"waveforms ({sample_rate} Hz, {t[0]:.0f}-{t[-1]:.0f} ms)")
