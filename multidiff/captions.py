@@ -23,7 +23,7 @@ import json
 import random
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,12 @@ __all__ = [
     "CaptionedExample",
     "Attribute",
     "compose_caption",
+    "caption_variants",
+    "variants_of_examples",
     "held_out_mask",
     "matches",
     "captions_of",
+    "caption_variants_of",
 ]
 
 METADATA_FILE = "metadata.jsonl"
@@ -249,7 +252,9 @@ class CaptionedTensorDataset(TensorDataset):
 
     ``attributes`` (optional) maps an attribute's name to its codes ``(N,)``, ``attribute_values``
     the name to its value names (code ``k`` is ``attribute_values[name][k]``): what a built-in set's
-    captions state, for a judge to check samples against.
+    captions state, for a judge to check samples against. ``variants`` (optional): per example,
+    more captions of it (:func:`caption_variants`) that training draws from in place of
+    ``captions[i]``; ``captions`` stays the one caption an example is shown and prompted with.
     """
 
     def __init__(
@@ -259,11 +264,15 @@ class CaptionedTensorDataset(TensorDataset):
         captions: Sequence[str],
         attributes: Mapping[str, Tensor] | None = None,
         attribute_values: Mapping[str, Sequence[str]] | None = None,
+        variants: Sequence[Sequence[str]] | None = None,
     ) -> None:
         super().__init__(x, labels)
         if len(captions) != x.shape[0]:
             raise ValueError(f"{len(captions)} captions for {x.shape[0]} examples")
+        if variants is not None and len(variants) != x.shape[0]:
+            raise ValueError(f"{len(variants)} lists of caption variants for {x.shape[0]} examples")
         self.captions = list(captions)
+        self.variants = None if variants is None else [tuple(v) for v in variants]
         self.attributes = {k: torch.as_tensor(v, dtype=torch.long) for k, v in (attributes or {}).items()}
         self.attribute_values = {k: tuple(v) for k, v in (attribute_values or {}).items()}
         for k, v in self.attributes.items():
@@ -286,6 +295,7 @@ class CaptionedTensorDataset(TensorDataset):
             [self.captions[j] for j in i.tolist()],
             {k: v[i] for k, v in self.attributes.items()},
             self.attribute_values,
+            None if self.variants is None else [self.variants[j] for j in i.tolist()],
         )
 
 
@@ -293,6 +303,13 @@ def captions_of(dataset: Any) -> list[str] | None:
     """A data set's captions (its ``captions`` attribute, one per example), or ``None``."""
     caps = getattr(dataset, "captions", None)
     return list(caps) if caps is not None else None
+
+
+def caption_variants_of(dataset: Any) -> list[tuple[str, ...]] | None:
+    """A data set's caption variants (its ``variants`` attribute: per example, the other captions
+    training may use in place of its caption; see :func:`caption_variants`), or ``None``."""
+    var = getattr(dataset, "variants", None)
+    return [tuple(v) for v in var] if var is not None else None
 
 
 # ---------------------------------------------------------------- composing captions
@@ -323,24 +340,76 @@ def _tidy(text: str) -> str:
     text = re.sub(r"\s+", " ", text)
     text = re.sub(r"\s+([,:.])", r"\1", text)  # no space before punctuation (an empty slot)
     text = re.sub(r"([,:])(?:\s*[,:])+", r"\1", text)  # ", ," from an empty slot
+    text = re.sub(r"\b(?:at|and)\s*(?=[,:]|$)", "", text)  # a connective before an empty slot: "at ," -> ","
+    text = re.sub(r"(^|[,:])\s*and\b", r"\1", text)  # ... or after one: ", and loud" -> ", loud"
+    text = re.sub(r"\b([Aa]n?)\s*[,:]\s*", r"\1 ", text)  # "a , bright tone" -> "a bright tone"
+    text = re.sub(r"\s+([,:.])", r"\1", text)
+    text = re.sub(r"([,:])(?:\s*[,:])+", r"\1", text)
+    text = re.sub(r"\s+", " ", text)
     text = re.sub(r"^[\s,:]+|[\s,:]+$", "", text)
     text = _ARTICLE.sub(lambda m: m.group(1) + "n ", text)  # "a 8" -> "an 8", "a upright" -> "an upright"
     return text
 
 
 def compose_caption(
-    values: Mapping[str, str], attributes: Mapping[str, Attribute], templates: Sequence[str], rng: random.Random
+    values: Mapping[str, str],
+    attributes: Mapping[str, Attribute],
+    templates: Sequence[str],
+    rng: random.Random,
+    *,
+    unsaid: Sequence[str] = (),
 ) -> str:
     """A caption for attribute ``values``: a random template whose ``{name}`` slots get a random
-    phrase of each value, tidied (empty slots, commas, "a"/"an").
+    phrase of each value (none for the attributes named in ``unsaid``), tidied (empty slots and
+    the "at" or "and" left beside one, commas, "a"/"an").
 
     >>> size = Attribute("size", ("small", "large"), {"small": ["small", "tiny"], "large": ["big"]})
     >>> compose_caption({"size": "large"}, {"size": size}, ["a {size} thing"], random.Random(0))
     'a big thing'
     """
     template = rng.choice(list(templates))
-    slots = {k: rng.choice(list(attributes[k].phrases[v])) for k, v in values.items()}
+    slots = {k: "" if k in unsaid else rng.choice(list(attributes[k].phrases[v])) for k, v in values.items()}
     return _tidy(template.format(**slots))
+
+
+def caption_variants(
+    values: Mapping[str, str],
+    attributes: Mapping[str, Attribute],
+    templates: Sequence[str],
+    rng: random.Random,
+    count: int,
+    *,
+    drop: float = 0.0,
+    keep: Sequence[str] = (),
+) -> tuple[str, ...]:
+    """``count`` more captions of attribute ``values`` (:func:`compose_caption` with fresh draws of
+    template and synonyms), for training to draw from in place of an example's one caption.
+
+    ``drop``: the probability that an attribute other than those in ``keep`` is left unsaid in a
+    variant (partial captions, "a bright tone at E4" for a loud, bright, sustained E4; at least one
+    attribute is always said). A model trained on them must read each attribute's words on their
+    own, and at guidance the words of a full caption add up: the conditional model of a caption is
+    then close to a product of its parts, the compositional reading of classifier-free guidance
+    (Liu et al. 2022, "Compositional Visual Generation with Composable Diffusion Models", eq. 6).
+
+    >>> size = Attribute("size", ("small", "large"), {"small": ["small"], "large": ["big"]})
+    >>> kind = Attribute("kind", ("box", "ball"), {"box": ["box"], "ball": ["ball"]})
+    >>> caption_variants({"size": "large", "kind": "box"}, {"size": size, "kind": kind}, ["a {size} {kind}"],
+    ...                  random.Random(0), 3, drop=0.99, keep=("kind",))
+    ('a box', 'a box', 'a box')
+    """
+    if count < 0 or not 0.0 <= drop < 1.0:
+        raise ValueError(f"caption_variants: need count >= 0 and 0 <= drop < 1, got {count}, {drop}")
+    unknown = [k for k in keep if k not in values]
+    if unknown:
+        raise ValueError(f"caption_variants: keep names attributes the values lack: {unknown}")
+    out = []
+    for _ in range(count):
+        unsaid = [k for k in values if k not in keep and rng.random() < drop]
+        if len(unsaid) == len(values):  # nothing would be said: say one at random
+            unsaid.remove(rng.choice(unsaid))
+        out.append(compose_caption(values, attributes, templates, rng, unsaid=unsaid))
+    return tuple(out)
 
 
 def matches(values: Mapping[str, str], combination: Mapping[str, str]) -> bool:
@@ -364,3 +433,23 @@ def held_out_mask(
             hit &= codes[k] == attributes[k].code(v)
         out |= hit
     return out
+
+
+def variants_of_examples(
+    values: Sequence[Mapping[str, str]],
+    attributes: Mapping[str, Attribute] | Callable[[Mapping[str, str]], Mapping[str, Attribute]],
+    templates: Sequence[str],
+    *,
+    count: int,
+    drop: float,
+    keep: Sequence[str],
+    seed: int,
+) -> list[tuple[str, ...]] | None:
+    """:func:`caption_variants` of every example's attribute ``values`` (``None`` for ``count=0``),
+    from a random stream of their own (seeded by ``seed``), so an example's one caption does not
+    change with them. ``attributes`` may be a function of the values (a kind's own words)."""
+    if count == 0:
+        return None
+    rng = random.Random(f"{seed}:caption_variants")
+    words = attributes if callable(attributes) else (lambda _: attributes)
+    return [caption_variants(v, words(v), templates, rng, count, drop=drop, keep=keep) for v in values]

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .captions import captions_of
+from .captions import caption_variants_of, captions_of
+from .distributed import current_rows
 from .text import (
     LearnedTextConfig,
     LearnedTextEncoder,
@@ -174,6 +175,8 @@ class TrainingText:
     Args:
         encoder: the text encoder (moved to ``device`` here; the trainer moves it with the network).
         captions: one caption per training example, in the data set's order.
+        variants: optional, per example, more captions of it (a built-in set's ``data.caption_variants``):
+            each step then shows every example with one of its captions, drawn uniformly.
         dropout: the probability of a caption being replaced by the null embedding.
         world: the process group (rank 0 writes a frozen encoder's cache first, the others read it).
         device: where encodings are computed.
@@ -188,6 +191,7 @@ class TrainingText:
         encoder: TextEncoder,
         captions: Sequence[str],
         *,
+        variants: Sequence[Sequence[str]] | None = None,
         dropout: float,
         world: World | None = None,
         device: torch.device | str = "cpu",
@@ -200,8 +204,19 @@ class TrainingText:
         self.ids: Tensor | None = None
         self.mask: Tensor | None = None
         self.encoded = None
+        # every caption an example may be shown with: its own first, then its variants; the
+        # choices of example i are rows first[i] .. first[i] + count[i] - 1 of `texts`
+        choices = [(c,) for c in self.captions]
+        if variants is not None:
+            if len(variants) != len(self.captions):
+                raise ValueError(f"{len(variants)} lists of caption variants for {len(self.captions)} captions")
+            choices = [(c, *v) for c, v in zip(self.captions, variants)]
+        count = torch.tensor([len(c) for c in choices], dtype=torch.long)
+        self.first = count.cumsum(0) - count
+        self.count: Tensor | None = count if variants is not None else None
+        texts = [t for c in choices for t in c]
         if isinstance(encoder, LearnedTextEncoder):
-            ids, mask = encoder.tokenize(self.captions)
+            ids, mask = encoder.tokenize(texts)
             pad = self.length - ids.shape[1]
             self.ids = torch.nn.functional.pad(ids, (0, pad))
             self.mask = torch.nn.functional.pad(mask, (0, pad))
@@ -209,7 +224,7 @@ class TrainingText:
             main = world is None or world.is_main
             if not main:  # rank 0 encodes and writes the cache first; the others then read it
                 world.barrier()  # type: ignore[union-attr]
-            self.encoded = encode_cached(encoder, self.captions, cache_dir)
+            self.encoded = encode_cached(encoder, texts, cache_dir)
             if main and world is not None:
                 world.barrier()
 
@@ -218,9 +233,11 @@ class TrainingText:
     ) -> dict[str, Tensor]:
         """The network's text inputs for examples ``idx`` (this process's rows of a micro-batch):
         token ids or the cached encoding, padded to ``max_tokens``, and ``text_drop``, drawn from
-        ``generator`` for the global batch (call it under :func:`multidiff.distributed.global_rows`)."""
+        ``generator`` for the global batch (call it under :func:`multidiff.distributed.global_rows`),
+        as is, where examples have caption variants, which caption each example is shown with."""
         i = torch.as_tensor(idx, dtype=torch.long)
         drop = text_drop_mask(len(i), self.dropout, generator).to(device)
+        i = self.rows(i, generator)
         if self.ids is not None:
             assert self.mask is not None
             return {
@@ -231,6 +248,16 @@ class TrainingText:
         assert self.encoded is not None
         enc = self.encoded.unique.select(self.encoded.index[i]).pad_to(self.length).to(device)
         return {**enc.as_cond(), "text_drop": drop}
+
+    def rows(self, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """The rows of the encoded captions that show examples ``idx``: each example's own caption,
+        or, with variants, one of its captions drawn uniformly (one draw per example of the global
+        batch, so it does not depend on the number of processes)."""
+        if self.count is None:
+            return self.first[idx]
+        u = current_rows(len(idx)).draw(torch.rand, (), generator).cpu()
+        n = self.count[idx]
+        return self.first[idx] + (u * n).long().clamp(max=n - 1)
 
     def describe(self, info: DataInfo) -> DataInfo:
         """``info`` with the first :data:`EXAMPLE_PROMPTS` distinct captions (data order) as
@@ -251,6 +278,8 @@ class TrainingText:
             "captions": len(self.captions),
             "distinct_captions": len(set(self.captions)),
         }
+        if self.count is not None:
+            out["caption_choices"] = int(self.count.sum())
         if isinstance(enc, LearnedTextEncoder):
             out["vocabulary"] = len(enc.tokenizer)
         else:
@@ -272,8 +301,16 @@ def training_text(cfg: ResolvedConfig, dataset: Any, world: World | None, device
         )
     if len(captions) != len(dataset):
         raise ValueError(f"the data set has {len(dataset)} examples but {len(captions)} captions")
-    encoder = build_text_encoder(t, captions=captions)
-    return TrainingText(encoder, captions, dropout=t.dropout, world=world, device=device)
+    variants = caption_variants_of(dataset)
+    if getattr(cfg.data, "caption_variants", 0) and variants is None:
+        from .config import ConfigError
+
+        raise ConfigError(
+            f"data.caption_variants: the data set ({cfg.adapter.describe(cfg.data)}) composes no caption variants; "
+            "expected 0 here (the built-in captioned sets compose them from their attributes)"
+        )
+    encoder = build_text_encoder(t, captions=captions + [c for v in variants or () for c in v])
+    return TrainingText(encoder, captions, variants=variants, dropout=t.dropout, world=world, device=device)
 
 
 # ---------------------------------------------------------------- prompts

@@ -283,6 +283,13 @@ class DataConfig(StrictModel):
     ``split``: which of a captioned built-in set's examples: ``train`` (the default) leaves out
     every example of the attribute combinations the set holds out (so a model can be judged on
     combinations it never saw), ``held_out`` keeps only those, ``all`` keeps both.
+
+    ``caption_variants`` (a captioned built-in set): that many more captions of each example, from
+    fresh templates and synonyms; training shows each example with one of its captions, drawn
+    anew every step. ``caption_drop``: the probability that an attribute other than the class (the
+    digit, the pitch, the kind) is left unsaid in a variant, so some captions are partial ("a bright
+    tone at E4"; see :func:`multidiff.captions.caption_variants`). Prompts and the run's example
+    captions stay the full captions.
     """
 
     folder_files: ClassVar[str] = "files"
@@ -293,6 +300,26 @@ class DataConfig(StrictModel):
     on_bad_file: Literal["error", "skip"] = "error"
     captions: bool = False
     split: Literal["train", "held_out", "all"] = "train"
+    caption_variants: int = Field(0, ge=0, le=64)
+    caption_drop: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _variants_need_builtin_captions(self) -> DataConfig:
+        for key in ("caption_variants", "caption_drop"):
+            if getattr(self, key) and (not self.captions or getattr(self, "source", None) == "folder"):
+                raise PydanticCustomError(  # named as data.<key>
+                    "variants_captions",
+                    f"{key} composes more captions from a captioned built-in set's attributes; it needs "
+                    "captions: true and a built-in source (a folder's captions are the files')",
+                    {"loc": (key,)},
+                )
+        if self.caption_drop and not self.caption_variants:
+            raise PydanticCustomError(
+                "drop_variants",
+                "caption_drop leaves attributes out of the extra captions; set caption_variants >= 1 too",
+                {"loc": ("caption_drop",)},
+            )
+        return self
 
     @model_validator(mode="after")
     def _split_needs_captions(self) -> DataConfig:

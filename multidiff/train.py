@@ -304,7 +304,9 @@ class DiffusionObjective:
         s = self.cfg.run.sample
         clf = data_classifier(self.cfg, self.info, self.device) if s.classifier_scale else None
         screen = build_screen(s, self.cfg, self.info, self.device)
-        gen = generate(ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback, checker=screen)
+        gen = generate(
+            ema_denoiser, self.info, n=s.num_samples, sample=s, classifier=clf, callback=callback, checker=screen
+        )
         paths = self.cfg.adapter.save_samples(gen.x, out, self.info, labels=gen.labels)
         return paths + write_record(out, gen, {"samples_of": out.name})  # prompts, screening
 

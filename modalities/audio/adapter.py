@@ -142,6 +142,8 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
                 channels=data.channels,
                 split=data.split,
                 phases=data.phases,
+                caption_variants=data.caption_variants,
+                caption_drop=data.caption_drop,
             )
         elif data.source == "tones":
             ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from multidiff.captions import Attribute, CaptionedTensorDataset, compose_caption, held_out_mask, read_captions
+from multidiff.captions import (
+    Attribute,
+    CaptionedTensorDataset,
+    compose_caption,
+    held_out_mask,
+    read_captions,
+    variants_of_examples,
+)
 from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from .io import crop_or_pad, normalize_loudness, read_audio, resample, to_channels
@@ -208,6 +215,8 @@ def captioned_tones(
     split: str = "train",
     held_out: tuple[dict[str, str], ...] = TONES_HELD_OUT,
     phases: str = "random",
+    caption_variants: int = 0,
+    caption_drop: float = 0.0,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """Synthesized tones whose attributes a caption states; needs no files and no download.
 
@@ -226,7 +235,9 @@ def captioned_tones(
     and a 10 ms raised-cosine release, so no clip ends in a click. Its caption comes from
     :data:`TONE_TEMPLATES` with synonyms (:data:`TONE_ATTRIBUTES`): "a soft, buzzy plucked tone
     at E4". ``split``: ``"train"`` leaves out the ``held_out`` combinations (:data:`TONES_HELD_OUT`),
-    ``"held_out"`` keeps only them, ``"all"`` keeps everything.
+    ``"held_out"`` keeps only them, ``"all"`` keeps everything. ``caption_variants``: that many more
+    captions of each tone (``variants``), the timbre, envelope and loudness each left unsaid with
+    probability ``caption_drop`` (:func:`multidiff.captions.caption_variants`); the pitch is always said.
     """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
@@ -281,16 +292,20 @@ def captioned_tones(
     keep = ~held if split == "train" else held if split == "held_out" else torch.ones(n, dtype=torch.bool)
     rng = random.Random(seed)
     names = {k: attrs[k].values for k in codes}
-    captions = [
-        compose_caption({k: names[k][int(codes[k][j])] for k in codes}, attrs, TONE_TEMPLATES, rng) for j in range(n)
-    ]
-    ds = CaptionedTensorDataset(to_channels(x, channels).contiguous(), labels, captions, codes, names)
+    values = [{k: names[k][int(codes[k][j])] for k in codes} for j in range(n)]
+    captions = [compose_caption(v, attrs, TONE_TEMPLATES, rng) for v in values]
+    variants = variants_of_examples(
+        values, attrs, TONE_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("pitch",), seed=seed
+    )
+    ds = CaptionedTensorDataset(to_channels(x, channels).contiguous(), labels, captions, codes, names, variants)
     extra = {
         "sample_rate": sample_rate,
         "pitches_hz": hz,
         "source": "captioned_tones",
         "split": split,
         "phases": phases,
+        "caption_variants": caption_variants,
+        "caption_drop": caption_drop,
         "held_out": [dict(h) for h in held_out],
         "captions": True,
     }

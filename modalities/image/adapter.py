@@ -213,7 +213,9 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
     def build_dataset(self, data: ImageDataConfig) -> tuple[torch.utils.data.Dataset, DataInfo]:
         size, ch = data.hw, data.num_channels
         if data.source == "digits" and data.captions:
-            ds, info = D.captioned_digits(size, ch, split=data.split)
+            ds, info = D.captioned_digits(
+                size, ch, split=data.split, caption_variants=data.caption_variants, caption_drop=data.caption_drop
+            )
             if data.limit is not None:
                 ds = ds.subset(range(min(data.limit, len(ds))))
         elif data.source == "digits":

@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from multidiff.captions import Attribute, CaptionedTensorDataset, compose_caption, held_out_mask, read_captions
+from multidiff.captions import (
+    Attribute,
+    CaptionedTensorDataset,
+    compose_caption,
+    held_out_mask,
+    read_captions,
+    variants_of_examples,
+)
 from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from .io import IMAGE_SUFFIXES, read_image, resize_center_crop
@@ -158,6 +165,8 @@ def captioned_digits(
     seed: int = 0,
     split: str = "train",
     held_out: tuple[dict[str, str], ...] = DIGITS_HELD_OUT,
+    caption_variants: int = 0,
+    caption_drop: float = 0.0,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """scikit-learn's handwritten digits drawn with attributes a caption states: stroke thickness
     (thin, thick), size (small: half the image's height, large: 85%), slant (left, upright, right:
@@ -172,6 +181,9 @@ def captioned_digits(
     ``split``: ``"train"`` leaves out every example matching a ``held_out`` combination
     (:data:`DIGITS_HELD_OUT`), ``"held_out"`` keeps only those, ``"all"`` keeps everything. The
     data set holds each example's attribute codes (``attributes``, ``attribute_values``).
+    ``caption_variants``: that many more captions of each example (``variants``), the thickness,
+    size, slant and position each left unsaid with probability ``caption_drop``
+    (:func:`multidiff.captions.caption_variants`); the digit is always said.
     """
     from sklearn.datasets import load_digits
 
@@ -207,17 +219,27 @@ def captioned_digits(
     idx = keep.nonzero().squeeze(1)
     rng = random.Random(seed)
     names = {k: attrs[k].values for k in codes}
-    captions = [
-        compose_caption({k: names[k][int(codes[k][i])] for k in codes}, attrs, DIGIT_TEMPLATES, rng) for i in range(n)
-    ]
+    values = [{k: names[k][int(codes[k][i])] for k in codes} for i in range(n)]
+    captions = [compose_caption(v, attrs, DIGIT_TEMPLATES, rng) for v in values]
+    variants = variants_of_examples(
+        values, attrs, DIGIT_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("digit",), seed=seed
+    )
     ds = CaptionedTensorDataset(
         _to_channels(x * 2 - 1, channels).contiguous(),
         target,
         captions,
         codes,
         {k: attrs[k].values for k in codes},
+        variants,
     ).subset(idx)
-    extra = {"source": "captioned_digits", "split": split, "held_out": [dict(h) for h in held_out], "captions": True}
+    extra = {
+        "source": "captioned_digits",
+        "split": split,
+        "held_out": [dict(h) for h in held_out],
+        "captions": True,
+        "caption_variants": caption_variants,
+        "caption_drop": caption_drop,
+    }
     return ds, DataInfo((channels, *size), 10, tuple(str(i) for i in range(10)), extra)
 
 

@@ -144,7 +144,9 @@ def cube_symmetries(x: Tensor, u: Tensor) -> Tensor:
     of uniforms ``u (B, 4)``: ``u[:, 0]`` picks one of the 6 permutations of the three spatial axes,
     ``u[:, 1:]`` mirror each axis below 0.5. Every symmetry is equally likely when ``u`` is uniform."""
     if x.ndim != 5 or len(set(x.shape[2:])) != 1 or u.shape != (x.shape[0], 4):
-        raise ValueError(f"cube_symmetries: need cubic grids x (B, C, R, R, R) and u (B, 4), got {tuple(x.shape)} and {tuple(u.shape)}")
+        raise ValueError(
+            f"cube_symmetries: need cubic grids x (B, C, R, R, R) and u (B, 4), got {tuple(x.shape)} and {tuple(u.shape)}"
+        )
     perms = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
     which = (u[:, 0] * len(perms)).long().clamp(max=len(perms) - 1)
     out = x.clone()
@@ -256,6 +258,8 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
                 representation=data.representation,
                 truncation=data.truncation,
                 split=data.split,
+                caption_variants=data.caption_variants,
+                caption_drop=data.caption_drop,
             )
         elif data.source == "shapes":
             ds, info = D.shapes(

@@ -15,13 +15,21 @@ import os
 import random
 import tempfile
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from multidiff.captions import Attribute, CaptionedTensorDataset, compose_caption, held_out_mask, read_captions
+from multidiff.captions import (
+    Attribute,
+    CaptionedTensorDataset,
+    compose_caption,
+    held_out_mask,
+    read_captions,
+    variants_of_examples,
+)
 from multidiff.modality import DataInfo, TensorDataset, read_each, scan_labelled_folder
 
 from . import io as vio
@@ -392,6 +400,8 @@ def captioned_shapes(
     seed: int = 0,
     split: str = "train",
     held_out: tuple[dict[str, str], ...] = SHAPES_HELD_OUT,
+    caption_variants: int = 0,
+    caption_drop: float = 0.0,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """Parametric primitives whose attributes a caption states; needs no files and no download.
 
@@ -408,6 +418,9 @@ def captioned_shapes(
     (:data:`SHAPE_ORIENTATIONS`: a torus with a vertical axis is "lying flat"): "a large torus
     lying flat on the left". ``split``: ``"train"`` leaves out the ``held_out`` combinations
     (:data:`SHAPES_HELD_OUT`), ``"held_out"`` keeps only them, ``"all"`` keeps everything.
+    ``caption_variants``: that many more captions of each shape (``variants``), the size, position
+    and orientation each left unsaid with probability ``caption_drop``
+    (:func:`multidiff.captions.caption_variants`); the kind is always said.
     """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
@@ -450,11 +463,15 @@ def captioned_shapes(
     keep = ~held if split == "train" else held if split == "held_out" else torch.ones(n, dtype=torch.bool)
     rng = random.Random(seed)
     names = {k: attrs[k].values for k in codes}
-    captions = []
-    for j in range(n):
-        values = {k: names[k][int(codes[k][j])] for k in codes}
-        per_kind = {**attrs, "orientation": SHAPE_ORIENTATIONS[values["kind"]]}
-        captions.append(compose_caption(values, per_kind, SHAPE_TEMPLATES, rng))
+    values = [{k: names[k][int(codes[k][j])] for k in codes} for j in range(n)]
+
+    def per_kind(v: Mapping[str, str]) -> dict[str, Attribute]:
+        return {**attrs, "orientation": SHAPE_ORIENTATIONS[v["kind"]]}
+
+    captions = [compose_caption(v, per_kind(v), SHAPE_TEMPLATES, rng) for v in values]
+    variants = variants_of_examples(
+        values, per_kind, SHAPE_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("kind",), seed=seed
+    )
     extra = {
         "resolution": r,
         "representation": representation,
@@ -463,8 +480,10 @@ def captioned_shapes(
         "split": split,
         "held_out": [dict(h) for h in held_out],
         "captions": True,
+        "caption_variants": caption_variants,
+        "caption_drop": caption_drop,
     }
-    ds = CaptionedTensorDataset(x, labels, captions, codes, names)
+    ds = CaptionedTensorDataset(x, labels, captions, codes, names, variants)
     return ds.subset(keep.nonzero().squeeze(1)), DataInfo((1, r, r, r), k_classes, SHAPES, extra)
 
 

@@ -340,9 +340,7 @@ def voxel_judge(
             genus = [SHAPE_GENUS.get(k, 0) for k in (info.class_names or SHAPES)]
             classify = judge.classify
             real = topology_figures(x[ho], y[ho], genus, classify(x[ho]) if classify is not None else None)
-            judge = dataclasses.replace(
-                judge, figures={**judge.figures, **{f"real_{k}": v for k, v in real.items()}}
-            )
+            judge = dataclasses.replace(judge, figures={**judge.figures, **{f"real_{k}": v for k, v in real.items()}})
         if data.captions:
             other, _ = adapter.build_dataset(data.model_copy(update={"split": "held_out", "limit": None}))
             held = (real_examples(other)[0], dict(other.attributes))
