@@ -38,7 +38,36 @@ __all__ = [
     "check_condition",
 ]
 
-_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+def _cpu_bf16(x: Tensor) -> bool:
+    """Whether a CPU op on ``x`` runs in bf16: ``x`` is bf16, or CPU autocast is on at bf16."""
+    if x.device.type != "cpu":
+        return False
+    return x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that works around a CPU bf16 bug of the weight gradient.
+
+    With torch 2.14's CPU (oneDNN) bf16 kernels, the weight gradient of a 3x3x3 convolution whose
+    input is shallower than the kernel along the first spatial axis (depth 2, as at a 3D UNet's
+    2^3 level) comes out as garbage: entries near 1e18 or inf, relative error inf against 4e-3 at
+    depth 3 or more (measured on an AMD EPYC with AVX512-BF16; the forward pass and the input's
+    gradient are right). A bf16 run then skips step after step as non-finite. Such a convolution
+    runs in fp32 here, which costs nothing at a few voxels; every other one is ``nn.Conv3d``'s.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-3] < self.kernel_size[0] and _cpu_bf16(x):
+            with torch.autocast("cpu", enabled=False):
+                bias = None if self.bias is None else self.bias.float()
+                y = self._conv_forward(x.float(), self.weight.float(), bias)
+            return y.to(x.dtype) if x.dtype == torch.bfloat16 else y
+        return super().forward(x)
+
+
+_CONV: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: Conv3d}
 
 
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:

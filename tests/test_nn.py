@@ -224,3 +224,25 @@ def test_coordinate_channels_tell_the_network_where_it_is(dims: int) -> None:
     patched = UNet(dims, 3, coordinates=True, patch_size=2, **kw)
     assert patched.stem.in_channels == 3 * 2**dims + dims
     assert patched(x, c).shape == x.shape
+
+
+def test_a_shallow_3d_convolution_has_a_true_weight_gradient_under_cpu_bf16() -> None:
+    """torch 2.14's CPU bf16 Conv3d returns a garbage weight gradient (inf, 1e18) for an input of
+    depth 2 under a 3x3x3 kernel, as at a 3D UNet's 2^3 level (multidiff.nn.Conv3d)."""
+    torch.manual_seed(0)
+    conv = conv_nd(3, 24, 24, 3, padding=1)
+    for shape, bf16_out in (((8, 24, 2, 2, 2), False), ((8, 24, 2, 4, 4), False), ((8, 24, 4, 4, 4), True)):
+        x = torch.randn(shape)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = conv(x)
+        assert (y.dtype == torch.bfloat16) == bf16_out  # only the shallow input leaves bf16
+        y.float().square().mean().backward()
+        got, conv.weight.grad = conv.weight.grad, None
+        conv(x).square().mean().backward()
+        want, conv.weight.grad = conv.weight.grad, None
+        assert torch.isfinite(got).all() and (got - want).norm() / want.norm() < 0.02, shape
+    xb = torch.randn(8, 24, 2, 2, 2, dtype=torch.bfloat16)  # bf16 tensors without autocast
+    w = conv.to(torch.bfloat16)
+    w(xb).float().square().mean().backward()
+    assert w(xb).dtype == torch.bfloat16 and torch.isfinite(w.weight.grad).all()
+    assert w.weight.grad.float().abs().max() < 10
