@@ -38,6 +38,7 @@ __all__ = [
     "check_condition",
 ]
 
+
 def _cpu_bf16(x: Tensor) -> bool:
     """Whether a CPU op on ``x`` runs in bf16: ``x`` is bf16, or CPU autocast is on at bf16."""
     if x.device.type != "cpu":

@@ -435,7 +435,9 @@ class LearnedTextEncoder(TextEncoder):
 
     Token and learned position embeddings, ``depth`` pre-LN blocks of masked self-attention
     (:class:`multidiff.nn.TokenAttention`, the DiT's) and an MLP, a final LayerNorm. The states
-    are the final states; ``pooled`` is the final state of the leading ``<cls>`` token.
+    are the final states; ``pooled`` is the final state of the leading ``<cls>`` token. With
+    ``depth=0`` each word's state is its own embedding, whatever the words beside it: a bag of
+    words, whose meaning cannot depend on combinations seen in training (pooling mean or bag).
 
     Its vocabulary and sizes are a persistent uint8 buffer ``spec`` (JSON) in the state dict, so
     ``state_dict()`` is plain tensors (safetensors) and :meth:`from_state_dict` rebuilds the
@@ -460,10 +462,12 @@ class LearnedTextEncoder(TextEncoder):
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         super().__init__(width, 2 * width if pooling == "bag" else width, max_tokens)
         self.pooling = pooling
-        if depth < 1 or width < 1 or heads < 1 or width % heads:
+        if depth < 0 or width < 1 or heads < 1 or width % heads:
             raise ValueError(
-                f"need depth, width, heads >= 1 and width divisible by heads; got {depth}, {width}, {heads}"
+                f"need depth >= 0, width, heads >= 1 and width divisible by heads; got {depth}, {width}, {heads}"
             )
+        if depth == 0 and pooling == "cls":
+            raise ValueError("depth 0 (no blocks) leaves the <cls> token's state constant: use pooling mean or bag")
         self.tokenizer = vocab if isinstance(vocab, Tokenizer) else Tokenizer(vocab, level)
         self.width, self.depth, self.heads = width, depth, heads
         self.embed = nn.Embedding(len(self.tokenizer), width)
@@ -848,12 +852,22 @@ class LearnedTextConfig(_TextConfigBase):
 
     kind: Literal["learned"] = "learned"
     width: int = Field(256, ge=8)
-    depth: int = Field(4, ge=1)
+    depth: int = Field(4, ge=0)
     heads: int = Field(4, ge=1)
     level: Literal["word", "char"] = "word"
     min_count: int = Field(1, ge=1)
     pooling: Literal["cls", "mean", "bag"] = "cls"
     input_norm: bool = False
+
+    @model_validator(mode="after")
+    def _depth_zero_pools_words(self) -> LearnedTextConfig:
+        if self.depth == 0 and self.pooling == "cls":
+            raise PydanticCustomError(  # named as text.depth
+                "text_depth",
+                "depth 0 (word embeddings, no blocks) needs pooling mean or bag: the <cls> state would be constant",
+                {"loc": ("depth",)},
+            )
+        return self
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> LearnedTextConfig:

@@ -121,7 +121,9 @@ def test_topology_tells_a_ring_from_an_arc_and_counts_each_piece() -> None:
     ball = grid(primitive_sdf("sphere", pts, radius=0.3))
     arc = torus.clone()
     arc[..., r // 2 - 1 : r // 2 + 1, :, : r // 2] = -1.0  # a slab through one side of the ring
-    two = torch.maximum(grid(primitive_sdf("sphere", pts - 0.25, radius=0.15)), grid(primitive_sdf("sphere", pts + 0.25, radius=0.15)))
+    two = torch.maximum(
+        grid(primitive_sdf("sphere", pts - 0.25, radius=0.15)), grid(primitive_sdf("sphere", pts + 0.25, radius=0.15))
+    )
     grids = torch.cat([torus, ball, arc, two])
     assert piece_counts(grids).tolist() == [1, 1, 1, 2]
     assert surface_genus(grids).tolist() == [1, 0, 0, 0]

@@ -153,6 +153,30 @@ def test_cross_attention_under_gradient_checkpointing() -> None:
         torch.testing.assert_close(p.grad, a)
 
 
+def test_a_depth_zero_encoder_is_a_bag_of_words() -> None:
+    caps = ["a loud bright tone", "a soft bright tone", "a loud hollow tone"]
+    enc = LearnedTextEncoder.from_captions(caps, width=8, depth=0, heads=2, pooling="bag")
+    e = enc.encode(caps)
+    # a word's state is its own (at its position), whatever the other words: "bright" in 0 and 1
+    torch.testing.assert_close(e.states[0, 3], e.states[1, 3])
+    torch.testing.assert_close(e.states[0, :3], e.states[2, :3])  # <cls> a loud, then the words differ
+    assert not torch.allclose(e.states[0, 3], e.states[2, 3])
+    # the pooled vector of loud+bright, soft+bright and loud+hollow predicts soft+hollow's exactly
+    both = enc.encode(["a soft hollow tone"]).pooled[0]
+    torch.testing.assert_close(e.pooled[1] + e.pooled[2] - e.pooled[0], both)
+    with pytest.raises(ValueError, match="depth 0"):
+        LearnedTextEncoder.from_captions(caps, width=8, depth=0, heads=2)  # cls pooling
+    from pydantic import ValidationError
+
+    from multidiff.config import ConfigError, resolve_config
+
+    with pytest.raises(ValidationError, match="pooling mean or bag"):
+        text_config({"depth": 0})
+    tones = {"source": "tones", "sample_rate": 8000, "length": 512, "captions": True}
+    with pytest.raises(ConfigError, match="text.depth: depth 0"):
+        resolve_config({"modality": "audio", "data": tones, "text": {"depth": 0}})
+
+
 # ---------------------------------------------------------------- null embedding, dropout
 
 

@@ -97,7 +97,9 @@ def test_cube_symmetry_augmentation_draws_each_of_the_48_symmetries() -> None:
     counts = torch.unique(y.flatten(1), dim=0, return_counts=True)[1]
     assert counts.min() > 50 and counts.max() < 150  # about 100 each
     # each is a symmetry: the centre stays, the corners go to corners, the multiset of values is kept
-    assert bool((y[:, 0, 1, 1, 1] == 13).all()) and torch.equal(y.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+    assert bool((y[:, 0, 1, 1, 1] == 13).all()) and torch.equal(
+        y.flatten(1).sort(1).values, x.flatten(1).sort(1).values
+    )
     corners = {0, 2, 6, 8, 18, 20, 24, 26}
     assert all({int(v) for v in g[0, ::2, ::2, ::2].flatten()} == corners for g in y[:200])
     # a chosen symmetry: the second permutation (0, 2, 1) swaps H and W, and u < 0.5 mirrors D
