@@ -146,3 +146,20 @@ def test_caption_variant_keys_name_themselves_when_they_cannot_apply(tmp_path: P
         cfg = resolve_config({"modality": modality, "data": {**data, "caption_variants": 2, "caption_drop": 0.5}})
         ds, info = cfg.adapter.build_dataset(cfg.data)
         assert len(ds.variants) == len(ds) and info.extra["caption_variants"] == 2
+
+
+def test_a_data_set_without_variants_is_refused_when_the_config_asks_for_them(tmp_path: Path) -> None:
+    from modalities.audio.data import captioned_tones
+
+    from multidiff.conditioning import training_text
+
+    tones = {"source": "tones", "sample_rate": 8000, "length": 256, "per_class": 2, "captions": True}
+    cfg = resolve_config(
+        {"modality": "audio", "out_dir": str(tmp_path), "data": {**tones, "caption_variants": 2}, "text": {"width": 8}}
+    )
+    plain, _ = captioned_tones(8000, 256, per_class=2)  # as a modality whose sets compose none would build
+    with pytest.raises(ConfigError, match="data.caption_variants: .*composes no caption variants"):
+        training_text(cfg, plain, None, torch.device("cpu"))
+    built, _ = cfg.adapter.build_dataset(cfg.data)
+    tt = training_text(cfg, built, None, torch.device("cpu"))
+    assert tt is not None and tt.meta()["caption_choices"] == 3 * len(built)
