@@ -150,7 +150,6 @@ def test_caption_variant_keys_name_themselves_when_they_cannot_apply(tmp_path: P
 
 def test_a_data_set_without_variants_is_refused_when_the_config_asks_for_them(tmp_path: Path) -> None:
     from modalities.audio.data import captioned_tones
-
     from multidiff.conditioning import training_text
 
     tones = {"source": "tones", "sample_rate": 8000, "length": 256, "per_class": 2, "captions": True}

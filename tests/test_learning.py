@@ -151,7 +151,6 @@ def test_class_conditional_shapes_are_recognised(tmp_path: Path) -> None:
     from modalities.voxel.data import shapes
     from modalities.voxel.judge import piece_counts
     from modalities.voxel.metrics import random_cube_symmetry
-
     from multidiff._util import native_bf16
 
     sets = [f"out_dir={tmp_path / 'run'}", f"train.steps={VOXEL_STEPS}", "train.ema_decay=0.995"]

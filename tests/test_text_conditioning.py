@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 from multidiff import config as C
 from multidiff import grids as G
-from multidiff import samplers as SM
 from multidiff import registry
+from multidiff import samplers as SM
 from multidiff.checkpoint import find_checkpoint, list_checkpoints
 from multidiff.cli import main
 from multidiff.conditioning import TextConditionedNet, negative_rows, prompt_encoding, text_negative
