@@ -56,7 +56,9 @@ class StrictModel(BaseModel):
 BACKBONES = ("unet", "dit")
 # ``model:`` keys every backbone takes; every other key belongs to one backbone (see
 # :meth:`PresetModelConfig.backbone_keys`): DIT_KEYS to the transformer, the rest to the UNet
-SHARED_KEYS = frozenset({"preset", "backbone", "dropout", "self_condition", "patch_size", "gradient_checkpointing"})
+SHARED_KEYS = frozenset(
+    {"preset", "backbone", "dropout", "self_condition", "patch_size", "gradient_checkpointing", "qk_norm"}
+)
 DIT_KEYS = frozenset({"width", "depth", "heads", "mlp_ratio", "long_skips"})
 
 
@@ -114,6 +116,12 @@ class PresetModelConfig(StrictModel):
     # earlier x0 estimate; half of each training batch gets one (an extra no-grad forward on it),
     # and the samplers feed each step the previous step's estimate
     self_condition: bool = False
+    # LayerNorm on every attention head's queries and keys (QK-norm, multidiff.nn.QKNorm): bounded
+    # attention logits, for learning rates at which attention would otherwise collapse
+    qk_norm: bool | None = None
+    # UNet resampling between levels: "conv" (learned, DDPM's) or "box" (block means down, nearest
+    # neighbours up: no parameters, EDM2's; keeps the residual stream's magnitude at high learning rates)
+    resample: Literal["conv", "box"] | None = None
     # text conditioning (a run's ``text`` section): the UNet levels with cross-attention to the text
     # encoder's states (None: where self-attention is; the middle block always has one); the DiT
     # cross-attends in every block. The widths come from the encoder (:meth:`with_text`)

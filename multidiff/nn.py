@@ -177,6 +177,22 @@ class ResBlock(nn.Module):
         return F.silu(self.norm2(h) * (1 + scale) + shift)
 
 
+class QKNorm(nn.Module):
+    """LayerNorm of each head's queries and keys before their dot product (QK-norm: Dehghani et
+    al. 2023, "Scaling Vision Transformers to 22 Billion Parameters", sec. 2; Wortsman et al. 2023,
+    sec. 3.1.1): the attention logits stay bounded by the norms' learned gains instead of growing
+    with the weights, which is what makes attention collapse to one key at high learning rates
+    and under low precision."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.q = nn.LayerNorm(head_dim)
+        self.k = nn.LayerNorm(head_dim)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        return self.q(q), self.k(k)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over all positions of a ``(B, C, *spatial)`` tensor.
 
@@ -184,19 +200,22 @@ class Attention(nn.Module):
     PyTorch's scaled-dot-product attention (flash / memory-efficient kernels where available).
     """
 
-    def __init__(self, channels: int, *, head_channels: int = 64, groups: int = 32) -> None:
+    def __init__(self, channels: int, *, head_channels: int = 64, groups: int = 32, qk_norm: bool = False) -> None:
         super().__init__()
         self.heads = max(1, channels // head_channels)
         if channels % self.heads:
             raise ValueError(f"channels ({channels}) must be divisible by the number of heads ({self.heads})")
         self.norm = group_norm(channels, groups)
         self.qkv = nn.Linear(channels, 3 * channels)
+        self.qk_norm = QKNorm(channels // self.heads) if qk_norm else None
         self.proj = zero_(nn.Linear(channels, channels))
 
     def forward(self, x: Tensor) -> Tensor:
         spatial = x.shape[2:]
         h = rearrange(self.norm(x), "b c ... -> b (...) c")
         q, k, v = rearrange(self.qkv(h), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         h = F.scaled_dot_product_attention(q, k, v)
         h = self.proj(rearrange(h, "b h n d -> b n (h d)"))
         return x + rearrange(h, "b n c -> b c n").reshape(x.shape[0], -1, *spatial)
@@ -213,7 +232,7 @@ class TokenAttention(nn.Module):
     encoder (:mod:`multidiff.text`).
     """
 
-    def __init__(self, width: int, heads: int, context: int | None = None) -> None:
+    def __init__(self, width: int, heads: int, context: int | None = None, *, qk_norm: bool = False) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width ({width}) must be divisible by the number of heads ({heads})")
@@ -224,6 +243,7 @@ class TokenAttention(nn.Module):
             self.kv = nn.Linear(context, 2 * width)
         else:
             self.qkv = nn.Linear(width, 3 * width)
+        self.qk_norm = QKNorm(width // heads) if qk_norm else None
         self.proj = nn.Linear(width, width)
 
     def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
@@ -234,6 +254,8 @@ class TokenAttention(nn.Module):
             k, v = rearrange(self.kv(context.to(x.dtype)), "b t (two h d) -> two b h t d", two=2, h=self.heads)
         else:
             q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q, k)
         if mask is None:
             h = F.scaled_dot_product_attention(q, k, v)
             return self.proj(rearrange(h, "b h n d -> b n (h d)"))
@@ -252,13 +274,15 @@ class CrossAttention(nn.Module):
     :class:`TokenAttention`.
     """
 
-    def __init__(self, channels: int, context: int, *, head_channels: int = 64, groups: int = 32) -> None:
+    def __init__(
+        self, channels: int, context: int, *, head_channels: int = 64, groups: int = 32, qk_norm: bool = False
+    ) -> None:
         super().__init__()
         heads = max(1, channels // head_channels)
         if channels % heads:
             raise ValueError(f"channels ({channels}) must be divisible by the number of heads ({heads})")
         self.norm = group_norm(channels, groups)
-        self.attn = TokenAttention(channels, heads, context)
+        self.attn = TokenAttention(channels, heads, context, qk_norm=qk_norm)
         zero_(self.attn.proj)
 
     def forward(self, x: Tensor, tokens: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -273,29 +297,47 @@ def _factors(factor: int | Sequence[int], dims: int) -> tuple[int, ...]:
     return f
 
 
-class Downsample(nn.Module):
-    """Strided 3-wide convolution: divides each spatial axis by its factor (every axis by default)."""
+RESAMPLE = ("conv", "box")
 
-    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2) -> None:
+
+class Downsample(nn.Module):
+    """Divides each spatial axis by its factor (every axis by default): a strided 3-wide
+    convolution (``resample="conv"``, DDPM's), or the mean of each block (``"box"``, no parameters,
+    as EDM2's resampling: Karras et al. 2024, sec. 2.3 and fig. 2), which cannot scale the
+    residual stream up, however the training goes."""
+
+    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2, *, resample: str = "conv") -> None:
         super().__init__()
         f = _factors(factor, dims)
-        kernel = tuple(max(3, 2 * v - 1) if v > 1 else 1 for v in f)
-        self.conv = conv_nd(dims, channels, channels, kernel, stride=f, padding=tuple(k // 2 for k in kernel))
+        if resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
+        self.factor = f
+        if resample == "conv":
+            kernel = tuple(max(3, 2 * v - 1) if v > 1 else 1 for v in f)
+            self.conv = conv_nd(dims, channels, channels, kernel, stride=f, padding=tuple(k // 2 for k in kernel))
+        else:
+            self.conv = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.conv is None:
+            return (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)[x.ndim - 3](x, self.factor)
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour upsampling of each axis by its factor, then a 3-wide convolution."""
+    """Nearest-neighbour upsampling of each axis by its factor, then a 3-wide convolution
+    (``resample="conv"``) or nothing more (``"box"``: no parameters, see :class:`Downsample`)."""
 
-    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2) -> None:
+    def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2, *, resample: str = "conv") -> None:
         super().__init__()
+        if resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
         self.factor = _factors(factor, dims)
-        self.conv = conv_nd(dims, channels, channels, 3, padding=1)
+        self.conv = conv_nd(dims, channels, channels, 3, padding=1) if resample == "conv" else None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=self.factor, mode="nearest"))
+        x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
+        return x if self.conv is None else self.conv(x)
 
 
 def _patch_pattern(dims: int) -> tuple[str, str]:
@@ -438,6 +480,15 @@ class UNet(nn.Module):
             input channels (:func:`coordinate_grid`, on the grid it sees, after patching), so the
             network knows where it is without inferring it from the zero padding: what a condition
             such as "on the left" needs.
+        qk_norm: LayerNorm on each head's queries and keys in every self- and cross-attention
+            block (:class:`QKNorm`), for training at learning rates where attention logits would
+            otherwise grow until the attention collapses.
+        resample: ``"conv"`` (DDPM's learned resampling: a strided convolution down, nearest
+            neighbours and a convolution up) or ``"box"`` (block means down, nearest neighbours up,
+            no parameters: EDM2's). A learned resampling convolution sits on the residual stream
+            with no normalisation after it; at high learning rates (3D kernels have 27 taps, so
+            Adam's steps are large against their weights) it can grow until the stream is
+            thousands of times the residual branches and the network stops using the noise level.
         pooled_dim: width of ``pooled (B, pooled_dim)`` (a text encoder's pooled vector), mapped
             by a linear layer and added to the noise embedding, as the class embedding is (GLIDE,
             Nichol et al. 2022, sec. 2.4; SDXL's ``text_embeds``); 0 (the default) builds nothing,
@@ -475,6 +526,8 @@ class UNet(nn.Module):
         cross_attention_levels: Sequence[int] | None = None,
         pooled_dim: int = 0,
         coordinates: bool = False,
+        qk_norm: bool = False,
+        resample: str = "conv",
     ) -> None:
         super().__init__()
         self.patch = _factors(patch_size, dims)
@@ -515,10 +568,10 @@ class UNet(nn.Module):
             return ResBlock(dims, cin, cout, emb, dropout=dropout, groups=groups, checkpoint_norm=checkpoint_norms)
 
         def attn(c: int) -> Attention:
-            return Attention(c, head_channels=head_channels, groups=groups)
+            return Attention(c, head_channels=head_channels, groups=groups, qk_norm=qk_norm)
 
         def cross(c: int) -> CrossAttention:
-            return CrossAttention(c, self.token_dim, head_channels=head_channels, groups=groups)
+            return CrossAttention(c, self.token_dim, head_channels=head_channels, groups=groups, qk_norm=qk_norm)
 
         self.down = nn.ModuleList()
         skips = [channels]
@@ -534,7 +587,7 @@ class UNet(nn.Module):
                 self.down.append(layer)
                 skips.append(c)
             if lvl < levels - 1:
-                self.down.append(nn.ModuleList([Downsample(dims, c, self.factor)]))
+                self.down.append(nn.ModuleList([Downsample(dims, c, self.factor, resample=resample)]))
                 skips.append(c)
         self.mid = nn.ModuleList([block(c, c), attn(c), *([cross(c)] if self.token_dim else []), block(c, c)])
         self.up = nn.ModuleList()
@@ -547,7 +600,7 @@ class UNet(nn.Module):
                 if lvl in self.cross_attention_levels:
                     layer.append(cross(c))
                 if lvl > 0 and i == num_res_blocks:
-                    layer.append(Upsample(dims, c, self.factor))
+                    layer.append(Upsample(dims, c, self.factor, resample=resample))
                 self.up.append(layer)
         self.out = nn.Sequential(
             group_norm(c, groups), nn.SiLU(), zero_(conv_nd(dims, c, self.out_channels * fold, 3, padding=1))

@@ -86,14 +86,15 @@ class DiTBlock(nn.Module):
         dropout: float = 0.0,
         context: int | None = None,
         skip: bool = False,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         self.skip = nn.Linear(2 * width, width) if skip else None
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = TokenAttention(width, heads)
+        self.attn = TokenAttention(width, heads, qk_norm=qk_norm)
         if context is not None:
             self.norm_cross = nn.LayerNorm(width, eps=1e-6)
-            self.cross = TokenAttention(width, heads, context)
+            self.cross = TokenAttention(width, heads, context, qk_norm=qk_norm)
         else:
             self.cross = None
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -169,6 +170,8 @@ class DiT(nn.Module):
             as extra input channels, as :class:`multidiff.nn.UNet` does; ``None`` feeds zeros.
         gradient_checkpointing: recompute each block in the backward pass instead of keeping its
             activations (less memory, about one more forward).
+        qk_norm: LayerNorm on each head's queries and keys in every attention (self and cross;
+            :class:`multidiff.nn.QKNorm`), as ViT-22B and SD3's MMDiT do for stable training.
 
     Any spatial size works: an axis that is not a multiple of its patch side is zero-padded at
     its end up to one, and the output cropped back (the padded positions are tokens like any
@@ -200,6 +203,7 @@ class DiT(nn.Module):
         self_condition: bool = False,
         gradient_checkpointing: bool = False,
         pooled_dim: int = 0,
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         if dims < 1:
@@ -233,7 +237,15 @@ class DiT(nn.Module):
         half = depth // 2 if long_skips else 0
         context = self.token_dim or None
         self.blocks = nn.ModuleList(
-            DiTBlock(width, heads, mlp_ratio=mlp_ratio, dropout=dropout, context=context, skip=i >= depth - half)
+            DiTBlock(
+                width,
+                heads,
+                mlp_ratio=mlp_ratio,
+                dropout=dropout,
+                context=context,
+                skip=i >= depth - half,
+                qk_norm=qk_norm,
+            )
             for i in range(depth)
         )
         self.half = half

@@ -278,6 +278,8 @@ def _another(key: str, value: object) -> object:
     """A different valid value for a model key."""
     if isinstance(value, bool):
         return not value
+    if isinstance(value, str):
+        return {"conv": "box", "box": "conv"}[value]
     if isinstance(value, float):
         return 0.3 if value != 0.3 else 0.1
     if isinstance(value, int):

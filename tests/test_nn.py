@@ -246,3 +246,74 @@ def test_a_shallow_3d_convolution_has_a_true_weight_gradient_under_cpu_bf16() ->
     w(xb).float().square().mean().backward()
     assert w(xb).dtype == torch.bfloat16 and torch.isfinite(w.weight.grad).all()
     assert w.weight.grad.float().abs().max() < 10
+
+
+@pytest.mark.parametrize("cross", [False, True])
+def test_qk_norm_bounds_the_attention_logits(cross: bool) -> None:
+    """QK-norm (``qk_norm=True``): each head's queries and keys are layer-normalised, so scaling the
+    query and key projections up (what a high learning rate does to them) leaves the attention as
+    it was; without it the logits grow with the scale and the attention collapses onto one key."""
+    from multidiff.nn import TokenAttention
+
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 7, 16), torch.randn(2, 5, 12)
+    for qk_norm in (False, True):
+        att = TokenAttention(16, 2, 12 if cross else None, qk_norm=qk_norm)
+        assert (att.qk_norm is not None) == qk_norm
+        y = att(x, ctx) if cross else att(x)
+        with torch.no_grad():  # the query and key rows of the projections, times 30
+            if cross:
+                att.q.weight.mul_(30), att.q.bias.mul_(30), att.kv.weight[:16].mul_(30), att.kv.bias[:16].mul_(30)
+            else:
+                att.qkv.weight[:32].mul_(30), att.qkv.bias[:32].mul_(30)
+        y30 = att(x, ctx) if cross else att(x)
+        same = torch.allclose(y30, y, atol=1e-4)
+        assert same == qk_norm, f"qk_norm={qk_norm}: scaled projections {'changed' if qk_norm else 'kept'} the output"
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_a_unet_with_qk_norm_keeps_its_masking_and_equivariance(dims: int) -> None:
+    """Every self- and cross-attention block of a UNet built with ``qk_norm`` normalises its queries
+    and keys; a masked token still changes nothing, and the network trains a step on every rank."""
+    from multidiff.nn import CrossAttention, QKNorm
+
+    torch.manual_seed(0)
+    net = small_unet(dims, 2, token_dim=6, qk_norm=True)
+    attn = [m for m in net.modules() if isinstance(m, (Attention, CrossAttention))]
+    assert attn and len([m for m in net.modules() if isinstance(m, QKNorm)]) == len(attn)
+    for p in net.parameters():  # every zero-initialised branch live
+        if p.dim() > 1 and not p.any():
+            torch.nn.init.normal_(p, std=0.1)
+    x = torch.randn(2, 2, *SHAPES[dims][1:])
+    tokens, mask = torch.randn(2, 4, 6), torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    y = net(x, torch.zeros(2), tokens=tokens, token_mask=mask)
+    other = tokens.clone()
+    other[~mask] = 100.0
+    assert torch.allclose(net(x, torch.zeros(2), tokens=other, token_mask=mask), y, atol=1e-5)
+    other[0, 0] += 1.0
+    assert not torch.allclose(net(x, torch.zeros(2), tokens=other, token_mask=mask)[0], y[0], atol=1e-5)
+    y.square().mean().backward()
+    assert all(m.q.weight.grad is not None and m.k.weight.grad is not None for m in net.modules() if isinstance(m, QKNorm))
+
+
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_box_resampling_is_block_means_and_nearest_neighbours_on_every_rank(dims: int) -> None:
+    """``resample="box"``: down is each 2^dims block's mean, up repeats each value over its block; no
+    parameters, so neither can scale the residual stream up. A UNet built with it runs at odd sizes."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *(4,) * dims)
+    down, up = Downsample(dims, 3, resample="box"), Upsample(dims, 3, resample="box")
+    assert count_parameters(down) == count_parameters(up) == 0
+    y = down(x)
+    blocks = x.reshape(2, 3, *[s for _ in range(dims) for s in (2, 2)])  # (b, c, x0, p0, x1, p1, ...)
+    assert torch.allclose(y, blocks.mean(dim=tuple(range(3, 3 + 2 * dims, 2))), atol=1e-6)
+    z = up(y)
+    assert z.shape == x.shape
+    assert torch.equal(z[(slice(None), slice(None), *[slice(0, None, 2)] * dims)], y)
+    assert torch.equal(z[(slice(None), slice(None), *[slice(1, None, 2)] * dims)], y)
+    with pytest.raises(ValueError, match="resample must be one of"):
+        Downsample(dims, 3, resample="pool")
+    net, conv = small_unet(dims, 2, resample="box"), small_unet(dims, 2)
+    assert count_parameters(conv) > count_parameters(net)
+    shape = (2, 2, *SHAPES[dims][1:])
+    assert net(torch.randn(shape), torch.zeros(2)).shape == shape
