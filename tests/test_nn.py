@@ -293,7 +293,9 @@ def test_a_unet_with_qk_norm_keeps_its_masking_and_equivariance(dims: int) -> No
     other[0, 0] += 1.0
     assert not torch.allclose(net(x, torch.zeros(2), tokens=other, token_mask=mask)[0], y[0], atol=1e-5)
     y.square().mean().backward()
-    assert all(m.q.weight.grad is not None and m.k.weight.grad is not None for m in net.modules() if isinstance(m, QKNorm))
+    assert all(
+        m.q.weight.grad is not None and m.k.weight.grad is not None for m in net.modules() if isinstance(m, QKNorm)
+    )
 
 
 @pytest.mark.parametrize("dims", [1, 2, 3])
