@@ -300,6 +300,13 @@ def _factors(factor: int | Sequence[int], dims: int) -> tuple[int, ...]:
 RESAMPLE = ("conv", "box")
 
 
+def _learned_resampling(resample: str) -> bool:
+    """Whether ``resample`` (one of :data:`RESAMPLE`) asks for a learned convolution."""
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
+    return resample == "conv"
+
+
 class Downsample(nn.Module):
     """Divides each spatial axis by its factor (every axis by default): a strided 3-wide
     convolution (``resample="conv"``, DDPM's), or the mean of each block (``"box"``, no parameters,
@@ -308,15 +315,11 @@ class Downsample(nn.Module):
 
     def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2, *, resample: str = "conv") -> None:
         super().__init__()
-        f = _factors(factor, dims)
-        if resample not in RESAMPLE:
-            raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
-        self.factor = f
-        if resample == "conv":
+        self.factor = f = _factors(factor, dims)
+        self.conv: nn.Module | None = None
+        if _learned_resampling(resample):
             kernel = tuple(max(3, 2 * v - 1) if v > 1 else 1 for v in f)
             self.conv = conv_nd(dims, channels, channels, kernel, stride=f, padding=tuple(k // 2 for k in kernel))
-        else:
-            self.conv = None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.conv is None:
@@ -330,10 +333,8 @@ class Upsample(nn.Module):
 
     def __init__(self, dims: int, channels: int, factor: int | Sequence[int] = 2, *, resample: str = "conv") -> None:
         super().__init__()
-        if resample not in RESAMPLE:
-            raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}")
         self.factor = _factors(factor, dims)
-        self.conv = conv_nd(dims, channels, channels, 3, padding=1) if resample == "conv" else None
+        self.conv = conv_nd(dims, channels, channels, 3, padding=1) if _learned_resampling(resample) else None
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.interpolate(x, scale_factor=self.factor, mode="nearest")
