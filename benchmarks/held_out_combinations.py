@@ -1,6 +1,6 @@
 """Attribute accuracy of a text-conditioned run per held-out combination (issue 23).
 
-    python -m benchmarks.held_out_combinations runs/voxel_shapes_text [--num 120] [--guidance 2]
+    python -m benchmarks.held_out_combinations runs/voxel_shapes_text [--num 120] [--guidance 2] [--composed]
 
 ``multidiff eval`` reports each attribute's accuracy over all prompts of a split; this breaks the
 held-out split down by the combination kept out of training (``info.extra["held_out"]``), and the
@@ -8,6 +8,8 @@ seen split by the values of the ``--by`` attributes, and says what was drawn ins
 first attribute (a shape's kind, a tone's pitch). The prompts, the samples and the judge are those
 of :func:`multidiff.evaluate.score_attributes` (the same seed, so the same prompts as ``multidiff
 eval`` with the same ``--num`` and ``--guidance``). Works for every captioned built-in set.
+``--composed``: the prompts are the combinations' factor captions joined by AND, sampled by
+composable guidance (``multidiff eval --composed``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="attributes the seen prompts are grouped by, comma-separated (default: the first three)",
     )
+    ap.add_argument("--composed", action="store_true", help="prompts composed of their factors' captions (AND)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.run, device=args.device)
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [a for a in by if a not in names]:
         sys.exit(f"--by: unknown attributes {unknown}; this run's: {', '.join(names)}")
     held = pipe.info.extra.get("held_out", [])
-    out = score_attributes(pipe, judge, args.num, guidance_scale=args.guidance)
+    out = score_attributes(pipe, judge, args.num, guidance_scale=args.guidance, composed=args.composed)
     seed = pipe.options(None, guidance_scale=args.guidance).seed
     for split in ("seen", "held_out"):
         acc = out["samples"][split]

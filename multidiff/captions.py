@@ -43,6 +43,7 @@ __all__ = [
     "Attribute",
     "compose_caption",
     "caption_variants",
+    "factor_captions",
     "variants_of_examples",
     "held_out_mask",
     "matches",
@@ -318,16 +319,26 @@ def caption_variants_of(dataset: Any) -> list[tuple[str, ...]] | None:
 @dataclass(frozen=True)
 class Attribute:
     """A property a caption states: its ``values`` and, per value, the phrases that say it
-    (synonyms; ``""`` lets a caption leave the value unsaid, for a default such as "upright")."""
+    (synonyms; ``""`` lets a caption leave the value unsaid, for a default such as "upright").
+    ``unsaid``: what stands in its slot when a caption leaves the attribute out (nothing, or for
+    the noun of a sentence a word that names no value: "a small shape on the left")."""
 
     name: str
     values: tuple[str, ...]
     phrases: Mapping[str, Sequence[str]]
+    unsaid: tuple[str, ...] = ("",)
 
     def __post_init__(self) -> None:
         missing = [v for v in self.values if not self.phrases.get(v)]
         if missing:
             raise ValueError(f"attribute {self.name!r} has no phrase for {', '.join(missing)}")
+        if not self.unsaid:
+            raise ValueError(f"attribute {self.name!r}: unsaid needs at least one phrase ('' for nothing)")
+
+    def unsaid_phrase(self, rng: random.Random) -> str:
+        """What fills the attribute's slot when a caption leaves it out (one draw only where there
+        is a choice, so captions that leave out a one-phrase attribute draw as before)."""
+        return rng.choice(self.unsaid) if len(self.unsaid) > 1 else self.unsaid[0]
 
     def code(self, value: str) -> int:
         return self.values.index(value)
@@ -360,15 +371,19 @@ def compose_caption(
     unsaid: Sequence[str] = (),
 ) -> str:
     """A caption for attribute ``values``: a random template whose ``{name}`` slots get a random
-    phrase of each value (none for the attributes named in ``unsaid``), tidied (empty slots and
-    the "at" or "and" left beside one, commas, "a"/"an").
+    phrase of each value (for the attributes named in ``unsaid``, their :attr:`Attribute.unsaid`
+    phrase, usually nothing), tidied (empty slots and the "at" or "and" left beside one, commas,
+    "a"/"an").
 
     >>> size = Attribute("size", ("small", "large"), {"small": ["small", "tiny"], "large": ["big"]})
     >>> compose_caption({"size": "large"}, {"size": size}, ["a {size} thing"], random.Random(0))
     'a big thing'
     """
     template = rng.choice(list(templates))
-    slots = {k: "" if k in unsaid else rng.choice(list(attributes[k].phrases[v])) for k, v in values.items()}
+    slots = {
+        k: attributes[k].unsaid_phrase(rng) if k in unsaid else rng.choice(list(attributes[k].phrases[v]))
+        for k, v in values.items()
+    }
     return _tidy(template.format(**slots))
 
 
@@ -412,6 +427,41 @@ def caption_variants(
     return tuple(out)
 
 
+def factor_captions(
+    values: Mapping[str, str],
+    attributes: Mapping[str, Attribute],
+    templates: Sequence[str],
+    factors: Sequence[Sequence[str]],
+    rng: random.Random,
+) -> tuple[str, ...]:
+    """One caption per factor of attribute ``values``, saying only that factor's attributes ("a
+    small shape", "a cone lying on its side", "a shape on the left"): the parts a prompt is
+    composed of (``"... AND ..."``, :func:`multidiff.conditioning.split_prompt`).
+
+    A model trained on them learns ``p(x | factor)`` for each factor. Where a caption's attributes
+    are functions of the example (as a built-in set's are), ``p(x | c) = p(x) prod_k p(c_k | x)``,
+    so ``grad log p(x | c) = grad log p(x) + sum_k (grad log p(x | c_k) - grad log p(x))``: the
+    product of the factors' conditionals is the full caption's, and a combination no example has
+    is composed of factors every one of which training saw (Liu et al. 2022, "Compositional Visual
+    Generation with Composable Diffusion Models", eqs. 9-10). ``factors`` group attributes whose
+    words depend on each other (a shape's orientation is said the kind's way: one factor).
+
+    >>> size = Attribute("size", ("small", "large"), {"small": ["small"], "large": ["big"]})
+    >>> kind = Attribute("kind", ("box", "ball"), {"box": ["box"], "ball": ["ball"]}, unsaid=("thing",))
+    >>> factor_captions({"size": "large", "kind": "box"}, {"size": size, "kind": kind}, ["a {size} {kind}"],
+    ...                 [["kind"], ["size"]], random.Random(0))
+    ('a box', 'a big thing')
+    """
+    out = []
+    for factor in factors:
+        unknown = [k for k in factor if k not in values]
+        if unknown or not factor:
+            raise ValueError(f"factor_captions: a factor names attributes the values lack: {list(factor)}")
+        unsaid = [k for k in values if k not in factor]
+        out.append(compose_caption(values, attributes, templates, rng, unsaid=unsaid))
+    return tuple(out)
+
+
 def matches(values: Mapping[str, str], combination: Mapping[str, str]) -> bool:
     """Whether ``values`` has every attribute value of ``combination`` (a partial assignment)."""
     return all(values.get(k) == v for k, v in combination.items())
@@ -444,12 +494,18 @@ def variants_of_examples(
     drop: float,
     keep: Sequence[str],
     seed: int,
+    factors: Sequence[Sequence[str]] = (),
 ) -> list[tuple[str, ...]] | None:
-    """:func:`caption_variants` of every example's attribute ``values`` (``None`` for ``count=0``),
-    from a random stream of their own (seeded by ``seed``), so an example's one caption does not
-    change with them. ``attributes`` may be a function of the values (a kind's own words)."""
-    if count == 0:
+    """:func:`caption_variants` of every example's attribute ``values``, then, for ``factors``, its
+    :func:`factor_captions` (``None`` when there are neither), from a random stream of their own
+    (seeded by ``seed``), so an example's one caption does not change with them. ``attributes``
+    may be a function of the values (a kind's own words)."""
+    if count == 0 and not factors:
         return None
     rng = random.Random(f"{seed}:caption_variants")
     words = attributes if callable(attributes) else (lambda _: attributes)
-    return [caption_variants(v, words(v), templates, rng, count, drop=drop, keep=keep) for v in values]
+    out = [caption_variants(v, words(v), templates, rng, count, drop=drop, keep=keep) for v in values]
+    if factors:
+        frng = random.Random(f"{seed}:caption_factors")
+        out = [o + factor_captions(v, words(v), templates, factors, frng) for o, v in zip(out, values)]
+    return out

@@ -16,7 +16,10 @@ The pieces of :mod:`multidiff.text` (encoders, the null embedding, the cache) be
   micro-batch's inputs with the caption dropout drawn like the label dropout.
 * :func:`prompt_encoding` and :func:`text_negative`: prompts and negative prompts encoded once per
   call, all padded to the encoder's ``max_tokens``, so the conditional and the negative branch
-  of classifier-free guidance have one shape and run as one doubled batch.
+  of classifier-free guidance have one shape and run as one doubled batch. A prompt of parts
+  joined by ``" AND "`` ("a small shape AND a cone lying on its side") is a
+  :class:`ComposedEncoding`: each part encoded on its own, and guidance composes the parts
+  (:func:`composed_parts`, :func:`multidiff.guidance.composable_guidance`).
 
 Every text tensor is padded to the encoder's ``max_tokens``: a masked position changes nothing
 (:class:`multidiff.nn.TokenAttention` gives it weight exactly 0), and fixed shapes let a training
@@ -25,7 +28,9 @@ step run as CUDA graphs.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -51,6 +56,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXAMPLE_PROMPTS",
+    "PROMPT_AND",
+    "ComposedEncoding",
+    "composed_parts",
+    "split_prompt",
     "TextConditionedNet",
     "TrainingText",
     "load_text_encoder",
@@ -302,13 +311,14 @@ def training_text(cfg: ResolvedConfig, dataset: Any, world: World | None, device
     if len(captions) != len(dataset):
         raise ValueError(f"the data set has {len(dataset)} examples but {len(captions)} captions")
     variants = caption_variants_of(dataset)
-    if getattr(cfg.data, "caption_variants", 0) and variants is None:
-        from .config import ConfigError
+    for key, off in (("caption_variants", "0"), ("caption_factors", "false")):
+        if getattr(cfg.data, key, None) and variants is None:
+            from .config import ConfigError
 
-        raise ConfigError(
-            f"data.caption_variants: the data set ({cfg.adapter.describe(cfg.data)}) composes no caption variants; "
-            "expected 0 here (the built-in captioned sets compose them from their attributes)"
-        )
+            raise ConfigError(
+                f"data.{key}: the data set ({cfg.adapter.describe(cfg.data)}) composes no caption variants; "
+                f"expected {off} here (the built-in captioned sets compose them from their attributes)"
+            )
     encoder = build_text_encoder(t, captions=captions + [c for v in variants or () for c in v])
     return TrainingText(encoder, captions, variants=variants, dropout=t.dropout, world=world, device=device)
 
@@ -335,15 +345,115 @@ def prompts_for(n: int, prompt: str | Sequence[str] | None, info: DataInfo) -> l
     return out
 
 
+PROMPT_AND = " AND "
+"""What joins the parts of a composed prompt (upper case, between spaces, as Liu et al. 2022 write it)."""
+
+
+_AND = re.compile(r"(?:^|\s)AND(?=\s|$)")
+
+
+def split_prompt(prompt: str) -> list[str]:
+    """The parts of a prompt joined by :data:`PROMPT_AND` (one part for a plain prompt).
+
+    >>> split_prompt("a small shape AND a cone lying on its side")
+    ['a small shape', 'a cone lying on its side']
+    """
+    parts = [p.strip() for p in _AND.split(prompt)]
+    if len(parts) == 1:
+        return [prompt]
+    if not all(parts):
+        raise ValueError(f"prompt {prompt!r}: every part joined by AND needs words of its own")
+    return parts
+
+
+@dataclass(frozen=True)
+class ComposedEncoding:
+    """Prompts of parts (:func:`split_prompt`): ``parts`` holds ``K`` encodings per prompt (row
+    ``b * K + k``; a prompt of fewer parts is padded with null rows of weight 0), ``weights`` the
+    ``(B, K)`` weight of each part in composable guidance."""
+
+    parts: TextEncoding
+    weights: Tensor
+
+    def __post_init__(self) -> None:
+        b, k = self.weights.shape
+        if len(self.parts) != b * k:
+            raise ValueError(f"{len(self.parts)} encoded parts for {b} prompts of {k} parts")
+
+    def __len__(self) -> int:
+        return self.weights.shape[0]
+
+    @property
+    def count(self) -> int:
+        """``K``, the most parts of any prompt."""
+        return self.weights.shape[1]
+
+    def select(self, idx: Tensor | Sequence[int] | slice) -> ComposedEncoding:
+        rows = torch.arange(len(self))[idx].reshape(-1)
+        k = self.count
+        part_rows = (rows[:, None] * k + torch.arange(k)).reshape(-1)
+        return ComposedEncoding(self.parts.select(part_rows), self.weights[rows])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ComposedEncoding:
+        return ComposedEncoding(self.parts.to(device, dtype), self.weights.to(device=device))
+
+    def as_cond(self) -> dict[str, Tensor]:
+        """The guidance's keyword arguments (not the network's: :func:`composed_parts` turns them
+        into one set of ``tokens``, ``token_mask`` and ``pooled`` per part): ``(B, K, ...)`` each."""
+        b, k = self.weights.shape
+        p = self.parts
+        return {
+            "composed_tokens": p.states.reshape(b, k, *p.states.shape[1:]),
+            "composed_mask": p.mask.reshape(b, k, -1),
+            "composed_pooled": p.pooled.reshape(b, k, -1),
+            "composed_weights": self.weights,
+        }
+
+
+COMPOSED_KEYS = ("composed_tokens", "composed_mask", "composed_pooled", "composed_weights")
+
+
+def composed_parts(cond: dict[str, Any]) -> tuple[list[dict[str, Any]], Tensor]:
+    """A call's conditions with a :class:`ComposedEncoding`'s keys as one condition per part
+    (``tokens``, ``token_mask``, ``pooled``, beside the call's other conditions, a class label)
+    and the parts' ``(B, K)`` weights: ``parts`` of :func:`multidiff.guidance.composable_guidance`."""
+    rest = {k: v for k, v in cond.items() if k not in COMPOSED_KEYS}
+    tokens, mask, pooled = cond["composed_tokens"], cond["composed_mask"], cond["composed_pooled"]
+    return [
+        {**rest, "tokens": tokens[:, k], "token_mask": mask[:, k], "pooled": pooled[:, k]}
+        for k in range(tokens.shape[1])
+    ], cond["composed_weights"]
+
+
 @torch.no_grad()
-def prompt_encoding(encoder: TextEncoder, prompts: Sequence[str] | None, n: int | None = None) -> TextEncoding:
+def prompt_encoding(
+    encoder: TextEncoder, prompts: Sequence[str] | None, n: int | None = None
+) -> TextEncoding | ComposedEncoding:
     """The encoding of ``prompts`` (each distinct one encoded once), or ``n`` rows of the null
-    embedding for ``None``, padded to ``max_tokens``, on the encoder's device."""
+    embedding for ``None``, padded to ``max_tokens``, on the encoder's device; a
+    :class:`ComposedEncoding` of their parts when any prompt is composed (``" AND "``)."""
     if prompts is None:
         if n is None:
             raise ValueError("no prompts: say how many null rows")
         return encoder.null_encoding(n, encoder.max_tokens).to(encoder.device)
     prompts = list(prompts)
+    split = [split_prompt(p) for p in prompts]
+    if any(len(parts) > 1 for parts in split):
+        k = max(len(parts) for parts in split)
+        flat = [parts[j] if j < len(parts) else None for parts in split for j in range(k)]
+        weights = torch.tensor([[1.0 if j < len(parts) else 0.0 for j in range(k)] for parts in split])
+        texts = [t for t in flat if t is not None]
+        enc = _encode_distinct(encoder, texts)
+        null = encoder.null_encoding(1, encoder.max_tokens).to(encoder.device)
+        rows, where = [], iter(range(len(texts)))
+        both = TextEncoding.cat([enc, null])
+        for t in flat:
+            rows.append(next(where) if t is not None else len(texts))
+        return ComposedEncoding(both.select(rows), weights.to(encoder.device))
+    return _encode_distinct(encoder, prompts)
+
+
+def _encode_distinct(encoder: TextEncoder, prompts: list[str]) -> TextEncoding:
     distinct = list(dict.fromkeys(prompts))
     row = {p: i for i, p in enumerate(distinct)}
     enc = encoder.encode(distinct).pad_to(encoder.max_tokens)
@@ -357,6 +467,10 @@ def text_negative(encoder: TextEncoder, negative_prompt: str | None) -> TextEnco
         return prompt_encoding(encoder, None, 1)
     if not isinstance(negative_prompt, str):
         raise ValueError(f"negative_prompt takes one prompt for all samples, got {type(negative_prompt).__name__}")
+    if len(split_prompt(negative_prompt)) > 1:
+        raise ValueError(
+            f"negative_prompt {negative_prompt!r}: a negative prompt is one prompt, not parts joined by AND"
+        )
     return prompt_encoding(encoder, [negative_prompt])
 
 

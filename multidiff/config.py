@@ -314,7 +314,8 @@ class SampleConfig(StrictModel):
     prompt: str | list[str] | None = Field(
         None,
         description="text prompt of a text-conditioned model: one for all samples, or one per sample "
-        "(default: the run's example captions in turn for sampling, the null text for edits)",
+        "(default: the run's example captions in turn for sampling, the null text for edits); parts joined by "
+        "' AND ' are composed (composable guidance: 'a small shape AND a cone lying on its side')",
     )
     negative_prompt: str | None = Field(
         None, description="text to steer away from: guidance's negative condition instead of the null text"

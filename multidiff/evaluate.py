@@ -20,7 +20,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .conditioning import PROMPT_AND
 from .config import SampleConfig
 from .metrics import cached_classifier, extract_features, frechet_distance_features, predict
 from .pipeline import Pipeline
@@ -120,6 +121,9 @@ class AttributeJudge:
     * ``unjudged``: name -> a value that says nothing to judge (a sphere's orientation, ``any``):
       prompts with it are not scored on that attribute.
     * ``description``: what measures each attribute, and how well on real data.
+    * ``parts(values, rng) -> tuple[str, ...]``: optional, the captions of the values' factors, each
+      saying only its attributes (:func:`multidiff.captions.factor_captions`): the parts of a
+      composed prompt (``score_attributes(..., composed=True)``).
     """
 
     values: Mapping[str, tuple[str, ...]]
@@ -128,6 +132,7 @@ class AttributeJudge:
     real: Mapping[str, tuple[Tensor, Mapping[str, Tensor]]]
     unjudged: Mapping[str, str] = field(default_factory=dict)
     description: str = ""
+    parts: Callable[[Mapping[str, str], random.Random], Sequence[str]] | None = None
 
     def accuracy(self, measured: Mapping[str, Tensor], codes: Mapping[str, Tensor]) -> dict[str, float]:
         """Per attribute, the fraction of examples whose measured value is ``codes``' (examples with
@@ -313,10 +318,16 @@ def score_attributes(
     *,
     sample: SampleConfig | None = None,
     real_limit: int = 1000,
+    composed: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Prompt a text-conditioned model with captions of attribute combinations and judge whether its
     samples show them.
+
+    ``composed``: each prompt is the combination's factor captions joined by ``" AND "``
+    (``judge.parts``: "a small shape AND a cone lying on its side AND a shape on the left"),
+    sampled by composable guidance (:func:`multidiff.guidance.composable_guidance`) for both
+    splits alike.
 
     For every split of ``judge.real`` (``"seen"``, ``"held_out"``): ``per_split`` of its real
     examples are drawn (seeded by the sampling seed; with replacement when there are fewer), a
@@ -329,6 +340,10 @@ def score_attributes(
     """
     if per_split < 1:
         raise ValueError(f"the number of prompts per split must be at least 1, got {per_split}")
+    if composed and judge.parts is None:
+        raise ValueError(
+            "composed prompts need the judge's factor captions (AttributeJudge.parts); this judge has none"
+        )
     s = pipe.options(sample, **overrides)
     out: dict[str, Any] = {"samples": {}, "real": {}, "chance": judge.chance(), "x": {}, "prompts": {}, "seconds": 0.0}
     for split, (xr, codes) in judge.real.items():
@@ -341,7 +356,11 @@ def score_attributes(
         )
         rng = random.Random(s.seed)
         values = [{a: judge.values[a][int(codes[a][i])] for a in judge.values} for i in pick.tolist()]
-        prompts = [judge.caption(v, rng) for v in values]
+        if composed:
+            assert judge.parts is not None
+            prompts = [PROMPT_AND.join(judge.parts(v, rng)) for v in values]
+        else:
+            prompts = [judge.caption(v, rng) for v in values]
         by_prompt = dict(zip(prompts, values))  # a caption states every value: one caption, one combination
         t0 = time.perf_counter()
         made = pipe.sample(len(prompts), sample=s.model_copy(update={"prompt": prompts}))
@@ -363,11 +382,11 @@ ATTRIBUTE_HELP = {
 
 
 def _evaluate_attributes(
-    pipe: Pipeline, judge: Judge, per_split: int, s: SampleConfig
+    pipe: Pipeline, judge: Judge, per_split: int, s: SampleConfig, composed: bool = False
 ) -> tuple[dict[str, float], dict[str, Any]]:
     """The figures and the ``attributes`` table of a text-conditioned run (see :func:`evaluate_run`)."""
     assert judge.attributes is not None
-    scored = score_attributes(pipe, judge.attributes, per_split, sample=s)
+    scored = score_attributes(pipe, judge.attributes, per_split, sample=s, composed=composed)
     x = torch.cat(list(scored["x"].values()))
     figures: dict[str, float] = {"samples": float(x.shape[0]), "seconds": scored["seconds"]}
     for split, acc in scored["samples"].items():
@@ -390,6 +409,7 @@ def evaluate_run(
     judge_options: Mapping[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     device: str = "auto",
+    composed: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
     """Judge a trained run: draw ``num_per_class`` samples of every class (an unconditional model:
@@ -408,7 +428,8 @@ def evaluate_run(
     (``held_out``); the figures are ``<attribute>_<split>`` (and ``all_<split>``: every attribute
     right), the Fréchet distance of all those samples and the judge's own figures, and the report
     gains ``attributes``: split -> attribute -> accuracy, with ``real_<split>`` (the measures on real
-    examples: the ceiling) and ``chance``.
+    examples: the ceiling) and ``chance``. ``composed``: the prompts are composed of their factors'
+    captions (:func:`score_attributes`); ``settings["composed"]`` says so.
 
     Returns a JSON-ready dict: ``figures`` (name -> number; see :data:`FIGURE_HELP` and
     ``help``), ``per_class`` (class name -> accuracy), ``judge`` (what the judge is and what the
@@ -433,8 +454,10 @@ def evaluate_run(
     attributes: dict[str, Any] | None = None
     per_class: list[float] = []
     if pipe.text is not None and judge.attributes is not None:
-        figures, attributes = _evaluate_attributes(pipe, judge, num_per_class, s)
+        figures, attributes = _evaluate_attributes(pipe, judge, num_per_class, s, composed)
     else:
+        if composed:
+            raise ValueError("composed prompts are for text-conditioned runs on a captioned built-in set")
         x, labels, seconds = _draw(pipe, num_per_class, sample=s)
         scored = score_samples(judge, x, labels)
         figures = {"samples": float(x.shape[0]), "seconds": seconds, **scored["figures"]}
@@ -450,6 +473,7 @@ def evaluate_run(
         "seed": s.seed,
         "num_per_class": int(num_per_class),
         "num_classes": int(pipe.info.num_classes),
+        **({"composed": True} if composed else {}),
     }
     report = {
         "figures": figures,

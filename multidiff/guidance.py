@@ -6,7 +6,7 @@ works with every guidance rule, on every rank, with no change.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ._util import append_dims
 
-__all__ = ["classifier_free_guidance", "classifier_guidance", "x0_classifier_guidance"]
+__all__ = ["classifier_free_guidance", "classifier_guidance", "composable_guidance", "x0_classifier_guidance"]
 
 DenoiserFn = Callable[..., Tensor]
 
@@ -23,23 +23,36 @@ def _std_per_sample(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).std(dim=1)
 
 
+def _batched(denoiser: DenoiserFn, x: Tensor, sigma: Tensor, conds: Sequence[Mapping[str, Any]]) -> list[Tensor]:
+    """The denoiser's estimate of ``x`` under each condition of ``conds``: in one call on a batch
+    ``len(conds)`` times as large when the conditions are tensors of the batch's size with the same
+    keys and shapes (one network pass on a larger batch is faster than several), else one call each."""
+    b, first = x.shape[0], conds[0]
+    if all(
+        c.keys() == first.keys()
+        and all(
+            isinstance(c[k], Tensor)
+            and isinstance(first[k], Tensor)
+            and c[k].shape == first[k].shape
+            and c[k].shape[:1] == (b,)
+            for k in c
+        )
+        for c in conds
+    ):
+        m = len(conds)
+        out = denoiser(
+            torch.cat([x] * m), torch.cat([sigma] * m), **{k: torch.cat([c[k] for c in conds]) for k in first}
+        )
+        return list(out.split(b))
+    return [denoiser(x, sigma, **c) for c in conds]
+
+
 def _try_batched(
     denoiser: DenoiserFn, x: Tensor, sigma: Tensor, cond: Mapping[str, Any], neg: Mapping[str, Any]
 ) -> tuple[Tensor, Tensor]:
-    """Both predictions in one call when conditions are tensors of the batch's size (one network
-    pass on a doubled batch is faster than two), else two calls."""
-    b = x.shape[0]
-    if cond.keys() == neg.keys() and all(
-        isinstance(cond[k], Tensor)
-        and isinstance(neg[k], Tensor)
-        and cond[k].shape == neg[k].shape
-        and cond[k].shape[:1] == (b,)
-        for k in cond
-    ):
-        both = {k: torch.cat([cond[k], neg[k]]) for k in cond}
-        out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), **both)
-        return out[:b], out[b:]
-    return denoiser(x, sigma, **cond), denoiser(x, sigma, **neg)
+    """Both predictions, in one call where :func:`_batched` can."""
+    d_cond, d_neg = _batched(denoiser, x, sigma, [cond, neg])
+    return d_cond, d_neg
 
 
 def classifier_free_guidance(
@@ -83,6 +96,52 @@ def classifier_free_guidance(
             inside = (sigma > interval[0]) & (sigma <= interval[1])
             d = torch.where(append_dims(inside, d.ndim), d, d_cond)
         return d
+
+    return guided
+
+
+def composable_guidance(
+    denoiser: DenoiserFn,
+    scale: float,
+    *,
+    parts: Callable[[Mapping[str, Any]], tuple[list[dict[str, Any]], Tensor]],
+    negative: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    interval: tuple[float, float] | None = None,
+) -> DenoiserFn:
+    """Composable classifier-free guidance (Liu et al. 2022, "Compositional Visual Generation with
+    Composable Diffusion Models", eq. 10), in x0 space: a condition made of parts ``c_1 .. c_K``,
+
+    ``D = D(x | neg) + scale * sum_k w_k (D(x | c_k) - D(x | neg))``.
+
+    At ``scale = 1`` and unit weights this is the denoiser of the product of the parts'
+    conditionals over the prior, ``p(x) prod_k p(x | c_k) / p(x)``: the conjunction of the parts
+    (for the noise-free data exactly the full condition's, when each part is a function of the
+    example). With one part it is :func:`classifier_free_guidance`.
+
+    Args:
+        denoiser: the conditional denoiser.
+        scale: the guidance weight of every part (1 = the plain product).
+        parts: from a call's conditions, the ``K`` conditions of its parts (each for the whole
+            batch) and their weights ``(B, K)`` (0 leaves a part out for that row: prompts of
+            fewer parts padded to ``K``).
+        negative: from a part's conditions, the negative (usually unconditional) ones.
+        interval: ``(sigma_lo, sigma_hi)``: guide only for ``sigma_lo < sigma <= sigma_hi``;
+            elsewhere the plain product (``scale = 1``).
+    """
+    if interval is not None and not (0 <= interval[0] < interval[1]):
+        raise ValueError(f"interval must be (sigma_lo, sigma_hi) with 0 <= sigma_lo < sigma_hi, got {interval}")
+
+    def guided(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        conds, weights = parts(cond)
+        if not conds or tuple(weights.shape) != (x.shape[0], len(conds)):
+            raise ValueError(f"composable guidance needs (B, K) weights for K >= 1 parts, got {tuple(weights.shape)}")
+        *d_parts, d_neg = _batched(denoiser, x, sigma, [*conds, negative(conds[0])])
+        w = weights.to(device=d_neg.device, dtype=d_neg.dtype)
+        push = sum(append_dims(w[:, k], d_neg.ndim) * (d - d_neg) for k, d in enumerate(d_parts))
+        s = torch.full_like(sigma, float(scale))
+        if interval is not None:
+            s = torch.where((sigma > interval[0]) & (sigma <= interval[1]), s, torch.ones_like(s))
+        return d_neg + append_dims(s.to(d_neg.dtype), d_neg.ndim) * push
 
     return guided
 

@@ -296,8 +296,12 @@ class DataConfig(StrictModel):
     fresh templates and synonyms; training shows each example with one of its captions, drawn
     anew every step. ``caption_drop``: the probability that an attribute other than the class (the
     digit, the pitch, the kind) is left unsaid in a variant, so some captions are partial ("a bright
-    tone at E4"; see :func:`multidiff.captions.caption_variants`). Prompts and the run's example
-    captions stay the full captions.
+    tone at E4"; see :func:`multidiff.captions.caption_variants`). ``caption_factors``: each
+    example also gets one caption per factor of its attributes, saying only that factor ("a small
+    shape", "a cone lying on its side"), so the model learns each factor's conditional and a prompt
+    can be composed of parts ("a small shape AND a cone lying on its side", composable guidance:
+    :func:`multidiff.captions.factor_captions`). Prompts and the run's example captions stay the
+    full captions.
     """
 
     folder_files: ClassVar[str] = "files"
@@ -310,10 +314,11 @@ class DataConfig(StrictModel):
     split: Literal["train", "held_out", "all"] = "train"
     caption_variants: int = Field(0, ge=0, le=64)
     caption_drop: float = Field(0.0, ge=0.0, lt=1.0)
+    caption_factors: bool = False
 
     @model_validator(mode="after")
     def _variants_need_builtin_captions(self) -> DataConfig:
-        for key in ("caption_variants", "caption_drop"):
+        for key in ("caption_variants", "caption_drop", "caption_factors"):
             if getattr(self, key) and (not self.captions or getattr(self, "source", None) == "folder"):
                 raise PydanticCustomError(  # named as data.<key>
                     "variants_captions",

@@ -31,7 +31,7 @@ from .checkpoint import Checkpoint, find_checkpoint, load_state_dict_checked
 from .cuda_graphs import GraphedNet, graphs_enabled
 from .denoiser import DataSpace, Denoiser, default_noise_cond, self_conditioned
 from .grids import make_grid
-from .guidance import classifier_free_guidance, x0_classifier_guidance
+from .guidance import classifier_free_guidance, composable_guidance, x0_classifier_guidance
 from .modality import DataInfo, TensorDataset
 from .samplers import get_sampler
 from .screening import OutputScreen, Screening, build_screen
@@ -151,6 +151,28 @@ def _labels(n: int, labels: Tensor | Sequence[int] | int | str | None, info: Dat
     return out
 
 
+def negative_condition(
+    num_classes: int, negative_label: int | None = None, text_negative: Any = None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Guidance's negative branch of a call's conditions: class labels replaced by the null class
+    (label ``num_classes``) or ``negative_label``; text (``tokens``, ``token_mask``, ``pooled``) by
+    ``text_negative``, one row of a :class:`~multidiff.text.TextEncoding` repeated for the batch."""
+    k = num_classes
+    neg = k if negative_label is None else negative_label
+
+    def negative(c: dict[str, Any]) -> dict[str, Any]:
+        out = dict(c)
+        if k and "class_labels" in c:
+            out["class_labels"] = torch.full_like(c["class_labels"], neg)
+        if text_negative is not None and c.get("tokens") is not None:
+            from .conditioning import negative_rows
+
+            out.update(negative_rows(text_negative, c))
+        return out
+
+    return negative
+
+
 def class_guidance(
     denoiser: Callable[..., Tensor],
     num_classes: int,
@@ -178,18 +200,7 @@ def class_guidance(
         )
     if (not k and text_negative is None) or scale == 1.0:
         return denoiser
-    neg = k if negative_label is None else negative_label
-
-    def negative(c: dict[str, Any]) -> dict[str, Any]:
-        out = dict(c)
-        if k and "class_labels" in c:
-            out["class_labels"] = torch.full_like(c["class_labels"], neg)
-        if text_negative is not None and c.get("tokens") is not None:
-            from .conditioning import negative_rows
-
-            out.update(negative_rows(text_negative, c))
-        return out
-
+    negative = negative_condition(num_classes, negative_label, text_negative)
     return classifier_free_guidance(
         denoiser,
         scale,
@@ -204,16 +215,27 @@ def _guided(
     """The denoiser under the classifier-free guidance ``s`` asks for (scale, negative class,
     negative prompt, interval), its estimate clamped to ``s.clip_denoised`` (data units) if given.
     ``text``: the model's text encoder (default: the one beside ``denoiser``'s network)."""
-    from .conditioning import text_encoder_of, text_negative
+    from .conditioning import composed_parts, text_encoder_of, text_negative
 
     negative = resolve_label(s.negative_class, info, "negative class")
     text = text if text is not None else text_encoder_of(denoiser)
     if text is None and s.negative_prompt is not None:
         raise ValueError("this model was trained without text; it takes no negative prompt")
-    neg_text = text_negative(text, s.negative_prompt) if text is not None and s.guidance_scale != 1.0 else None
+    neg_text = text_negative(text, s.negative_prompt) if text is not None else None
     guided = class_guidance(
         denoiser, info.num_classes, s.guidance_scale, negative, s.guidance_interval, text_negative=neg_text
     )
+    if text is not None:  # prompts of parts joined by AND: composable guidance
+        guided = _with_composed_prompts(
+            guided,
+            composable_guidance(
+                denoiser,
+                s.guidance_scale,
+                parts=composed_parts,
+                negative=negative_condition(info.num_classes, negative, neg_text),
+                interval=None if s.guidance_interval is None else tuple(map(float, s.guidance_interval)),
+            ),
+        )
     if s.clip_denoised is None:
         return guided
     space = getattr(denoiser, "space", DataSpace())
@@ -224,6 +246,16 @@ def _guided(
         )
     lo, hi = (float(space.encode(torch.tensor(v))) for v in (-s.clip_denoised, s.clip_denoised))
     return lambda x, sigma, **cond: guided(x, sigma, **cond).clamp(lo, hi)
+
+
+def _with_composed_prompts(plain: Callable[..., Tensor], composed: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """``composed`` for calls whose prompts are composed (a :class:`~multidiff.conditioning.ComposedEncoding`'s
+    keys), ``plain`` for the rest."""
+
+    def guided(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        return (composed if "composed_tokens" in cond else plain)(x, sigma, **cond)
+
+    return guided
 
 
 def _grid(s: C.SampleConfig, schedule: Any) -> Tensor:

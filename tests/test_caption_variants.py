@@ -162,3 +162,61 @@ def test_a_data_set_without_variants_is_refused_when_the_config_asks_for_them(tm
     built, _ = cfg.adapter.build_dataset(cfg.data)
     tt = training_text(cfg, built, None, torch.device("cpu"))
     assert tt is not None and tt.meta()["caption_choices"] == 3 * len(built)
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["tones", "shapes", "digits"])
+def test_factor_captions_say_their_factor_and_nothing_else(which: int) -> None:
+    """Each factor caption states its factor's values and no other attribute's (a shape or digit
+    named by a word that names no kind: "a small shape"); every factor is said over the draws."""
+    from modalities.audio.data import TONE_FACTORS
+    from modalities.image.data import DIGIT_FACTORS
+    from modalities.voxel.data import SHAPE_FACTORS
+    from multidiff.captions import factor_captions
+
+    values, attrs, templates, noun = _sets()[which]
+    factors = (TONE_FACTORS, SHAPE_FACTORS, DIGIT_FACTORS)[which]
+    rng = random.Random(0)
+    for _ in range(40):
+        caps = factor_captions(values, attrs, templates, factors, rng)
+        assert len(caps) == len(factors)
+        for cap, factor in zip(caps, factors):
+            assert not _DANGLING.search(cap), cap
+            for name, value in values.items():
+                if not any(attrs[name].phrases[value]):  # said by nothing (a sphere's orientation)
+                    continue
+                assert _said(cap, attrs[name], value) == (name in factor), (cap, name)
+            if noun not in factor and attrs[noun].unsaid != ("",):
+                assert any(re.search(rf"\b{w}\b", cap) for w in attrs[noun].unsaid), cap
+    with pytest.raises(ValueError, match="factor names attributes"):
+        factor_captions(values, attrs, templates, [("colour",)], rng)
+
+
+def test_built_in_sets_add_one_caption_per_factor_and_keep_their_own() -> None:
+    from modalities.voxel.data import SHAPE_FACTORS, captioned_shapes
+
+    plain, _ = captioned_shapes(8, per_class=3, split="all")
+    ds, info = captioned_shapes(8, per_class=3, split="all", caption_factors=True, caption_variants=2)
+    assert ds.captions == plain.captions and info.extra["caption_factors"] is True
+    assert all(len(v) == 2 + len(SHAPE_FACTORS) for v in ds.variants)
+    alone, _ = captioned_shapes(8, per_class=3, split="all", caption_factors=True)
+    assert all(len(v) == len(SHAPE_FACTORS) for v in alone.variants)
+    # the factor captions come from a stream of their own: variants do not change them
+    assert [v[2:] for v in ds.variants] == [v for v in alone.variants]
+
+
+def test_caption_factors_name_the_key_when_they_cannot_apply(tmp_path: Path) -> None:
+    from modalities.audio.data import captioned_tones
+    from multidiff.conditioning import training_text
+
+    tones = {"source": "tones", "sample_rate": 8000, "length": 256, "per_class": 2, "captions": True}
+    base = {"modality": "audio", "out_dir": str(tmp_path), "data": tones, "text": {"width": 8}}
+    for data in ({**tones, "captions": False}, {**tones, "source": "folder", "path": str(tmp_path)}):
+        with pytest.raises(ConfigError, match="data.caption_factors"):
+            resolve_config({**base, "data": {**data, "caption_factors": True}})
+    cfg = resolve_config({**base, "data": {**tones, "caption_factors": True}})
+    plain, _ = captioned_tones(8000, 256, per_class=2)
+    with pytest.raises(ConfigError, match="data.caption_factors: .*composes no caption variants.*false"):
+        training_text(cfg, plain, None, torch.device("cpu"))
+    built, _ = cfg.adapter.build_dataset(cfg.data)
+    tt = training_text(cfg, built, None, torch.device("cpu"))
+    assert tt is not None and tt.meta()["caption_choices"] == 5 * len(built)  # its own + 4 factors

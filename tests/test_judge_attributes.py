@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,48 @@ def test_score_attributes_scores_the_prompts_against_what_the_samples_show() -> 
     assert other.asked != good.asked
     bad = score_attributes(_Stand(judge, said, wrong=True), judge, 12, seed=3)  # type: ignore[arg-type]
     assert bad["samples"]["seen"]["pitch"] == 0.0 and bad["samples"]["seen"]["all"] == 0.0
+
+
+def test_composed_scoring_prompts_with_each_combinations_factors_joined_by_and() -> None:
+    """``composed=True``: every prompt is the judge's factor captions of one combination joined by
+    AND, each part stating only its factor; a judge without factor captions is refused."""
+    import dataclasses
+
+    from modalities.audio.data import TONE_ATTRIBUTES, TONE_FACTORS, captioned_tones
+    from modalities.audio.judge import tone_attributes
+
+    seen, info = captioned_tones(8000, 1024, per_class=10, split="all")
+    held, _ = captioned_tones(8000, 1024, per_class=10, split="held_out")
+    judge = tone_attributes((seen.x, seen.attributes), (held.x, held.attributes), 8000, info.extra["pitches_hz"])
+    said: dict[str, dict[str, str]] = {}
+    parts = judge.parts
+    assert parts is not None
+
+    def recorded(values: dict[str, str], rng: random.Random) -> tuple[str, ...]:
+        out = tuple(parts(values, rng))
+        said[" AND ".join(out)] = dict(values)
+        return out
+
+    composed = dataclasses.replace(judge, parts=recorded)
+    stand = _Stand(composed, said)
+    out = score_attributes(stand, composed, 12, seed=3, composed=True)  # type: ignore[arg-type]
+    assert len(stand.asked) == 24 and all(v == 1.0 for acc in out["samples"].values() for v in acc.values())
+    for prompt in stand.asked:
+        pieces = prompt.split(" AND ")
+        assert len(pieces) == len(TONE_FACTORS) == 4
+        for piece, (attr,) in zip(pieces, TONE_FACTORS):  # each part says its attribute's value, no other's
+            value = said[prompt][attr]
+            assert any(ph in piece for ph in TONE_ATTRIBUTES[attr].phrases[value]), (piece, attr)
+            for other in TONE_ATTRIBUTES:
+                if other != attr:
+                    v = said[prompt][other]
+                    assert not any(
+                        re.search(rf"(^|\W){re.escape(ph)}(\W|$)", piece)
+                        for ph in TONE_ATTRIBUTES[other].phrases[v]
+                        if ph
+                    ), (piece, other)
+    with pytest.raises(ValueError, match="factor captions"):
+        score_attributes(stand, dataclasses.replace(judge, parts=None), 4, composed=True)  # type: ignore[arg-type]
 
 
 TEXT = {"kind": "learned", "width": 16, "depth": 1, "heads": 2, "max_tokens": 24}

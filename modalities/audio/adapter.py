@@ -144,6 +144,7 @@ class AudioModality(Modality[AudioModelConfig, AudioDataConfig]):
                 phases=data.phases,
                 caption_variants=data.caption_variants,
                 caption_drop=data.caption_drop,
+                caption_factors=data.caption_factors,
             )
         elif data.source == "tones":
             ds, info = D.tones(data.sample_rate, data.length, per_class=data.per_class, channels=data.channels)

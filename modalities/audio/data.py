@@ -34,6 +34,7 @@ __all__ = [
     "captioned_tones",
     "TONE_ATTRIBUTES",
     "TONE_TEMPLATES",
+    "TONE_FACTORS",
     "TONES_HELD_OUT",
     "scan_folder",
     "audio_folder",
@@ -195,6 +196,9 @@ TONE_TEMPLATES = (
     "a {loudness} {timbre} sound, {envelope}, at {pitch}",
 )
 
+# The factors a tone's caption is composed of (``data.caption_factors``): each attribute alone.
+TONE_FACTORS: tuple[tuple[str, ...], ...] = (("pitch",), ("timbre",), ("envelope",), ("loudness",))
+
 # Attribute combinations no training tone has (the "train" split leaves them out).
 TONES_HELD_OUT: tuple[dict[str, str], ...] = (
     {"pitch": "G4", "timbre": "hollow", "envelope": "plucked"},
@@ -217,6 +221,7 @@ def captioned_tones(
     phases: str = "random",
     caption_variants: int = 0,
     caption_drop: float = 0.0,
+    caption_factors: bool = False,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """Synthesized tones whose attributes a caption states; needs no files and no download.
 
@@ -238,6 +243,8 @@ def captioned_tones(
     ``"held_out"`` keeps only them, ``"all"`` keeps everything. ``caption_variants``: that many more
     captions of each tone (``variants``), the timbre, envelope and loudness each left unsaid with
     probability ``caption_drop`` (:func:`multidiff.captions.caption_variants`); the pitch is always said.
+    ``caption_factors``: one more caption per attribute, saying only it ("a loud tone",
+    :data:`TONE_FACTORS`, :func:`multidiff.captions.factor_captions`).
     """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
@@ -295,7 +302,14 @@ def captioned_tones(
     values = [{k: names[k][int(codes[k][j])] for k in codes} for j in range(n)]
     captions = [compose_caption(v, attrs, TONE_TEMPLATES, rng) for v in values]
     variants = variants_of_examples(
-        values, attrs, TONE_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("pitch",), seed=seed
+        values,
+        attrs,
+        TONE_TEMPLATES,
+        count=caption_variants,
+        drop=caption_drop,
+        keep=("pitch",),
+        seed=seed,
+        factors=TONE_FACTORS if caption_factors else (),
     )
     ds = CaptionedTensorDataset(to_channels(x, channels).contiguous(), labels, captions, codes, names, variants)
     extra = {
@@ -306,6 +320,7 @@ def captioned_tones(
         "phases": phases,
         "caption_variants": caption_variants,
         "caption_drop": caption_drop,
+        "caption_factors": bool(caption_factors),
         "held_out": [dict(h) for h in held_out],
         "captions": True,
     }

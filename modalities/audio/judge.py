@@ -95,12 +95,15 @@ def tone_attributes(
 ) -> AttributeJudge:
     """The :class:`~multidiff.evaluate.AttributeJudge` of captioned tones (:func:`tone_codes`; nothing
     trained), prompts in the set's words (:data:`~modalities.audio.data.TONE_TEMPLATES`)."""
-    from multidiff.captions import compose_caption
+    from multidiff.captions import compose_caption, factor_captions
 
-    from .data import TONE_ATTRIBUTES, TONE_TEMPLATES
+    from .data import TONE_ATTRIBUTES, TONE_FACTORS, TONE_TEMPLATES
 
     def caption(values: Mapping[str, str], rng: random.Random) -> str:
         return compose_caption(values, TONE_ATTRIBUTES, TONE_TEMPLATES, rng)
+
+    def parts(values: Mapping[str, str], rng: random.Random) -> tuple[str, ...]:
+        return factor_captions(values, TONE_ATTRIBUTES, TONE_TEMPLATES, TONE_FACTORS, rng)
 
     return AttributeJudge(
         values={k: a.values for k, a in TONE_ATTRIBUTES.items()},
@@ -112,6 +115,7 @@ def tone_attributes(
             "envelope by the late level against the early one, loudness by the peak, each cut halfway between "
             "the generator's values"
         ),
+        parts=parts,
     )
 
 

@@ -214,7 +214,12 @@ class ImageModality(Modality[ImageModelConfig, ImageDataConfig]):
         size, ch = data.hw, data.num_channels
         if data.source == "digits" and data.captions:
             ds, info = D.captioned_digits(
-                size, ch, split=data.split, caption_variants=data.caption_variants, caption_drop=data.caption_drop
+                size,
+                ch,
+                split=data.split,
+                caption_variants=data.caption_variants,
+                caption_drop=data.caption_drop,
+                caption_factors=data.caption_factors,
             )
             if data.limit is not None:
                 ds = ds.subset(range(min(data.limit, len(ds))))

@@ -33,6 +33,7 @@ __all__ = [
     "captioned_digits",
     "DIGIT_ATTRIBUTES",
     "DIGIT_TEMPLATES",
+    "DIGIT_FACTORS",
     "DIGITS_HELD_OUT",
     "image_folder",
     "torchvision_set",
@@ -82,6 +83,7 @@ DIGIT_ATTRIBUTES: dict[str, Attribute] = {
             "digit",
             tuple(str(k) for k in range(10)),
             {str(k): (str(k), w, f"digit {k}", f"number {w}", f"handwritten {k}") for k, w in enumerate(_DIGIT_WORDS)},
+            unsaid=("digit", "number", "handwritten digit"),
         ),
         Attribute(
             "thickness",
@@ -127,6 +129,9 @@ DIGIT_TEMPLATES = (
     "{size} {thickness} {digit} {position}, {slant}",
 )
 
+# The factors a digit's caption is composed of (``data.caption_factors``): each attribute alone.
+DIGIT_FACTORS: tuple[tuple[str, ...], ...] = (("digit",), ("thickness",), ("size",), ("slant",), ("position",))
+
 # Attribute combinations no training example has (the "train" split leaves them out), for testing
 # whether a model composes attributes it has only seen apart.
 DIGITS_HELD_OUT: tuple[dict[str, str], ...] = (
@@ -167,6 +172,7 @@ def captioned_digits(
     held_out: tuple[dict[str, str], ...] = DIGITS_HELD_OUT,
     caption_variants: int = 0,
     caption_drop: float = 0.0,
+    caption_factors: bool = False,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """scikit-learn's handwritten digits drawn with attributes a caption states: stroke thickness
     (thin, thick), size (small: half the image's height, large: 85%), slant (left, upright, right:
@@ -183,7 +189,9 @@ def captioned_digits(
     data set holds each example's attribute codes (``attributes``, ``attribute_values``).
     ``caption_variants``: that many more captions of each example (``variants``), the thickness,
     size, slant and position each left unsaid with probability ``caption_drop``
-    (:func:`multidiff.captions.caption_variants`); the digit is always said.
+    (:func:`multidiff.captions.caption_variants`); the digit is always said. ``caption_factors``:
+    one more caption per attribute, saying only it ("a thick digit", :data:`DIGIT_FACTORS`,
+    :func:`multidiff.captions.factor_captions`).
     """
     from sklearn.datasets import load_digits
 
@@ -222,7 +230,14 @@ def captioned_digits(
     values = [{k: names[k][int(codes[k][i])] for k in codes} for i in range(n)]
     captions = [compose_caption(v, attrs, DIGIT_TEMPLATES, rng) for v in values]
     variants = variants_of_examples(
-        values, attrs, DIGIT_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("digit",), seed=seed
+        values,
+        attrs,
+        DIGIT_TEMPLATES,
+        count=caption_variants,
+        drop=caption_drop,
+        keep=("digit",),
+        seed=seed,
+        factors=DIGIT_FACTORS if caption_factors else (),
     )
     ds = CaptionedTensorDataset(
         _to_channels(x * 2 - 1, channels).contiguous(),
@@ -239,6 +254,7 @@ def captioned_digits(
         "captions": True,
         "caption_variants": caption_variants,
         "caption_drop": caption_drop,
+        "caption_factors": bool(caption_factors),
     }
     return ds, DataInfo((channels, *size), 10, tuple(str(i) for i in range(10)), extra)
 

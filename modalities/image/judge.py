@@ -148,9 +148,9 @@ def digit_attributes(
     on); prompts in the set's words (:data:`~modalities.image.data.DIGIT_TEMPLATES`). ``seen`` and
     ``held_out``: real examples of the run's split and of the held-out combinations, with their
     attribute codes."""
-    from multidiff.captions import compose_caption
+    from multidiff.captions import compose_caption, factor_captions
 
-    from .data import DIGIT_ATTRIBUTES, DIGIT_TEMPLATES
+    from .data import DIGIT_ATTRIBUTES, DIGIT_FACTORS, DIGIT_TEMPLATES
 
     ink = InkMeasures.calibrate(reference.x, reference.attributes)
 
@@ -160,6 +160,9 @@ def digit_attributes(
 
     def caption(values: Mapping[str, str], rng: random.Random) -> str:
         return compose_caption(values, DIGIT_ATTRIBUTES, DIGIT_TEMPLATES, rng)
+
+    def parts(values: Mapping[str, str], rng: random.Random) -> tuple[str, ...]:
+        return factor_captions(values, DIGIT_ATTRIBUTES, DIGIT_TEMPLATES, DIGIT_FACTORS, rng)
 
     return AttributeJudge(
         values={k: a.values for k, a in DIGIT_ATTRIBUTES.items()},
@@ -171,6 +174,7 @@ def digit_attributes(
             "height, the ink's dx/dy less the digit's own, the centroid against the room the generator leaves), "
             "calibrated on the classifier's draw"
         ),
+        parts=parts,
     )
 
 

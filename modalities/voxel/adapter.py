@@ -260,6 +260,7 @@ class VoxelModality(Modality[VoxelModelConfig, VoxelDataConfig]):
                 split=data.split,
                 caption_variants=data.caption_variants,
                 caption_drop=data.caption_drop,
+                caption_factors=data.caption_factors,
             )
         elif data.source == "shapes":
             ds, info = D.shapes(

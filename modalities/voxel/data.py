@@ -45,6 +45,7 @@ __all__ = [
     "SHAPE_ORIENTATIONS",
     "SHAPE_TEMPLATES",
     "SHAPES_HELD_OUT",
+    "SHAPE_FACTORS",
     "mesh_folder",
     "mesh_cache_key",
 ]
@@ -310,6 +311,7 @@ SHAPE_ATTRIBUTES: dict[str, Attribute] = {
                 "cone": ("cone", "pointed cone"),
                 "capsule": ("capsule", "pill", "rounded rod"),
             },
+            unsaid=("shape", "object", "solid"),
         ),
         Attribute(
             "size", ("small", "large"), {"small": ("small", "little", "tiny"), "large": ("large", "big", "huge")}
@@ -377,6 +379,11 @@ SHAPES_HELD_OUT: tuple[dict[str, str], ...] = (
     {"kind": "box", "position": "right", "orientation": "vertical"},
 )
 
+# The factors a shape's caption is composed of (``data.caption_factors``): a kind's orientation is
+# said in the kind's words ("lying flat" is a box's side but a torus's axis), so kind and
+# orientation are one factor.
+SHAPE_FACTORS: tuple[tuple[str, ...], ...] = (("kind", "orientation"), ("size",), ("position",))
+
 _SHAPE_SIZE = {"small": (0.32, 0.40), "large": (0.56, 0.64)}  # the largest side over the cube's
 
 
@@ -402,6 +409,7 @@ def captioned_shapes(
     held_out: tuple[dict[str, str], ...] = SHAPES_HELD_OUT,
     caption_variants: int = 0,
     caption_drop: float = 0.0,
+    caption_factors: bool = False,
 ) -> tuple[CaptionedTensorDataset, DataInfo]:
     """Parametric primitives whose attributes a caption states; needs no files and no download.
 
@@ -420,7 +428,8 @@ def captioned_shapes(
     (:data:`SHAPES_HELD_OUT`), ``"held_out"`` keeps only them, ``"all"`` keeps everything.
     ``caption_variants``: that many more captions of each shape (``variants``), the size, position
     and orientation each left unsaid with probability ``caption_drop``
-    (:func:`multidiff.captions.caption_variants`); the kind is always said.
+    (:func:`multidiff.captions.caption_variants`); the kind is always said. ``caption_factors``: one
+    more caption per factor of :data:`SHAPE_FACTORS` ("a small shape", :func:`multidiff.captions.factor_captions`).
     """
     if split not in ("train", "held_out", "all"):
         raise ValueError(f"split must be 'train', 'held_out' or 'all', got {split!r}")
@@ -470,7 +479,14 @@ def captioned_shapes(
 
     captions = [compose_caption(v, per_kind(v), SHAPE_TEMPLATES, rng) for v in values]
     variants = variants_of_examples(
-        values, per_kind, SHAPE_TEMPLATES, count=caption_variants, drop=caption_drop, keep=("kind",), seed=seed
+        values,
+        per_kind,
+        SHAPE_TEMPLATES,
+        count=caption_variants,
+        drop=caption_drop,
+        keep=("kind",),
+        seed=seed,
+        factors=SHAPE_FACTORS if caption_factors else (),
     )
     extra = {
         "resolution": r,
@@ -482,6 +498,7 @@ def captioned_shapes(
         "captions": True,
         "caption_variants": caption_variants,
         "caption_drop": caption_drop,
+        "caption_factors": bool(caption_factors),
     }
     ds = CaptionedTensorDataset(x, labels, captions, codes, names, variants)
     return ds.subset(keep.nonzero().squeeze(1)), DataInfo((1, r, r, r), k_classes, SHAPES, extra)

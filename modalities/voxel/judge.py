@@ -257,16 +257,21 @@ def shape_attributes(
     """The :class:`~multidiff.evaluate.AttributeJudge` of captioned shapes: the kind by ``classify``,
     the rest by :func:`shape_codes`; a sphere's orientation (``any``) is not judged. Prompts in the
     set's words, the orientation said the kind's way (:data:`~modalities.voxel.data.SHAPE_ORIENTATIONS`)."""
-    from multidiff.captions import compose_caption
+    from multidiff.captions import compose_caption, factor_captions
 
-    from .data import SHAPE_ATTRIBUTES, SHAPE_ORIENTATIONS, SHAPE_TEMPLATES
+    from .data import SHAPE_ATTRIBUTES, SHAPE_FACTORS, SHAPE_ORIENTATIONS, SHAPE_TEMPLATES
 
     def measure(x: Tensor) -> dict[str, Tensor]:
         return {"kind": classify(x).cpu().long(), **shape_codes(x)}
 
+    def words(values: Mapping[str, str]) -> dict[str, Any]:
+        return {**SHAPE_ATTRIBUTES, "orientation": SHAPE_ORIENTATIONS[values["kind"]]}
+
     def caption(values: Mapping[str, str], rng: random.Random) -> str:
-        words = {**SHAPE_ATTRIBUTES, "orientation": SHAPE_ORIENTATIONS[values["kind"]]}
-        return compose_caption(values, words, SHAPE_TEMPLATES, rng)
+        return compose_caption(values, words(values), SHAPE_TEMPLATES, rng)
+
+    def parts(values: Mapping[str, str], rng: random.Random) -> tuple[str, ...]:
+        return factor_captions(values, words(values), SHAPE_TEMPLATES, SHAPE_FACTORS, rng)
 
     return AttributeJudge(
         values={k: a.values for k, a in SHAPE_ATTRIBUTES.items()},
@@ -278,6 +283,7 @@ def shape_attributes(
             "kind by the classifier; size by the bounding box's largest side, position by its centre along x, "
             "orientation by the principal axis of the voxels inside"
         ),
+        parts=parts,
     )
 
 

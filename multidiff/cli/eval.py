@@ -47,6 +47,7 @@ def format_report(report: dict[str, Any]) -> str:
         head = (
             f"multidiff eval: {s['checkpoint']} (step {s['step']}, {s['modality']}), {s['num_per_class']}{per}, "
             f"sampler {s['sampler']} with {s['steps']} steps, guidance {s['guidance_scale']:g}, seed {s['seed']}"
+            + (", prompts composed of their factors (AND)" if s.get("composed") else "")
         )
     lines = [head, f"judge: {report['judge']}", "", f"{'figure':<24}{'value':>12}  meaning"]
     for name, value in report["figures"].items():
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if _task(args.run) == "autoencoder":
         from ..autoencoder import evaluate_reconstructions
 
-        given = [f"--{f.replace('_', '-')}" for f in ("judge_option", "cache") if getattr(args, f)]
+        given = [f"--{f.replace('_', '-')}" for f in ("judge_option", "cache", "composed") if getattr(args, f)]
         given += [f"sampling option {k}" for k in sample_overrides(args)]
         if given:
             raise ValueError(f"{given[0]} is for diffusion runs; {args.run} is an autoencoder run")
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             sample=sampling_options(pipe, args),
             judge_options=dict(args.judge_option),
             cache_dir=args.cache,
+            composed=args.composed,
         )
     print(format_report(report))
     if args.json:
@@ -147,6 +149,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an option of the modality's judge (voxel: judge_per_class=600, judge_epochs=12; "
         "image: inception_weights=FILE; any: epochs=10 for the generic classifier)",
+    )
+    e.add_argument(
+        "--composed",
+        action="store_true",
+        help="a text run on a captioned built-in set: prompt with each combination's factor captions joined by "
+        "AND (composable guidance: 'a small shape AND a cone lying on its side AND a shape on the left')",
     )
     e.add_argument("--cache", help="folder of the judges' cached classifiers (default: $MULTIDIFF_CACHE/classifiers)")
     add_sample_flags(e, exclude=("num_samples",))
