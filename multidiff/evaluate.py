@@ -445,6 +445,8 @@ def evaluate_run(
         raise ValueError(f"evaluating needs the model's training data (the judge's reference); {pipe.source} has none")
     if num_per_class < 1:
         raise ValueError(f"the number of samples per class must be at least 1, got {num_per_class}")
+    if composed and pipe.text is None:
+        raise ValueError("--composed: prompts of parts are for a text-conditioned run; this one takes no prompt")
     if judge is None:
         make = getattr(pipe.adapter, "judge", None)
         if make is None:
@@ -457,7 +459,7 @@ def evaluate_run(
         figures, attributes = _evaluate_attributes(pipe, judge, num_per_class, s, composed)
     else:
         if composed:
-            raise ValueError("composed prompts are for text-conditioned runs on a captioned built-in set")
+            raise ValueError("--composed: prompts of parts need a run on a captioned built-in set (an attribute judge)")
         x, labels, seconds = _draw(pipe, num_per_class, sample=s)
         scored = score_samples(judge, x, labels)
         figures = {"samples": float(x.shape[0]), "seconds": seconds, **scored["figures"]}

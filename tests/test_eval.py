@@ -172,6 +172,8 @@ def test_eval_of_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert cli.main(["eval", str(tmp_path / "run"), "--num", "0"]) == 2
     assert cli.main(["eval", str(tmp_path / "run"), "--judge-option", "colour=red"]) == 2
     assert "takes the option epochs, not colour" in capsys.readouterr().err
+    assert cli.main(["eval", str(tmp_path / "run"), "--composed"]) == 2
+    assert "--composed: prompts of parts are for a text-conditioned run" in capsys.readouterr().err
 
 
 def test_an_unlabelled_run_has_no_generic_judge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

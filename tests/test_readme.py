@@ -58,7 +58,7 @@ def quick_commands(readme: Path = ROOT / "README.md") -> list[tuple[int, str]]:
             start = start if pending else j + 1
             pending += text[:-1] + " " if text.endswith("\\") else text
             if not text.endswith("\\"):
-                cmd = " ".join(shlex.split(pending, comments=True))
+                cmd = shlex.join(shlex.split(pending, comments=True))  # quoted arguments stay whole
                 if cmd and (not prefixes or any(cmd.startswith(p) for p in prefixes)):
                     out.append((start, cmd))
                 pending = ""
