@@ -440,16 +440,15 @@ def prompt_encoding(
     split = [split_prompt(p) for p in prompts]
     if any(len(parts) > 1 for parts in split):
         k = max(len(parts) for parts in split)
-        flat = [parts[j] if j < len(parts) else None for parts in split for j in range(k)]
-        weights = torch.tensor([[1.0 if j < len(parts) else 0.0 for j in range(k)] for parts in split])
-        texts = [t for t in flat if t is not None]
-        enc = _encode_distinct(encoder, texts)
+        texts = [t for parts in split for t in parts]
         null = encoder.null_encoding(1, encoder.max_tokens).to(encoder.device)
-        rows, where = [], iter(range(len(texts)))
-        both = TextEncoding.cat([enc, null])
-        for t in flat:
-            rows.append(next(where) if t is not None else len(texts))
-        return ComposedEncoding(both.select(rows), weights.to(encoder.device))
+        every = TextEncoding.cat([_encode_distinct(encoder, texts), null])  # the null row last
+        rows, start = [], 0
+        for parts in split:  # a prompt's parts, then the null row for each part it lacks
+            rows += [*range(start, start + len(parts)), *[len(texts)] * (k - len(parts))]
+            start += len(parts)
+        weights = torch.tensor([[1.0] * len(p) + [0.0] * (k - len(p)) for p in split], device=encoder.device)
+        return ComposedEncoding(every.select(rows), weights)
     return _encode_distinct(encoder, prompts)
 
 
