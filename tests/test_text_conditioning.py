@@ -692,7 +692,9 @@ def test_composing_a_prompt_of_its_factors_gives_the_exact_conditional_denoiser(
     torch.testing.assert_close(got[1::2], cfg(x, sigma, **plain)[1::2], rtol=0, atol=1e-9)
     assert one.weights.tolist() == [[1.0, 1.0], [1.0, 0.0]] * 3  # the plain prompt's padding part weighs 0
     row = one.select(slice(1, 2))  # rows select their parts: "a 7", then the null text
-    torch.testing.assert_close(row.parts.states, torch.cat([enc.encode(["a 7"]).pad_to(enc.max_tokens).states, null.states]))
+    torch.testing.assert_close(
+        row.parts.states, torch.cat([enc.encode(["a 7"]).pad_to(enc.max_tokens).states, null.states])
+    )
     assert row.weights.tolist() == [[1.0, 0.0]] and one.select([4, 0]).weights.tolist() == [[1.0, 1.0]] * 2
 
 
