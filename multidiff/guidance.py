@@ -47,14 +47,6 @@ def _batched(denoiser: DenoiserFn, x: Tensor, sigma: Tensor, conds: Sequence[Map
     return [denoiser(x, sigma, **c) for c in conds]
 
 
-def _try_batched(
-    denoiser: DenoiserFn, x: Tensor, sigma: Tensor, cond: Mapping[str, Any], neg: Mapping[str, Any]
-) -> tuple[Tensor, Tensor]:
-    """Both predictions, in one call where :func:`_batched` can."""
-    d_cond, d_neg = _batched(denoiser, x, sigma, [cond, neg])
-    return d_cond, d_neg
-
-
 def classifier_free_guidance(
     denoiser: DenoiserFn,
     scale: float,
@@ -87,7 +79,7 @@ def classifier_free_guidance(
 
     def guided(x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         neg = negative(cond) if callable(negative) else {**cond, **negative}
-        d_cond, d_neg = _try_batched(denoiser, x, sigma, cond, neg)
+        d_cond, d_neg = _batched(denoiser, x, sigma, [cond, neg])
         d = d_neg + scale * (d_cond - d_neg)
         if rescale > 0:
             ratio = _std_per_sample(d_cond) / _std_per_sample(d).clamp_min(1e-12)
