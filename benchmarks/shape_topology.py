@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         for s, r in zip(a.seeds, rows):
             print(f"{c:<10} {s:>4} {r['kind']:>9.3f} {r['one_piece']:>9.3f} {r['topology']:>9.3f} {r['strict']:>7.3f}")
         mean = {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
-        print(f"{c:<10} {'all':>4} {mean['kind']:>9.3f} {mean['one_piece']:>9.3f} {mean['topology']:>9.3f} {mean['strict']:>7.3f}")
+        print(
+            f"{c:<10} {'all':>4} {mean['kind']:>9.3f} {mean['one_piece']:>9.3f} {mean['topology']:>9.3f} {mean['strict']:>7.3f}"
+        )
     return 0
 
 
