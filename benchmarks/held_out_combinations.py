@@ -10,6 +10,12 @@ of :func:`multidiff.evaluate.score_attributes` (the same seed, so the same promp
 eval`` with the same ``--num`` and ``--guidance``). Works for every captioned built-in set.
 ``--composed``: the prompts are the combinations' factor captions joined by AND, sampled by
 composable guidance (``multidiff eval --composed``).
+
+``--reference RUN2``: the same held-out prompts scored on a second run of the same config trained on
+every combination (``--set data.split=all``), side by side. A held-out split can be harder than
+the seen one whatever the model composes (its combinations are not drawn to be as hard as the seen
+ones: a small lying cone is a few voxels across); the reference's accuracy on the same prompts is
+what the run would score had it seen them, so ``run - reference`` is what not having seen them costs.
 """
 
 from __future__ import annotations
@@ -34,6 +40,32 @@ def prompt_values(pipe: Any, judge: Any, split: str, num: int, seed: int) -> lis
     return [{a: judge.values[a][int(codes[a][i])] for a in judge.values} for i in pick.tolist()]
 
 
+def breakdown(
+    pipe: Any, judge: Any, out: dict[str, Any], split: str, num: int, seed: int, by: list[str]
+) -> dict[str, tuple[list[int], list[float], collections.Counter[str]]]:
+    """Per group of ``split``'s prompts (a held-out combination, or the seen prompts' values of
+    ``by``): the prompts' indices, each attribute's accuracy, and what was drawn of the first attribute."""
+    names = list(judge.values)
+    held = pipe.info.extra.get("held_out", [])
+    values = prompt_values(pipe, judge, split, num, seed)
+    got = judge.measure(out["x"][split])
+    groups: dict[str, list[int]] = collections.defaultdict(list)
+    for i, v in enumerate(values):
+        if split == "held_out":
+            key = next((", ".join(f"{k}={h[k]}" for k in h) for h in held if all(v[k] == x for k, x in h.items())), "?")
+        else:
+            key = ", ".join(v[a] for a in by)
+        groups[key].append(i)
+    return {
+        key: (
+            idx,
+            [sum(judge.values[a][int(got[a][i])] == values[i][a] for i in idx) / len(idx) for a in names],
+            collections.Counter(judge.values[names[0]][int(got[names[0]][i])] for i in idx),
+        )
+        for key, idx in sorted(groups.items())
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a text-conditioned run folder or checkpoint")
@@ -45,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         help="attributes the seen prompts are grouped by, comma-separated (default: the first three)",
     )
     ap.add_argument("--composed", action="store_true", help="prompts composed of their factors' captions (AND)")
+    ap.add_argument(
+        "--reference",
+        default=None,
+        help="a run of the same config trained on every combination (data.split=all): the held-out prompts scored on it too",
+    )
     ap.add_argument("--device", default="auto")
     args = ap.parse_args(argv)
     pipe = load_pipeline(args.run, device=args.device)
@@ -57,27 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [a for a in by if a not in names]:
         sys.exit(f"--by: unknown attributes {unknown}; this run's: {', '.join(names)}")
     held = pipe.info.extra.get("held_out", [])
+    ref = None
+    if args.reference is not None:
+        ref = load_pipeline(args.reference, device=args.device)
+        if ref.info.extra.get("held_out", []) != held:
+            sys.exit(f"--reference {args.reference}: its data keeps out other combinations than {args.run}'s")
+        if ref.info.extra.get("split") != "all":
+            print(f"note: --reference {args.reference} was trained on split {ref.info.extra.get('split')!r}, not 'all'")
     out = score_attributes(pipe, judge, args.num, guidance_scale=args.guidance, composed=args.composed)
     seed = pipe.options(None, guidance_scale=args.guidance).seed
     for split in ("seen", "held_out"):
         acc = out["samples"][split]
         print(f"{split}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
-        values = prompt_values(pipe, judge, split, args.num, seed)
-        got = judge.measure(out["x"][split])
-        groups: dict[str, list[int]] = collections.defaultdict(list)
-        for i, v in enumerate(values):
-            if split == "held_out":
-                key = next(
-                    (", ".join(f"{k}={h[k]}" for k in h) for h in held if all(v[k] == x for k, x in h.items())), "?"
-                )
-            else:
-                key = ", ".join(v[a] for a in by)
-            groups[key].append(i)
         print(f"| {split} combination | n | " + " | ".join(names) + f" | drawn {first} |")
         print("|---|---:|" + "---:|" * len(names) + "---|")
-        for key, idx in sorted(groups.items()):
-            ok = [sum(judge.values[a][int(got[a][i])] == values[i][a] for i in idx) / len(idx) for a in names]
-            drawn = collections.Counter(judge.values[first][int(got[first][i])] for i in idx)
+        for key, (idx, ok, drawn) in breakdown(pipe, judge, out, split, args.num, seed, by).items():
             print(
                 f"| {key} | {len(idx)} | "
                 + " | ".join(f"{v:.2f}" for v in ok)
@@ -85,6 +116,26 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{k} {c}" for k, c in drawn.most_common())
                 + " |"
             )
+    if ref is not None:
+        # the reference's own judge (its seen split is every combination) but the run's held-out prompts:
+        # the same real examples, drawn with the same seed
+        ref_judge = ref.adapter.judge(ref.config.data, ref.info, device=ref.device).attributes
+        theirs = score_attributes(
+            ref, ref_judge, args.num, guidance_scale=args.guidance, composed=args.composed, seed=seed
+        )
+        if theirs["prompts"]["held_out"] != out["prompts"]["held_out"]:
+            sys.exit("--reference: its held-out prompts differ from the run's (another data set?)")
+        mine = breakdown(pipe, judge, out, "held_out", args.num, seed, by)
+        other = breakdown(ref, ref_judge, theirs, "held_out", args.num, seed, by)
+        print(f"held_out, this run / the reference {args.reference} (the same prompts):")
+        print("| held-out combination | n | " + " | ".join(names) + f" | reference drawn {first} |")
+        print("|---|---:|" + "---:|" * len(names) + "---|")
+        rows = [("all", out["samples"]["held_out"], theirs["samples"]["held_out"], None)]
+        rows += [(k, dict(zip(names, mine[k][1])), dict(zip(names, other[k][1])), other[k]) for k in mine]
+        for key, a, b, o in rows:
+            n = args.num if o is None else len(o[0])
+            drawn = "" if o is None else ", ".join(f"{k} {c}" for k, c in o[2].most_common())
+            print(f"| {key} | {n} | " + " | ".join(f"{a[x]:.2f} / {b[x]:.2f}" for x in names) + f" | {drawn} |")
     return 0
 
 

@@ -331,3 +331,40 @@ def test_the_full_judges_read_real_captioned_examples(data: dict, floors: dict, 
         acc = judge.accuracy(judge.measure(x[:600]), {k: v[:600] for k, v in codes.items()})
         for name, floor in floors.items():
             assert acc[name] >= floor, (split, name, acc[name])
+
+
+def test_held_out_combinations_scores_the_same_prompts_on_a_reference_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``benchmarks.held_out_combinations --reference``: the held-out prompts of one run scored on a
+    second run trained on every combination (``data.split: all``), side by side; a reference of
+    another split is named."""
+    from benchmarks.held_out_combinations import main
+
+    runs = {}
+    for name, split in (("run", "train"), ("ref", "all"), ("other", "held_out")):
+        run = {
+            "modality": "audio",
+            "out_dir": str(tmp_path / name),
+            **TEXT_RUNS["audio"],
+            "text": TEXT,
+            "diffusion": SCHEDULE,
+            "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 0, "progress": False, "device": "cpu"},
+            "sample": {"steps": 2, "num_samples": 4, "sampler": "ddim"},
+        }
+        run["data"] = {**run["data"], "split": split}
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(run))
+        assert cli.main(["train", str(cfg)]) == 0
+        runs[name] = str(tmp_path / name)
+    capsys.readouterr()
+    assert main([runs["run"], "--num", "4", "--reference", runs["ref"]]) == 0
+    out = capsys.readouterr().out
+    side = out[out.index("held_out, this run / the reference") :]
+    rows = [line for line in side.splitlines() if line.startswith("| ") and not line.startswith("| held-out")]
+    assert rows[0].startswith("| all | 4 |")
+    assert sum(int(r.split("|")[2]) for r in rows[1:]) == 4  # every held-out prompt in one combination's row
+    assert all(re.search(r"\d\.\d\d / \d\.\d\d", r) for r in rows)
+    assert "note:" not in out
+    assert main([runs["run"], "--num", "4", "--reference", runs["other"]]) == 0
+    assert "trained on split 'held_out', not 'all'" in capsys.readouterr().out
