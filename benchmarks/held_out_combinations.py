@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import sys
 from typing import Any
 
@@ -103,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"note: --reference {args.reference} was trained on split {ref.info.extra.get('split')!r}, not 'all'")
     out = score_attributes(pipe, judge, args.num, guidance_scale=args.guidance, composed=args.composed)
     seed = pipe.options(None, guidance_scale=args.guidance).seed
+    tables = {}
     for split in ("seen", "held_out"):
         acc = out["samples"][split]
         print(f"{split}: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
         print(f"| {split} combination | n | " + " | ".join(names) + f" | drawn {first} |")
         print("|---|---:|" + "---:|" * len(names) + "---|")
-        for key, (idx, ok, drawn) in breakdown(pipe, judge, out, split, args.num, seed, by).items():
+        tables[split] = breakdown(pipe, judge, out, split, args.num, seed, by)
+        for key, (idx, ok, drawn) in tables[split].items():
             print(
                 f"| {key} | {len(idx)} | "
                 + " | ".join(f"{v:.2f}" for v in ok)
@@ -117,15 +120,16 @@ def main(argv: list[str] | None = None) -> int:
                 + " |"
             )
     if ref is not None:
-        # the reference's own judge (its seen split is every combination) but the run's held-out prompts:
-        # the same real examples, drawn with the same seed
+        # the reference's own judge on the held-out split alone (its seen split is every combination):
+        # the run's held-out prompts, the same real examples drawn with the same seed
         ref_judge = ref.adapter.judge(ref.config.data, ref.info, device=ref.device).attributes
+        ref_judge = dataclasses.replace(ref_judge, real={"held_out": ref_judge.real["held_out"]})
         theirs = score_attributes(
             ref, ref_judge, args.num, guidance_scale=args.guidance, composed=args.composed, seed=seed
         )
         if theirs["prompts"]["held_out"] != out["prompts"]["held_out"]:
             sys.exit("--reference: its held-out prompts differ from the run's (another data set?)")
-        mine = breakdown(pipe, judge, out, "held_out", args.num, seed, by)
+        mine = tables["held_out"]
         other = breakdown(ref, ref_judge, theirs, "held_out", args.num, seed, by)
         print(f"held_out, this run / the reference {args.reference} (the same prompts):")
         print("| held-out combination | n | " + " | ".join(names) + f" | reference drawn {first} |")
